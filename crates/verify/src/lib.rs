@@ -1,0 +1,285 @@
+//! Offline verification of Tessera access tokens (RFC 9068 JWTs).
+//!
+//! A service that receives `Authorization: Bearer <token>` builds one [`Verifier`] from
+//! Tessera's JWK set (`/.well-known/jwks.json`) and calls [`Verifier::verify`] per request: no
+//! network round trip, no async runtime. The Tessera server uses the very same code, so there
+//! is one token check in the whole system.
+//!
+//! Revocation (SPEC §5) is not this crate's business: a token that verifies here is genuine
+//! and unexpired, not necessarily still wanted. Services that need instant revocation ask
+//! Tessera (`/oauth2/introspect` or `/v1/verify`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+
+mod error;
+mod key;
+
+pub use error::VerifyError;
+pub use key::VerificationKey;
+
+/// Tokens longer than this are refused before any base64 or JSON work, so an attacker cannot
+/// make the hot path decode megabytes. Real Tessera tokens are well under 1 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The `typ` header of an access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// Clock skew tolerated on `exp` and `nbf`, so nodes whose clocks drift a little agree.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// The signing algorithms Tessera issues tokens with (SPEC §2 `signing_alg`).
+///
+/// Deliberately narrower than `jsonwebtoken::Algorithm`: every algorithm accepted is one more
+/// way a token might be forged, so only those Tessera can sign with exist here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// Ed25519 (RFC 8037): the default; small keys and signatures, fast to verify.
+    EdDSA,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, for consumers that know nothing newer.
+    RS256,
+    /// HMAC-SHA-256: a shared secret, never published; only for verifiers run by the issuer.
+    HS256,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the order SPEC §2 lists them.
+    pub const ALL: [Self; 4] = [Self::EdDSA, Self::ES256, Self::RS256, Self::HS256];
+
+    /// The JOSE name (RFC 7518), as in the `alg` header and the `signing_alg` setting.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+            Self::HS256 => "HS256",
+        }
+    }
+
+    pub const fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            Self::ES256 => jsonwebtoken::Algorithm::ES256,
+            Self::RS256 => jsonwebtoken::Algorithm::RS256,
+            Self::HS256 => jsonwebtoken::Algorithm::HS256,
+        }
+    }
+
+    /// Position in [`Algorithm::ALL`], for per-algorithm tables.
+    const fn index(self) -> usize {
+        match self {
+            Self::EdDSA => 0,
+            Self::ES256 => 1,
+            Self::RS256 => 2,
+            Self::HS256 => 3,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not one of [`Algorithm::ALL`]; names are case-sensitive, as in JOSE.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown signing algorithm `{0}` (expected one of EdDSA, ES256, RS256, HS256)")]
+pub struct UnknownAlgorithm(pub String);
+
+impl FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|alg| alg.as_str() == name)
+            .ok_or_else(|| UnknownAlgorithm(name.to_owned()))
+    }
+}
+
+/// The payload of a Tessera access token (SPEC §1). Nothing in it is secret: anyone holding
+/// the token can read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    /// The user id.
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    /// Unique per token, so one token can be revoked (RFC 7009) without its session.
+    pub jti: String,
+    /// The session (and refresh family) the token was issued to.
+    pub sid: String,
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Checks access tokens against a set of keys, for one issuer and one audience.
+///
+/// Cheap to clone and immutable once built, so a server keeps one behind an `Arc` and swaps
+/// it whole when keys rotate.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: HashMap<String, VerificationKey>,
+    issuer: String,
+    audience: String,
+    /// One prepared `Validation` per algorithm, indexed by [`Algorithm::index`], so that
+    /// `verify` builds nothing per request.
+    validations: [Validation; 4],
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier with no keys yet: it refuses every token until keys are added.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        let audience = audience.into();
+        let validations = Algorithm::ALL.map(|alg| validation(alg, &issuer, &audience));
+        Self {
+            keys: HashMap::new(),
+            issuer,
+            audience,
+            validations,
+        }
+    }
+
+    #[must_use]
+    pub fn with_key(mut self, key: VerificationKey) -> Self {
+        self.insert(key);
+        self
+    }
+
+    /// Adds a key, replacing any earlier key with the same `kid`.
+    pub fn insert(&mut self, key: VerificationKey) {
+        self.keys.insert(key.kid().to_owned(), key);
+    }
+
+    /// A verifier for every usable key of a published JWK set.
+    ///
+    /// Keys of a type or algorithm Tessera never signs with (RSA-OAEP, P-384, `use: enc`…) and
+    /// keys without a `kid` are skipped, since a shared JWK set may carry them; a malformed key,
+    /// or two keys with one `kid`, is an error rather than a silently smaller key set.
+    pub fn from_jwks(
+        jwks: &JwkSet,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Result<Self, VerifyError> {
+        let mut verifier = Self::new(issuer, audience);
+        for jwk in &jwks.keys {
+            let Some(kid) = jwk.common.key_id.as_deref() else {
+                continue;
+            };
+            let Some(alg) = key::classify(jwk)? else {
+                continue;
+            };
+            if verifier.keys.contains_key(kid) {
+                return Err(VerifyError::InvalidKey(format!(
+                    "JWK set has two keys with kid `{kid}`"
+                )));
+            }
+            verifier.insert(VerificationKey::from_supported_jwk(jwk, alg)?);
+        }
+        Ok(verifier)
+    }
+
+    /// The `kid`s of the keys this verifier accepts, in no particular order.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Checks an access token and returns its claims.
+    ///
+    /// In order: size, header syntax, `typ` (RFC 9068 §4), `kid`, then the algorithm, which
+    /// must be the one pinned to the key (never chosen by the token), then the signature,
+    /// `exp` (with [`LEEWAY_SECS`]), `nbf` if present, `iss` and `aud`.
+    pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let header = parse_header(token)?;
+        // RFC 7515 §4.1.11: a header may demand extensions; we implement none, so must refuse.
+        if header.crit.is_some() {
+            return Err(VerifyError::Malformed);
+        }
+        if !header.typ.as_deref().is_some_and(is_access_token_type) {
+            return Err(VerifyError::WrongType);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.get(kid))
+            .ok_or(VerifyError::UnknownKey)?;
+        let alg = key.alg();
+        if header.alg != alg.to_jsonwebtoken() {
+            return Err(VerifyError::AlgorithmMismatch);
+        }
+        let validation = &self.validations[alg.index()];
+        jsonwebtoken::decode::<Claims>(token, key.decoding_key()?, validation)
+            .map(|data| data.claims)
+            .map_err(|err| VerifyError::from_decode(&err))
+    }
+}
+
+/// Decodes a token's header and payload *without verifying anything* but their syntax, for
+/// `tessera token inspect` and debugging. Never base a decision on the result.
+pub fn inspect(token: &str) -> Result<(Header, serde_json::Value), VerifyError> {
+    parse_header(token)?;
+    let data = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(token)
+        .map_err(|_| VerifyError::Malformed)?;
+    Ok((data.header, data.claims))
+}
+
+/// The checks every token, verified or merely inspected, goes through first.
+fn parse_header(token: &str) -> Result<Header, VerifyError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(VerifyError::TooLarge);
+    }
+    // `alg: none` and unknown algorithms fail here: jsonwebtoken's header type cannot hold them.
+    jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)
+}
+
+/// RFC 9068 §4: `typ` is `at+jwt`, or the full media type `application/at+jwt`; media types
+/// are case-insensitive (RFC 2045 §5.1).
+fn is_access_token_type(typ: &str) -> bool {
+    let subtype = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => typ.get(12..),
+        _ => Some(typ),
+    };
+    subtype.is_some_and(|subtype| subtype.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE))
+}
+
+fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(alg.to_jsonwebtoken());
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = true;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    validation
+}
