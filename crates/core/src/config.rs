@@ -1,0 +1,550 @@
+//! Configuration per SPEC §2: every setting has one key, read from the TOML file, then the
+//! environment (`TESSERA_` + KEY), then `serve` flags (`--key-with-dashes`); later sources win.
+//! Every layer is a map from key to raw value and one parser per key turns the winner into a
+//! typed value, so the three sources cannot drift apart and every error names the key and
+//! where its value came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::keys::Algorithm;
+
+/// One setting: its key and what `--help` says of it.
+pub struct Setting {
+    pub key: &'static str,
+    pub help: &'static str,
+}
+
+/// Every key Tessera reads, in the order of SPEC §2.
+pub const SETTINGS: &[Setting] = &[
+    Setting { key: "listen", help: "address to listen on [default: 127.0.0.1:8080]" },
+    Setting { key: "database", help: "sqlite://PATH, postgres://… or memory [default: sqlite://tessera.db]" },
+    Setting { key: "redis", help: "redis://… enables the Redis store and revocation feed [default: unset]" },
+    Setting { key: "issuer", help: "the `iss` claim and metadata issuer [default: http://<listen>]" },
+    Setting { key: "audience", help: "the `aud` claim of access tokens [default: tessera]" },
+    Setting { key: "signing_alg", help: "EdDSA, ES256, RS256 or HS256 [default: EdDSA]" },
+    Setting { key: "access_token_ttl", help: "access token lifetime [default: 15m]" },
+    Setting { key: "refresh_token_ttl", help: "absolute lifetime of a refresh family [default: 30d]" },
+    Setting { key: "refresh_grace", help: "window in which the previous refresh token may be replayed [default: 10s]" },
+    Setting { key: "session_idle_timeout", help: "cookie session idle timeout [default: 24h]" },
+    Setting { key: "session_absolute_timeout", help: "cookie session absolute timeout [default: 7d]" },
+    Setting { key: "revocation_mode", help: "none, cached or strict [default: cached]" },
+    Setting { key: "max_staleness", help: "feed silence before cached falls back to strict [default: 5s]" },
+    Setting { key: "cookie_name", help: "session cookie name [default: __Host-tessera_session]" },
+    Setting { key: "cookie_secure", help: "Secure cookies and the __Host- prefix; false for plain-HTTP development [default: true]" },
+    Setting { key: "allowed_origins", help: "comma-separated origins allowed on cookie requests [default: the issuer's origin]" },
+    Setting { key: "master_key_file", help: "file holding the master key, created 0600 [default: tessera.key beside the database]" },
+];
+
+/// Where a value came from, for error messages that tell the user what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Env,
+    Flag,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Raw {
+    Text(String),
+    Toml(toml::Value),
+}
+
+/// One source's settings, not yet interpreted.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigLayer {
+    values: BTreeMap<&'static str, (Source, Raw)>,
+}
+
+/// One clear line naming the key (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn invalid(key: &str, source: &Source, expected: &str) -> Self {
+        let from = match source {
+            Source::File(path) => format!("in {}", path.display()),
+            Source::Env => format!("from {}", env_name(key)),
+            Source::Flag => format!("from --{}", key.replace('_', "-")),
+        };
+        Self(format!(
+            "invalid value for `{key}` ({from}): expected {expected}"
+        ))
+    }
+}
+
+fn known(key: &str) -> Option<&'static str> {
+    SETTINGS.iter().map(|s| s.key).find(|k| *k == key)
+}
+
+pub fn env_name(key: &str) -> String {
+    format!("TESSERA_{}", key.to_ascii_uppercase())
+}
+
+impl ConfigLayer {
+    /// Parses a TOML file's text. Unknown keys are refused so a typo cannot silently leave a
+    /// default in force.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError(format!(
+                "{}: not valid TOML: {}",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        let mut layer = Self::default();
+        for (key, value) in table {
+            let Some(key) = known(&key) else {
+                return Err(ConfigError(format!(
+                    "unknown key `{key}` in {}",
+                    path.display()
+                )));
+            };
+            layer
+                .values
+                .insert(key, (Source::File(path.to_owned()), Raw::Toml(value)));
+        }
+        Ok(layer)
+    }
+
+    /// Reads `path`; a missing file is an empty layer only when `required` is false (the
+    /// implicit `tessera.toml`), an error when the user named it.
+    pub fn from_toml_file(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) => Err(ConfigError(format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// `TESSERA_<KEY>` for every key, looked up through `lookup` (the process environment in
+    /// production, a map in tests).
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let mut layer = Self::default();
+        for setting in SETTINGS {
+            if let Some(value) = lookup(&env_name(setting.key)) {
+                layer
+                    .values
+                    .insert(setting.key, (Source::Env, Raw::Text(value)));
+            }
+        }
+        layer
+    }
+
+    /// Key/value pairs given as command-line flags.
+    pub fn from_flags<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut layer = Self::default();
+        for (key, value) in pairs {
+            let Some(key) = known(key) else {
+                return Err(ConfigError(format!("unknown setting `{key}`")));
+            };
+            layer.values.insert(key, (Source::Flag, Raw::Text(value)));
+        }
+        Ok(layer)
+    }
+
+    /// `self` over `lower`: each key `self` sets wins.
+    #[must_use]
+    pub fn over(mut self, lower: Self) -> Self {
+        for (key, value) in lower.values {
+            self.values.entry(key).or_insert(value);
+        }
+        self
+    }
+
+    fn text(&self, key: &'static str) -> Result<Option<(String, &Source)>, ConfigError> {
+        match self.values.get(key) {
+            None => Ok(None),
+            Some((source, Raw::Text(text) | Raw::Toml(toml::Value::String(text)))) => {
+                Ok(Some((text.trim().to_owned(), source)))
+            }
+            Some((source, Raw::Toml(toml::Value::Integer(n)))) => Ok(Some((n.to_string(), source))),
+            Some((source, Raw::Toml(toml::Value::Boolean(b)))) => Ok(Some((b.to_string(), source))),
+            Some((source, Raw::Toml(_))) => Err(ConfigError::invalid(key, source, "a string")),
+        }
+    }
+
+    fn parsed<T>(
+        &self,
+        key: &'static str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.text(key)? {
+            None => Ok(None),
+            Some((text, source)) => parse(&text)
+                .map(Some)
+                .ok_or_else(|| ConfigError::invalid(key, source, expected)),
+        }
+    }
+
+    fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let parsed = self.parsed(key, "a duration such as 15m, 30d or 10s", |text| {
+            humantime::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() > 0)
+        })?;
+        Ok(parsed.unwrap_or(default))
+    }
+
+    fn origins(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        const EXPECTED: &str =
+            "origins such as https://app.example.com (scheme://host[:port], comma-separated)";
+        let Some((source, raw)) = self.values.get("allowed_origins") else {
+            return Ok(None);
+        };
+        let items: Vec<String> = match raw {
+            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Raw::Toml(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ConfigError::invalid("allowed_origins", source, EXPECTED))?,
+            Raw::Toml(_) => return Err(ConfigError::invalid("allowed_origins", source, EXPECTED)),
+        };
+        items
+            .iter()
+            .map(|item| {
+                origin_of(item).filter(|o| o == &item.trim_end_matches('/').to_ascii_lowercase())
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(|| ConfigError::invalid("allowed_origins", source, EXPECTED))
+    }
+
+    /// Applies SPEC §2's defaults to what the layers leave unset.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let listen = self
+            .parsed("listen", "an address such as 127.0.0.1:8080", |t| {
+                t.parse::<SocketAddr>().ok()
+            })?
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let non_empty = |t: &str| Some(t.to_owned()).filter(|t| !t.is_empty());
+        let database = self
+            .parsed("database", "sqlite://PATH, postgres://… or memory", |t| {
+                (t == "memory"
+                    || t.starts_with("sqlite:")
+                    || t.starts_with("postgres://")
+                    || t.starts_with("postgresql://"))
+                .then(|| t.to_owned())
+            })?
+            .unwrap_or_else(|| "sqlite://tessera.db".to_owned());
+        let redis = self.parsed("redis", "a redis:// URL", |t| {
+            (t.starts_with("redis://") || t.starts_with("rediss://")).then(|| t.to_owned())
+        })?;
+        let issuer = self
+            .parsed("issuer", "an http(s) URL", |t| {
+                origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
+            })?
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let audience = self
+            .parsed("audience", "a non-empty string", non_empty)?
+            .unwrap_or_else(|| "tessera".to_owned());
+        let signing_alg = self
+            .parsed("signing_alg", "one of EdDSA, ES256, RS256, HS256", |t| {
+                t.parse::<Algorithm>().ok()
+            })?
+            .unwrap_or(Algorithm::EdDSA);
+        let revocation_mode = self
+            .parsed(
+                "revocation_mode",
+                "one of none, cached, strict",
+                RevocationMode::parse,
+            )?
+            .unwrap_or(RevocationMode::Cached);
+        let cookie_secure = self
+            .parsed("cookie_secure", "true or false", |t| {
+                match t.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => Some(true),
+                    "false" | "0" | "no" | "off" => Some(false),
+                    _ => None,
+                }
+            })?
+            .unwrap_or(true);
+        let cookie_name = self
+            .parsed(
+                "cookie_name",
+                "a cookie name (letters, digits, - and _)",
+                |t| {
+                    (!t.is_empty()
+                        && t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                    .then(|| t.to_owned())
+                },
+            )?
+            .unwrap_or_else(|| "__Host-tessera_session".to_owned());
+        // Browsers refuse a `__Host-` cookie without Secure, so plain-HTTP development drops it.
+        let cookie_name = if cookie_secure {
+            cookie_name
+        } else {
+            cookie_name
+                .strip_prefix("__Host-")
+                .map(str::to_owned)
+                .unwrap_or(cookie_name)
+        };
+        let allowed_origins = match self.origins()? {
+            Some(origins) => origins,
+            None => origin_of(&issuer).into_iter().collect(),
+        };
+        let master_key_file = self
+            .parsed("master_key_file", "a file path", |t| {
+                non_empty(t).map(PathBuf::from)
+            })?
+            .unwrap_or_else(|| default_master_key_file(&database));
+        Ok(Config {
+            listen,
+            database,
+            redis,
+            issuer,
+            audience,
+            signing_alg,
+            access_token_ttl: self.duration("access_token_ttl", Duration::from_secs(15 * 60))?,
+            refresh_token_ttl: self
+                .duration("refresh_token_ttl", Duration::from_secs(30 * 86_400))?,
+            refresh_grace: self.duration("refresh_grace", Duration::from_secs(10))?,
+            session_idle_timeout: self
+                .duration("session_idle_timeout", Duration::from_secs(86_400))?,
+            session_absolute_timeout: self
+                .duration("session_absolute_timeout", Duration::from_secs(7 * 86_400))?,
+            revocation_mode,
+            max_staleness: self.duration("max_staleness", Duration::from_secs(5))?,
+            cookie_name,
+            cookie_secure,
+            allowed_origins,
+            master_key_file,
+        })
+    }
+}
+
+/// `tessera.key` in the SQLite file's folder, so database and key travel together; in the
+/// working directory for other stores.
+fn default_master_key_file(database: &str) -> PathBuf {
+    let path = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or(rest));
+    match path.and_then(|p| Path::new(p).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("tessera.key"),
+        _ => PathBuf::from("tessera.key"),
+    }
+}
+
+/// `scheme://host[:port]` of an http(s) URL, lower-cased; `None` for anything else.
+pub fn origin_of(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+}
+
+/// How a node checks that a valid-looking credential has not been revoked (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationMode {
+    None,
+    Cached,
+    Strict,
+}
+
+impl RevocationMode {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(Self::None),
+            "cached" => Some(Self::Cached),
+            "strict" => Some(Self::Strict),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Cached => "cached",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+impl fmt::Display for RevocationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The resolved configuration: every key of SPEC §2 with its value in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub redis: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub signing_alg: Algorithm,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub refresh_grace: Duration,
+    pub session_idle_timeout: Duration,
+    pub session_absolute_timeout: Duration,
+    pub revocation_mode: RevocationMode,
+    pub max_staleness: Duration,
+    pub cookie_name: String,
+    pub cookie_secure: bool,
+    pub allowed_origins: Vec<String>,
+    pub master_key_file: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn file(text: &str) -> ConfigLayer {
+        ConfigLayer::from_toml(text, Path::new("tessera.toml")).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let config = ConfigLayer::default().resolve().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database, "sqlite://tessera.db");
+        assert_eq!(config.issuer, "http://127.0.0.1:8080");
+        assert_eq!(config.audience, "tessera");
+        assert_eq!(config.signing_alg, Algorithm::EdDSA);
+        assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.refresh_grace, Duration::from_secs(10));
+        assert_eq!(config.session_idle_timeout, Duration::from_secs(86_400));
+        assert_eq!(
+            config.session_absolute_timeout,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(config.revocation_mode, RevocationMode::Cached);
+        assert_eq!(config.max_staleness, Duration::from_secs(5));
+        assert_eq!(config.cookie_name, "__Host-tessera_session");
+        assert!(config.cookie_secure);
+        assert_eq!(
+            config.allowed_origins,
+            vec!["http://127.0.0.1:8080".to_owned()]
+        );
+        assert_eq!(config.master_key_file, PathBuf::from("tessera.key"));
+        assert!(config.redis.is_none());
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let file = file("listen = \"127.0.0.1:1000\"\naccess_token_ttl = \"1m\"\naudience = \"from-file\"\nrefresh_grace = \"3s\"\n");
+        let env = ConfigLayer::from_env(|name| match name {
+            "TESSERA_LISTEN" => Some("127.0.0.1:2000".into()),
+            "TESSERA_ACCESS_TOKEN_TTL" => Some("2m".into()),
+            _ => None,
+        });
+        let flags = ConfigLayer::from_flags([("listen", "127.0.0.1:3000".to_owned())]).unwrap();
+        let config = flags.over(env.over(file)).resolve().unwrap();
+        assert_eq!(
+            config.listen.to_string(),
+            "127.0.0.1:3000",
+            "flag wins over env and file"
+        );
+        assert_eq!(
+            config.access_token_ttl,
+            Duration::from_secs(120),
+            "env wins over file"
+        );
+        assert_eq!(config.audience, "from-file", "file wins over default");
+        assert_eq!(config.refresh_grace, Duration::from_secs(3));
+        assert_eq!(
+            config.issuer, "http://127.0.0.1:3000",
+            "issuer default follows the winning listen"
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused_by_name() {
+        let err = ConfigLayer::from_toml("listn = \"x\"", Path::new("tessera.toml")).unwrap_err();
+        assert_eq!(err.to_string(), "unknown key `listn` in tessera.toml");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_source() {
+        let err = file("access_token_ttl = \"soon\"")
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`access_token_ttl`") && err.contains("tessera.toml"),
+            "{err}"
+        );
+        let env = ConfigLayer::from_env(|n| (n == "TESSERA_SIGNING_ALG").then(|| "none".into()));
+        let err = env.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("`signing_alg`") && err.contains("TESSERA_SIGNING_ALG"),
+            "{err}"
+        );
+        let flags = ConfigLayer::from_flags([("revocation_mode", "sometimes".to_owned())]).unwrap();
+        let err = flags.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("`revocation_mode`") && err.contains("--revocation-mode"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn insecure_cookies_drop_the_host_prefix() {
+        let config = file("cookie_secure = false").resolve().unwrap();
+        assert_eq!(config.cookie_name, "tessera_session");
+        assert!(!config.cookie_secure);
+    }
+
+    #[test]
+    fn origins_accept_list_or_comma_text_and_refuse_paths() {
+        let config = file("allowed_origins = [\"https://a.example\", \"http://b.example:8080\"]")
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            config.allowed_origins,
+            vec!["https://a.example", "http://b.example:8080"]
+        );
+        let env = ConfigLayer::from_env(|n| {
+            (n == "TESSERA_ALLOWED_ORIGINS").then(|| "https://a.example, https://c.example".into())
+        });
+        assert_eq!(
+            env.resolve().unwrap().allowed_origins,
+            vec!["https://a.example", "https://c.example"]
+        );
+        assert!(file("allowed_origins = [\"https://a.example/path\"]")
+            .resolve()
+            .is_err());
+    }
+
+    #[test]
+    fn master_key_sits_beside_the_sqlite_file() {
+        let config = file("database = \"sqlite:///var/lib/tessera/auth.db\"")
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            config.master_key_file,
+            PathBuf::from("/var/lib/tessera/tessera.key")
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The domain's one error enum: what went wrong, in the words of authentication. The server
+//! maps it to statuses and codes in exactly one place.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown email and wrong password are deliberately the same error (no account probing).
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("password must be 8 to 1024 characters")]
+    WeakPassword,
+    #[error("not a valid email address")]
+    InvalidEmail,
+    /// Missing, malformed, expired or revoked credential on a request.
+    #[error("not signed in")]
+    Unauthenticated,
+    /// An unsafe cookie-authenticated request without a valid CSRF token.
+    #[error("missing or invalid CSRF token")]
+    CsrfRejected,
+    /// A cross-origin request from an origin not in `allowed_origins`.
+    #[error("cross-origin request refused")]
+    OriginRejected,
+    /// Unknown, spent, expired or revoked refresh token.
+    #[error("refresh token is invalid, expired or revoked")]
+    InvalidGrant,
+    #[error("not found")]
+    NotFound,
+    /// Signing or key material failure (master key mismatch, unsealable key).
+    #[error("key error: {0}")]
+    Key(String),
+    #[error("store unavailable")]
+    Store(#[from] StoreError),
+}

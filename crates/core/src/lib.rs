@@ -1,0 +1,19 @@
+//! Tessera's domain: who a user is, how a device stays signed in (cookie session, or an access
+//! token backed by a rotating refresh family), which keys sign tokens and what has been revoked.
+//!
+//! Nothing here knows HTTP or a particular database: the server is a thin layer over
+//! [`service::Tessera`], and every backend implements the traits in [`store`] and passes the
+//! one conformance suite in `tessera-store`.
+
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod password;
+pub mod secret;
+pub mod service;
+pub mod store;
+
+pub use error::AuthError;
+pub use store::{Store, StoreError};
+pub use tessera_verify as verify;

@@ -1,0 +1,285 @@
+//! The records Tessera keeps. Plain data: rules about them live in [`crate::service`] and the
+//! store traits, so every backend stores the same thing.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::secret::SecretHash;
+
+/// Whole seconds since the Unix epoch: the resolution of JWT `iat`/`exp` (RFC 7519 §2), so one
+/// clock serves sessions, tokens and revocation epochs without rounding surprises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_unix(seconds: i64) -> Self {
+        Self(seconds)
+    }
+
+    pub fn now() -> Self {
+        Self(OffsetDateTime::now_utc().unix_timestamp())
+    }
+
+    pub const fn as_unix(self) -> i64 {
+        self.0
+    }
+
+    #[must_use]
+    pub fn saturating_add(self, duration: Duration) -> Self {
+        let secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(secs))
+    }
+
+    /// Seconds from `earlier` to `self`, zero if `earlier` is later.
+    pub fn seconds_since(self, earlier: Self) -> u64 {
+        u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0)
+    }
+
+    /// RFC 3339 in UTC, the form every JSON timestamp of the API takes.
+    pub fn to_rfc3339(self) -> String {
+        OffsetDateTime::from_unix_timestamp(self.0)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| self.0.to_string())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+macro_rules! uuid_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// UUID v7: time-ordered, so new rows land at the end of B-tree indexes.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+
+            /// Parses the string form; `None` for anything else, which callers treat as unknown.
+            pub fn parse(text: &str) -> Option<Self> {
+                Uuid::parse_str(text).ok().map(Self)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A user's stable identifier; the `sub` claim of their access tokens.
+    UserId
+);
+uuid_id!(
+    /// One signed-in device; the `sid` claim, and the refresh family's id.
+    SessionId
+);
+uuid_id!(
+    /// An admin API key's public handle (the key itself is only ever stored hashed).
+    AdminKeyId
+);
+
+/// An email address in its canonical form (SPEC §1: trimmed, NFKC, lower-cased), so that
+/// `Alice@Example.com ` and `alice@example.com` are one account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    /// Normalises and checks the shape: one `@`, a non-empty local part, a domain with a dot,
+    /// no whitespace or control characters, at most 254 bytes (RFC 5321 §4.5.3.1.3). Anything
+    /// stricter rejects real addresses; deliverability is the application's concern.
+    pub fn parse(raw: &str) -> Option<Self> {
+        use unicode_normalization::UnicodeNormalization;
+        let normalised: String = raw.trim().nfkc().collect::<String>().to_lowercase();
+        if normalised.is_empty() || normalised.len() > 254 {
+            return None;
+        }
+        if normalised
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return None;
+        }
+        let (local, domain) = normalised.split_once('@')?;
+        if local.is_empty() || local.len() > 64 || domain.contains('@') {
+            return None;
+        }
+        let labels_ok = domain
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+        if !domain.contains('.') || !labels_ok {
+            return None;
+        }
+        Some(Self(normalised))
+    }
+
+    /// For values read back from a store, which only ever holds normalised addresses.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A role name as carried in the `roles` claim.
+pub type Role = String;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: Email,
+    /// argon2id PHC string; never leaves the core.
+    pub password_hash: String,
+    pub roles: Vec<Role>,
+    pub created_at: Timestamp,
+    /// The per-user epoch (SPEC §5): access tokens with `iat` before it are dead. Bumped by
+    /// sign-out everywhere and by role changes.
+    pub tokens_valid_after: Timestamp,
+}
+
+/// How a device proves itself on each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// A browser holding the session cookie.
+    Cookie,
+    /// A client holding an access token and the refresh family of this session.
+    Token,
+}
+
+impl Via {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Via::Cookie => "cookie",
+            Via::Token => "token",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cookie" => Some(Via::Cookie),
+            "token" => Some(Via::Token),
+            _ => None,
+        }
+    }
+}
+
+/// One signed-in device. For `Via::Token` sessions this record is also the refresh family:
+/// revoking it kills every refresh token and, through `sid`, every access token of the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    /// SHA-256 of the cookie secret; `None` for token sessions.
+    pub secret_hash: Option<SecretHash>,
+    pub via: Via,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    /// Seconds of inactivity after which the session dies.
+    pub idle_timeout_secs: i64,
+    /// The absolute end, whatever the activity.
+    pub expires_at: Timestamp,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl Session {
+    pub fn idle_expires_at(&self) -> Timestamp {
+        let idle = Timestamp::from_unix(
+            self.last_seen_at
+                .as_unix()
+                .saturating_add(self.idle_timeout_secs),
+        );
+        idle.min(self.expires_at)
+    }
+
+    /// The one definition of "alive" that every backend's queries mirror.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && now < self.idle_expires_at()
+    }
+}
+
+/// One refresh token of a family, stored by hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    pub hash: SecretHash,
+    pub session_id: SessionId,
+    pub issued_at: Timestamp,
+    /// Set when it was exchanged for its successor.
+    pub rotated_at: Option<Timestamp>,
+}
+
+/// What presenting a refresh token did (RFC 9700 §4.14.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// A live, never-used token: it is now spent and its successor is stored.
+    Rotated(Session),
+    /// The token just before the current one, presented again within the grace window (two
+    /// tabs refreshing at once): the caller hands out the same successor again.
+    Replayed(Session),
+    /// Any other reuse: the family (session) has been revoked as compromised.
+    ReuseDetected(SessionId),
+    /// Unknown token, or a family that is expired or revoked.
+    Invalid,
+}
+
+/// A signing key as stored: the private half sealed under the master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    pub kid: String,
+    /// `EdDSA`, `ES256`, `RS256` or `HS256`.
+    pub alg: String,
+    /// Nonce followed by the AEAD ciphertext of the PKCS#8 (or raw HS256) key.
+    pub sealed_private: Vec<u8>,
+    /// The public JWK as JSON; `None` for HS256, whose key is never published.
+    pub public_jwk: Option<String>,
+    pub created_at: Timestamp,
+    /// When it stopped signing; tokens it signed live until `retired_at + access_token_ttl`.
+    pub retired_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub id: AdminKeyId,
+    pub name: String,
+    pub hash: SecretHash,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}

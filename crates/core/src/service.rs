@@ -1,0 +1,633 @@
+//! The authentication service: every rule of sign-up, sign-in, sessions, tokens and refresh
+//! lives here, over an `Arc<dyn Store>`, so HTTP handlers and CLI commands stay thin.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::error::AuthError;
+use crate::keys::{KeyError, KeyRing, MasterKey, SigningKey};
+use crate::model::{
+    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, Session, SessionId, Timestamp, User,
+    UserId, Via,
+};
+use crate::password::{check_policy, PasswordHasher};
+use crate::secret::{AdminSecret, Password, RefreshToken, SessionSecret};
+use crate::store::Store;
+use crate::verify::{Claims, VerifyError};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// `last_seen_at` is written at most this often per session: fresh enough for a device list,
+/// and it keeps verification from becoming a write per request.
+pub const TOUCH_INTERVAL_SECS: u64 = 60;
+
+/// What the caller's device told us, recorded on the session for the device list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceInfo {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Who is calling, proven by a live session (cookie) or a valid access token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub session: Session,
+    pub roles: Vec<String>,
+    /// How *this request* authenticated, which decides whether CSRF applies.
+    pub presented: Via,
+}
+
+/// A successful cookie login: the secret goes into `Set-Cookie` and nowhere else.
+#[derive(Debug)]
+#[must_use = "the session secret must reach the client as a cookie"]
+pub struct CookieLogin {
+    pub user: User,
+    pub session: Session,
+    pub secret: SessionSecret,
+    pub csrf_token: String,
+}
+
+/// An access token and the refresh token that continues its family.
+#[derive(Debug)]
+#[must_use = "the new refresh token must reach the client"]
+pub struct TokenPair {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub refresh_token: RefreshToken,
+    pub session: Session,
+}
+
+pub struct Tessera {
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    master: MasterKey,
+    keys: RwLock<Arc<KeyRing>>,
+    hasher: PasswordHasher,
+    /// HMAC key binding CSRF tokens to session ids (SPEC §3).
+    csrf_key: Zeroizing<[u8; 32]>,
+    /// HMAC key deriving a refresh token's successor from the token itself, so a replay within
+    /// the grace window can be answered with the same successor without storing it.
+    refresh_key: Zeroizing<[u8; 32]>,
+}
+
+impl Tessera {
+    /// Loads the signing keys, generating the first one (or a new one when `signing_alg`
+    /// changed) so a fresh install signs with the configured algorithm from its first request.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        master: MasterKey,
+    ) -> Result<Self, AuthError> {
+        let hasher_threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(hasher_threads))
+            .await
+            .map_err(|e| AuthError::Key(e.to_string()))??;
+        let service = Self {
+            csrf_key: Zeroizing::new(master.derive("csrf")),
+            refresh_key: Zeroizing::new(master.derive("refresh-successor")),
+            keys: RwLock::new(Arc::new(
+                ensure_signing_key(store.as_ref(), &master, &config).await?,
+            )),
+            store,
+            config,
+            master,
+            hasher,
+        };
+        Ok(service)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The key ring in force; cheap (an `Arc` clone) so the verify path can call it per request.
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        match self.keys.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Rebuilds the key ring from the store: picks up keys rotated by the CLI or another node
+    /// and drops retired keys whose tokens have all expired.
+    pub async fn reload_keys(&self) -> Result<(), AuthError> {
+        let sealed = self.store.signing_keys().await?;
+        let ring = KeyRing::from_sealed(
+            &sealed,
+            &self.master,
+            Timestamp::now(),
+            self.config.access_token_ttl,
+            &self.config.issuer,
+            &self.config.audience,
+        )
+        .map_err(key_error)?;
+        match self.keys.write() {
+            Ok(mut guard) => *guard = Arc::new(ring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        }
+        Ok(())
+    }
+
+    // ----- users -------------------------------------------------------------------------
+
+    pub async fn sign_up(&self, email: &str, password: Password) -> Result<User, AuthError> {
+        self.add_user(email, password, Vec::new()).await
+    }
+
+    pub async fn add_user(
+        &self,
+        email: &str,
+        password: Password,
+        roles: Vec<String>,
+    ) -> Result<User, AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        check_policy(&password)?;
+        if self.store.find_user_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        let now = Timestamp::now();
+        let user = User {
+            id: UserId::new(),
+            email,
+            password_hash: self.hasher.hash(password).await?,
+            roles: normalise_roles(roles),
+            created_at: now,
+            tokens_valid_after: Timestamp::from_unix(0),
+        };
+        match self.store.insert_user(&user).await {
+            Ok(()) => {
+                info!(user = %user.id, "user created");
+                Ok(user)
+            }
+            Err(crate::StoreError::Conflict(_)) => Err(AuthError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<User, AuthError> {
+        self.store.find_user(id).await?.ok_or(AuthError::NotFound)
+    }
+
+    /// Replaces a user's roles and bumps their access-token epoch: access tokens carrying the
+    /// old roles stop verifying, while the refresh family stays valid so the next refresh
+    /// carries the new roles and the user stays signed in (SPEC §3).
+    pub async fn set_roles(&self, id: UserId, roles: Vec<String>) -> Result<User, AuthError> {
+        let roles = normalise_roles(roles);
+        if !self.store.set_roles(id, &roles).await? {
+            return Err(AuthError::NotFound);
+        }
+        self.store.bump_epoch(id, next_epoch()).await?;
+        self.user(id).await
+    }
+
+    /// Checks a password; unknown email and wrong password fail alike and take the same time.
+    async fn check_credentials(&self, email: &str, password: Password) -> Result<User, AuthError> {
+        let user = match Email::parse(email) {
+            Some(email) => self.store.find_user_by_email(&email).await?,
+            None => None,
+        };
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        if self.hasher.verify(password, stored).await? {
+            user.ok_or(AuthError::InvalidCredentials)
+        } else {
+            Err(AuthError::InvalidCredentials)
+        }
+    }
+
+    // ----- cookie sessions ---------------------------------------------------------------
+
+    /// Signs in a browser. Always a new session id (fixation defence); a session cookie sent
+    /// along is revoked, so a planted or stale cookie dies here.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: Password,
+        device: DeviceInfo,
+        previous: Option<&SessionSecret>,
+    ) -> Result<CookieLogin, AuthError> {
+        let user = self.check_credentials(email, password).await?;
+        let now = Timestamp::now();
+        if let Some(previous) = previous {
+            if let Some(old) = self
+                .store
+                .find_live_session_by_hash(&previous.to_hash(), now)
+                .await?
+            {
+                self.store.revoke_session(old.id, now).await?;
+            }
+        }
+        let secret = SessionSecret::generate();
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            secret_hash: Some(secret.to_hash()),
+            via: Via::Cookie,
+            created_at: now,
+            last_seen_at: now,
+            idle_timeout_secs: duration_secs(self.config.session_idle_timeout),
+            expires_at: now.saturating_add(self.config.session_absolute_timeout),
+            user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
+            ip: device.ip,
+            revoked_at: None,
+        };
+        self.store.insert_session(&session).await?;
+        info!(user = %user.id, session = %session.id, via = "cookie", "signed in");
+        let csrf_token = self.csrf_token(session.id);
+        Ok(CookieLogin {
+            user,
+            session,
+            secret,
+            csrf_token,
+        })
+    }
+
+    /// Resolves a session cookie to its principal; `Unauthenticated` for anything not live.
+    pub async fn authenticate_cookie(
+        &self,
+        secret: &SessionSecret,
+    ) -> Result<Principal, AuthError> {
+        let now = Timestamp::now();
+        let session = self
+            .store
+            .find_live_session_by_hash(&secret.to_hash(), now)
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        let user = self
+            .store
+            .find_user(session.user_id)
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        let session = self.touch(session, now).await?;
+        Ok(Principal {
+            user_id: user.id,
+            roles: user.roles,
+            session,
+            presented: Via::Cookie,
+        })
+    }
+
+    async fn touch(&self, mut session: Session, now: Timestamp) -> Result<Session, AuthError> {
+        if now.seconds_since(session.last_seen_at) >= TOUCH_INTERVAL_SECS {
+            self.store.touch_session(session.id, now).await?;
+            session.last_seen_at = now;
+        }
+        Ok(session)
+    }
+
+    /// The session-bound CSRF token: HMAC-SHA256 of the session id under a server secret, so
+    /// it is useless for any other session and needs no storage.
+    pub fn csrf_token(&self, session: SessionId) -> String {
+        URL_SAFE_NO_PAD.encode(self.csrf_mac(session).finalize().into_bytes())
+    }
+
+    /// Constant-time check of a presented CSRF token.
+    pub fn check_csrf(&self, session: SessionId, presented: &str) -> bool {
+        let Ok(bytes) = URL_SAFE_NO_PAD.decode(presented.trim()) else {
+            return false;
+        };
+        self.csrf_mac(session).verify_slice(&bytes).is_ok()
+    }
+
+    fn csrf_mac(&self, session: SessionId) -> HmacSha256 {
+        let mut mac = hmac_with(&self.csrf_key);
+        mac.update(session.as_uuid().as_bytes());
+        mac
+    }
+
+    // ----- sign-out ----------------------------------------------------------------------
+
+    /// Revokes the caller's session (its cookie, or its refresh family and access tokens).
+    pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
+        self.store
+            .revoke_session(principal.session.id, Timestamp::now())
+            .await?;
+        info!(user = %principal.user_id, session = %principal.session.id, "signed out");
+        Ok(())
+    }
+
+    /// Revokes every session of the user and bumps the epoch so no access token outlives it.
+    pub async fn logout_everywhere(&self, user: UserId) -> Result<u64, AuthError> {
+        let now = Timestamp::now();
+        let revoked = self.store.revoke_user_sessions(user, None, now).await?;
+        self.store.bump_epoch(user, next_epoch()).await?;
+        info!(user = %user, sessions = revoked, "signed out everywhere");
+        Ok(revoked)
+    }
+
+    // ----- tokens ------------------------------------------------------------------------
+
+    /// RFC 6749 §4.3 for first-party clients: a new device session whose refresh family lives
+    /// at most `refresh_token_ttl`.
+    pub async fn password_grant(
+        &self,
+        email: &str,
+        password: Password,
+        device: DeviceInfo,
+    ) -> Result<TokenPair, AuthError> {
+        let user = self.check_credentials(email, password).await?;
+        let now = Timestamp::now();
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            secret_hash: None,
+            via: Via::Token,
+            created_at: now,
+            last_seen_at: now,
+            // A refresh family has one absolute lifetime; its idle bound is the same.
+            idle_timeout_secs: duration_secs(self.config.refresh_token_ttl),
+            expires_at: now.saturating_add(self.config.refresh_token_ttl),
+            user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
+            ip: device.ip,
+            revoked_at: None,
+        };
+        self.store.insert_session(&session).await?;
+        let refresh_token = RefreshToken::generate();
+        self.store
+            .insert_refresh(&RefreshRecord {
+                hash: refresh_token.to_hash(),
+                session_id: session.id,
+                issued_at: now,
+                rotated_at: None,
+            })
+            .await?;
+        info!(user = %user.id, session = %session.id, via = "token", "signed in");
+        let (access_token, expires_in) = self.issue_access_token(&user, &session, now)?;
+        Ok(TokenPair {
+            access_token,
+            expires_in,
+            refresh_token,
+            session,
+        })
+    }
+
+    /// RFC 6749 §6 with rotation (RFC 9700 §4.14.2): every use spends the token; the one just
+    /// spent may be replayed within `refresh_grace` for the same successor; any other reuse
+    /// revokes the family.
+    pub async fn refresh(&self, presented: &RefreshToken) -> Result<TokenPair, AuthError> {
+        let successor = self.successor_of(presented);
+        let now = Timestamp::now();
+        let outcome = self
+            .store
+            .rotate_refresh(
+                &presented.to_hash(),
+                &successor.to_hash(),
+                now,
+                self.config.refresh_grace,
+            )
+            .await?;
+        let session = match outcome {
+            Rotation::Rotated(session) | Rotation::Replayed(session) => session,
+            Rotation::ReuseDetected(session) => {
+                warn!(session = %session, "refresh token reuse detected; family revoked");
+                return Err(AuthError::InvalidGrant);
+            }
+            Rotation::Invalid => return Err(AuthError::InvalidGrant),
+        };
+        let user = self
+            .store
+            .find_user(session.user_id)
+            .await?
+            .ok_or(AuthError::InvalidGrant)?;
+        let (access_token, expires_in) = self.issue_access_token(&user, &session, now)?;
+        Ok(TokenPair {
+            access_token,
+            expires_in,
+            refresh_token: successor,
+            session,
+        })
+    }
+
+    fn successor_of(&self, token: &RefreshToken) -> RefreshToken {
+        let mut mac = hmac_with(&self.refresh_key);
+        mac.update(token.expose_secret().as_bytes());
+        RefreshToken::from_derived(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    fn issue_access_token(
+        &self,
+        user: &User,
+        session: &Session,
+        now: Timestamp,
+    ) -> Result<(String, u64), AuthError> {
+        // Never before the epoch: a token minted in the same second as a role change must
+        // count as issued after it.
+        let iat = now.max(user.tokens_valid_after);
+        let ttl = self.config.access_token_ttl;
+        let claims = Claims {
+            iss: self.config.issuer.clone(),
+            sub: user.id.to_string(),
+            aud: self.config.audience.clone(),
+            exp: iat.saturating_add(ttl).as_unix(),
+            iat: iat.as_unix(),
+            jti: uuid::Uuid::now_v7().to_string(),
+            sid: session.id.to_string(),
+            roles: user.roles.clone(),
+            scope: None,
+        };
+        let token = self.key_ring().active().sign(&claims).map_err(key_error)?;
+        Ok((token, ttl.as_secs()))
+    }
+
+    /// Verifies an access token and checks that its session is live and its `iat` is not
+    /// before the user's epoch.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self.verify_token(token).await?;
+        let (Some(user_id), Some(session_id)) =
+            (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
+        else {
+            return Err(AuthError::Unauthenticated);
+        };
+        let now = Timestamp::now();
+        let session = self
+            .store
+            .find_live_session(session_id, now)
+            .await?
+            .filter(|s| s.user_id == user_id)
+            .ok_or(AuthError::Unauthenticated)?;
+        let user = self
+            .store
+            .find_user(user_id)
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        if claims.iat < user.tokens_valid_after.as_unix() {
+            return Err(AuthError::Unauthenticated);
+        }
+        Ok(Principal {
+            user_id,
+            session,
+            roles: claims.roles,
+            presented: Via::Token,
+        })
+    }
+
+    /// Signature and claims only, as [`check_token`](Self::check_token), with every failure
+    /// reported as `Unauthenticated`.
+    pub async fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
+        self.check_token(token)
+            .await
+            .map_err(|_| AuthError::Unauthenticated)
+    }
+
+    /// Signature and claims only, with the precise reason for a refusal (for `token inspect`
+    /// and logs). An unknown `kid` triggers one key-ring reload, so a key rotated by the CLI
+    /// or another node is honoured without a restart.
+    pub async fn check_token(&self, token: &str) -> Result<Claims, VerifyError> {
+        match self.key_ring().verifier().verify(token) {
+            Err(VerifyError::UnknownKey) => {
+                if self.reload_keys().await.is_err() {
+                    return Err(VerifyError::UnknownKey);
+                }
+                self.key_ring().verifier().verify(token)
+            }
+            outcome => outcome,
+        }
+    }
+
+    // ----- devices -----------------------------------------------------------------------
+
+    pub async fn sessions_of(&self, user: UserId) -> Result<Vec<Session>, AuthError> {
+        Ok(self
+            .store
+            .list_live_sessions(user, Timestamp::now())
+            .await?)
+    }
+
+    // ----- keys and admin keys -----------------------------------------------------------
+
+    /// Makes a new signing key in the configured algorithm and retires the active one, whose
+    /// public key stays published until every token it signed has expired.
+    pub async fn rotate_signing_key(&self) -> Result<SigningKey, AuthError> {
+        let key = rotate(self.store.as_ref(), &self.master, &self.config).await?;
+        self.reload_keys().await?;
+        Ok(key)
+    }
+
+    /// Creates an admin API key; the secret is returned once and only its hash is kept.
+    pub async fn create_admin_key(&self, name: &str) -> Result<(AdminKey, AdminSecret), AuthError> {
+        let secret = AdminSecret::generate();
+        let key = AdminKey {
+            id: AdminKeyId::new(),
+            name: name.to_owned(),
+            hash: secret.to_hash(),
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        };
+        self.store.insert_admin_key(&key).await?;
+        Ok((key, secret))
+    }
+
+    pub async fn authenticate_admin(&self, secret: &AdminSecret) -> Result<AdminKey, AuthError> {
+        self.store
+            .find_live_admin_key(&secret.to_hash())
+            .await?
+            .ok_or(AuthError::Unauthenticated)
+    }
+}
+
+/// Loads the key ring, creating the first key, or rotating when `signing_alg` changed.
+async fn ensure_signing_key(
+    store: &dyn Store,
+    master: &MasterKey,
+    config: &Config,
+) -> Result<KeyRing, AuthError> {
+    let sealed = store.signing_keys().await?;
+    let active = sealed.iter().rev().find(|k| k.retired_at.is_none());
+    if active.is_none_or(|k| k.alg != config.signing_alg.as_str()) {
+        rotate(store, master, config).await?;
+    }
+    let sealed = store.signing_keys().await?;
+    KeyRing::from_sealed(
+        &sealed,
+        master,
+        Timestamp::now(),
+        config.access_token_ttl,
+        &config.issuer,
+        &config.audience,
+    )
+    .map_err(key_error)
+}
+
+async fn rotate(
+    store: &dyn Store,
+    master: &MasterKey,
+    config: &Config,
+) -> Result<SigningKey, AuthError> {
+    let alg = config.signing_alg;
+    let key = tokio::task::spawn_blocking(move || SigningKey::generate(alg))
+        .await
+        .map_err(|e| AuthError::Key(e.to_string()))?
+        .map_err(key_error)?;
+    let now = Timestamp::now();
+    let sealed = key.seal(master, now).map_err(key_error)?;
+    let previous: Vec<String> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .filter(|k| k.retired_at.is_none())
+        .map(|k| k.kid)
+        .collect();
+    store.insert_signing_key(&sealed).await?;
+    for kid in previous {
+        store.retire_signing_key(&kid, now).await?;
+    }
+    info!(kid = key.kid(), alg = %alg, "signing key created");
+    Ok(key)
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(key_error)`
+fn key_error(e: KeyError) -> AuthError {
+    AuthError::Key(e.to_string())
+}
+
+fn hmac_with(key: &[u8; 32]) -> HmacSha256 {
+    // HMAC zero-pads a short key to the 64-byte block (RFC 2104 §2), so this is the same MAC
+    // as `new_from_slice(key)` without its impossible error.
+    let mut block = Zeroizing::new([0u8; 64]);
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as hmac::digest::KeyInit>::new(&(*block).into())
+}
+
+/// The epoch a revocation sets: the next whole second, so every token issued up to and
+/// including this second is dead, while tokens issued after it carry `iat >= epoch`.
+fn next_epoch() -> Timestamp {
+    Timestamp::from_unix(Timestamp::now().as_unix() + 1)
+}
+
+fn duration_secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn normalise_roles(roles: Vec<String>) -> Vec<String> {
+    let mut roles: Vec<String> = roles
+        .into_iter()
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
