@@ -1,0 +1,1002 @@
+//! The one conformance suite: the semantics written in the doc comments of
+//! [`tessera_core::store`], as executable cases every backend must pass.
+//!
+//! Each case is a plain `async fn` generic over the backend, using fresh random ids, emails
+//! and kids, so all cases can run in parallel against one shared database. A backend's test
+//! file only builds its store and invokes [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```
+//! // tests/memory.rs (the test crate needs `tokio` with `macros` and `rt`)
+//! # #[cfg(feature = "memory")] mod suite {
+//! async fn memory_store() -> Option<tessera_store::MemoryStore> {
+//!     Some(tessera_store::MemoryStore::new())
+//! }
+//! tessera_store::conformance_suite!(memory_store()); // every case
+//! # }
+//! # fn main() {}
+//! ```
+//!
+//! The expression yields `Option<impl Fixture>`: `None` skips the case (the builder prints
+//! why, e.g. a service that is not reachable), and a fixture may carry a guard that must
+//! outlive the store, such as the temporary directory of a database file: `(store, guard)`.
+//!
+//! Cases fail with `assert!`: this module is test code shipped in the library so that every
+//! backend's tests share it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::model::{
+    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
+    User, UserId, Via,
+};
+use tessera_core::secret::{SecretHash, SessionSecret};
+use tessera_core::{Store, StoreError};
+
+/// Something that holds a store for the duration of one case.
+pub trait Fixture {
+    type Store: Store + ?Sized;
+    fn store(&self) -> &Self::Store;
+}
+
+impl<S: Store + ?Sized> Fixture for Arc<S> {
+    type Store = S;
+    fn store(&self) -> &S {
+        self
+    }
+}
+
+impl<S: Store + ?Sized> Fixture for Box<S> {
+    type Store = S;
+    fn store(&self) -> &S {
+        self
+    }
+}
+
+/// A store and a guard dropped after it (a temporary directory, a container handle …).
+impl<S: Store, G> Fixture for (S, G) {
+    type Store = S;
+    fn store(&self) -> &S {
+        &self.0
+    }
+}
+
+#[cfg(feature = "memory")]
+impl Fixture for crate::MemoryStore {
+    type Store = Self;
+    fn store(&self) -> &Self {
+        self
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Fixture for crate::SqliteStore {
+    type Store = Self;
+    fn store(&self) -> &Self {
+        self
+    }
+}
+
+/// Expands to one `#[tokio::test]` per case. The first argument is an expression evaluating
+/// to a future of `Option<F>` where `F:` [`Fixture`]; it is evaluated once per case. Without
+/// a case list, every case of the suite is generated.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make_store:expr; $($case:ident),+ $(,)?) => { $(
+        #[tokio::test]
+        async fn $case() {
+            let Some(fixture) = $make_store.await else { return }; // skipped, reason printed
+            $crate::conformance::$case($crate::conformance::Fixture::store(&fixture)).await;
+        }
+    )+ };
+    ($make_store:expr $(,)?) => {
+        $crate::conformance_suite!($make_store;
+            user_round_trips_by_id_and_email,
+            duplicate_email_conflicts,
+            unknown_user_is_none,
+            users_are_listed_in_creation_order,
+            set_roles_replaces_roles,
+            bump_epoch_never_lowers,
+            session_round_trips_by_id_and_hash,
+            duplicate_session_conflicts,
+            token_sessions_need_no_secret_hash,
+            session_of_unknown_user_is_refused,
+            unknown_session_is_none,
+            session_dies_when_idle,
+            session_dies_at_absolute_expiry,
+            revoked_session_is_not_found,
+            touch_extends_idle_expiry,
+            touch_never_moves_back,
+            touch_does_not_revive_a_dead_session,
+            revoke_session_is_idempotent,
+            revoke_user_sessions_keeps_the_current_one,
+            list_live_sessions_is_newest_first_and_only_live,
+            refresh_insert_rules,
+            rotation_spends_the_token_and_touches_the_session,
+            replay_within_grace_is_replayed,
+            replay_after_grace_revokes_the_family,
+            replay_of_an_older_token_revokes_the_family,
+            unknown_refresh_token_is_invalid,
+            refresh_of_a_dead_session_is_invalid,
+            concurrent_rotations_rotate_once,
+            signing_keys_are_listed_oldest_first,
+            duplicate_kid_conflicts,
+            retire_signing_key_once,
+            delete_signing_key,
+            admin_key_round_trips,
+            revoked_admin_key_is_not_found,
+            ping_answers,
+        );
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures. Times are offsets from a fixed instant: every method takes `now`, so no case
+// sleeps or depends on the clock.
+
+const IDLE_SECS: i64 = 3_600;
+const ABSOLUTE_SECS: i64 = 86_400;
+const GRACE: Duration = Duration::from_secs(10);
+
+fn at(offset: i64) -> Timestamp {
+    Timestamp::from_unix(1_700_000_000 + offset)
+}
+
+fn fresh_hash() -> SecretHash {
+    SessionSecret::generate().to_hash()
+}
+
+fn fresh_email() -> Email {
+    Email::parse(&format!("user-{}@example.test", UserId::new())).unwrap()
+}
+
+fn new_user(created_at: Timestamp) -> User {
+    User {
+        id: UserId::new(),
+        email: fresh_email(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+            .to_owned(),
+        roles: vec!["reader".to_owned()],
+        created_at,
+        tokens_valid_after: created_at,
+    }
+}
+
+fn new_session(user: &User, via: Via, created_at: Timestamp) -> Session {
+    Session {
+        id: SessionId::new(),
+        user_id: user.id,
+        secret_hash: (via == Via::Cookie).then(fresh_hash),
+        via,
+        created_at,
+        last_seen_at: created_at,
+        idle_timeout_secs: IDLE_SECS,
+        expires_at: Timestamp::from_unix(created_at.as_unix() + ABSOLUTE_SECS),
+        user_agent: Some("Mozilla/5.0 (conformance)".to_owned()),
+        ip: Some("192.0.2.7".to_owned()),
+        revoked_at: None,
+    }
+}
+
+async fn seeded_user<S: Store + ?Sized>(store: &S) -> User {
+    let user = new_user(at(0));
+    store.insert_user(&user).await.unwrap();
+    user
+}
+
+async fn seeded_session<S: Store + ?Sized>(store: &S, via: Via) -> Session {
+    let user = seeded_user(store).await;
+    let session = new_session(&user, via, at(0));
+    store.insert_session(&session).await.unwrap();
+    session
+}
+
+/// A token session with its first refresh token, issued at `at(0)`.
+async fn seeded_family<S: Store + ?Sized>(store: &S) -> (Session, SecretHash) {
+    let session = seeded_session(store, Via::Token).await;
+    let first = family_of(store, &session).await;
+    (session, first)
+}
+
+/// Stores the first refresh token of `session`'s family.
+async fn family_of<S: Store + ?Sized>(store: &S, session: &Session) -> SecretHash {
+    let first = fresh_hash();
+    let record = RefreshRecord {
+        hash: first,
+        session_id: session.id,
+        issued_at: session.created_at,
+        rotated_at: None,
+    };
+    store.insert_refresh(&record).await.unwrap();
+    first
+}
+
+fn touched(session: &Session, last_seen_at: Timestamp) -> Session {
+    Session {
+        last_seen_at,
+        ..session.clone()
+    }
+}
+
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, rule: &str) {
+    match result {
+        Err(StoreError::Conflict(name)) => assert_eq!(name, rule),
+        other => panic!("expected Conflict({rule:?}), got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+
+pub async fn user_round_trips_by_id_and_email<S: Store + ?Sized>(store: &S) {
+    let mut user = new_user(at(0));
+    user.roles = vec!["admin".to_owned(), "a,b \"quoted\"".to_owned()];
+    store.insert_user(&user).await.unwrap();
+    assert_eq!(store.find_user(user.id).await.unwrap(), Some(user.clone()));
+    assert_eq!(
+        store.find_user_by_email(&user.email).await.unwrap(),
+        Some(user)
+    );
+}
+
+pub async fn duplicate_email_conflicts<S: Store + ?Sized>(store: &S) {
+    let first = seeded_user(store).await;
+    let second = User {
+        email: first.email.clone(),
+        ..new_user(at(5))
+    };
+    assert_conflict(store.insert_user(&second).await, "email");
+    assert_eq!(store.find_user(second.id).await.unwrap(), None);
+    assert_eq!(
+        store.find_user_by_email(&first.email).await.unwrap(),
+        Some(first)
+    );
+}
+
+pub async fn unknown_user_is_none<S: Store + ?Sized>(store: &S) {
+    assert_eq!(store.find_user(UserId::new()).await.unwrap(), None);
+    assert_eq!(
+        store.find_user_by_email(&fresh_email()).await.unwrap(),
+        None
+    );
+}
+
+pub async fn users_are_listed_in_creation_order<S: Store + ?Sized>(store: &S) {
+    // Inserted out of order: the order is `created_at`, not insertion.
+    let middle = new_user(at(20));
+    let first = new_user(at(10));
+    let last = new_user(at(30));
+    for user in [&middle, &first, &last] {
+        store.insert_user(user).await.unwrap();
+    }
+    let ours: Vec<UserId> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.id)
+        .filter(|id| [first.id, middle.id, last.id].contains(id))
+        .collect();
+    assert_eq!(ours, vec![first.id, middle.id, last.id]);
+}
+
+pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let roles = vec!["admin".to_owned(), "ops".to_owned()];
+    assert!(store.set_roles(user.id, &roles).await.unwrap());
+    assert_eq!(
+        store.find_user(user.id).await.unwrap().unwrap().roles,
+        roles
+    );
+    assert!(store.set_roles(user.id, &[]).await.unwrap());
+    assert!(store
+        .find_user(user.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .roles
+        .is_empty());
+    assert!(!store.set_roles(UserId::new(), &roles).await.unwrap());
+}
+
+pub async fn bump_epoch_never_lowers<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let epoch = |user: Option<User>| user.unwrap().tokens_valid_after;
+    assert!(store.bump_epoch(user.id, at(100)).await.unwrap());
+    assert_eq!(epoch(store.find_user(user.id).await.unwrap()), at(100));
+    // An older bump (a slow node, a retry) must not resurrect tokens.
+    assert!(store.bump_epoch(user.id, at(50)).await.unwrap());
+    assert_eq!(epoch(store.find_user(user.id).await.unwrap()), at(100));
+    assert!(!store.bump_epoch(UserId::new(), at(100)).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+pub async fn session_round_trips_by_id_and_hash<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    let hash = session.secret_hash.unwrap();
+    assert_eq!(
+        store.find_live_session(session.id, at(1)).await.unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(
+        store.find_live_session_by_hash(&hash, at(1)).await.unwrap(),
+        Some(session)
+    );
+}
+
+pub async fn duplicate_session_conflicts<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    let same_id = Session {
+        secret_hash: Some(fresh_hash()),
+        ..session.clone()
+    };
+    assert_conflict(store.insert_session(&same_id).await, "session");
+    let same_hash = Session {
+        id: SessionId::new(),
+        ..session.clone()
+    };
+    assert_conflict(store.insert_session(&same_hash).await, "session");
+    assert_eq!(
+        store.find_live_session(same_hash.id, at(1)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&session.secret_hash.unwrap(), at(1))
+            .await
+            .unwrap(),
+        Some(session)
+    );
+}
+
+pub async fn token_sessions_need_no_secret_hash<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let mut first = new_session(&user, Via::Token, at(0));
+    first.user_agent = None;
+    first.ip = None;
+    let second = new_session(&user, Via::Token, at(1));
+    assert_eq!(first.secret_hash, None);
+    store.insert_session(&first).await.unwrap();
+    store.insert_session(&second).await.unwrap();
+    assert_eq!(
+        store.find_live_session(first.id, at(2)).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        store.find_live_session(second.id, at(2)).await.unwrap(),
+        Some(second)
+    );
+}
+
+pub async fn session_of_unknown_user_is_refused<S: Store + ?Sized>(store: &S) {
+    let session = new_session(&new_user(at(0)), Via::Cookie, at(0));
+    assert!(store.insert_session(&session).await.is_err());
+    assert_eq!(
+        store.find_live_session(session.id, at(1)).await.unwrap(),
+        None
+    );
+}
+
+pub async fn unknown_session_is_none<S: Store + ?Sized>(store: &S) {
+    let id = SessionId::new();
+    assert_eq!(store.find_live_session(id, at(0)).await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&fresh_hash(), at(0))
+            .await
+            .unwrap(),
+        None
+    );
+    store.touch_session(id, at(0)).await.unwrap();
+    assert!(!store.revoke_session(id, at(0)).await.unwrap());
+}
+
+pub async fn session_dies_when_idle<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    let hash = session.secret_hash.unwrap();
+    let last_live = at(IDLE_SECS - 1);
+    assert!(store
+        .find_live_session(session.id, last_live)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .find_live_session_by_hash(&hash, last_live)
+        .await
+        .unwrap()
+        .is_some());
+    // Dead at exactly last_seen_at + idle_timeout_secs.
+    let idle_end = at(IDLE_SECS);
+    assert_eq!(
+        store.find_live_session(session.id, idle_end).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&hash, idle_end)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .list_live_sessions(session.user_id, idle_end)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn session_dies_at_absolute_expiry<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let session = Session {
+        expires_at: at(5_000),
+        ..new_session(&user, Via::Cookie, at(0))
+    };
+    store.insert_session(&session).await.unwrap();
+    // Activity keeps the idle expiry ahead, but not past the absolute end.
+    store.touch_session(session.id, at(3_000)).await.unwrap();
+    store.touch_session(session.id, at(4_900)).await.unwrap();
+    assert!(store
+        .find_live_session(session.id, at(4_999))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store
+            .find_live_session(session.id, at(5_000))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&session.secret_hash.unwrap(), at(5_000))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn revoked_session_is_not_found<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    assert!(store.revoke_session(session.id, at(10)).await.unwrap());
+    assert_eq!(
+        store.find_live_session(session.id, at(11)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&session.secret_hash.unwrap(), at(11))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .list_live_sessions(session.user_id, at(11))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn touch_extends_idle_expiry<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    store.touch_session(session.id, at(3_000)).await.unwrap();
+    let found = store
+        .find_live_session(session.id, at(IDLE_SECS + 10))
+        .await
+        .unwrap();
+    assert_eq!(found, Some(touched(&session, at(3_000))));
+    assert!(store
+        .find_live_session(session.id, at(3_000 + IDLE_SECS - 1))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store
+            .find_live_session(session.id, at(3_000 + IDLE_SECS))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn touch_never_moves_back<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    store.touch_session(session.id, at(3_000)).await.unwrap();
+    // A late, out-of-order touch from a slow request.
+    store.touch_session(session.id, at(1_000)).await.unwrap();
+    let found = store
+        .find_live_session(session.id, at(3_001))
+        .await
+        .unwrap();
+    assert_eq!(found.unwrap().last_seen_at, at(3_000));
+}
+
+pub async fn touch_does_not_revive_a_dead_session<S: Store + ?Sized>(store: &S) {
+    let idle = seeded_session(store, Via::Cookie).await;
+    store
+        .touch_session(idle.id, at(IDLE_SECS + 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_live_session(idle.id, at(IDLE_SECS + 2))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let revoked = seeded_session(store, Via::Cookie).await;
+    assert!(store.revoke_session(revoked.id, at(10)).await.unwrap());
+    store.touch_session(revoked.id, at(20)).await.unwrap();
+    assert_eq!(
+        store.find_live_session(revoked.id, at(21)).await.unwrap(),
+        None
+    );
+}
+
+pub async fn revoke_session_is_idempotent<S: Store + ?Sized>(store: &S) {
+    let session = seeded_session(store, Via::Cookie).await;
+    assert!(store.revoke_session(session.id, at(10)).await.unwrap());
+    // The retry after a timeout: nothing left to revoke, no error.
+    assert!(!store.revoke_session(session.id, at(11)).await.unwrap());
+    assert!(!store
+        .revoke_session(SessionId::new(), at(11))
+        .await
+        .unwrap());
+    // A session that already died of inactivity was not live: nothing was revoked.
+    let expired = seeded_session(store, Via::Cookie).await;
+    assert!(!store
+        .revoke_session(expired.id, at(IDLE_SECS))
+        .await
+        .unwrap());
+}
+
+pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let current = new_session(&user, Via::Cookie, at(0));
+    let other = new_session(&user, Via::Token, at(1));
+    let already = new_session(&user, Via::Cookie, at(2));
+    let stranger = seeded_session(store, Via::Cookie).await;
+    for session in [&current, &other, &already] {
+        store.insert_session(session).await.unwrap();
+    }
+    assert!(store.revoke_session(already.id, at(5)).await.unwrap());
+
+    // Only `other`: `already` was revoked before and `current` is kept.
+    let revoked = store
+        .revoke_user_sessions(user.id, Some(current.id), at(10))
+        .await
+        .unwrap();
+    assert_eq!(revoked, 1);
+    assert!(store
+        .find_live_session(current.id, at(11))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.find_live_session(other.id, at(11)).await.unwrap(),
+        None
+    );
+    assert!(store
+        .find_live_session(stranger.id, at(11))
+        .await
+        .unwrap()
+        .is_some());
+
+    assert_eq!(
+        store
+            .revoke_user_sessions(user.id, None, at(20))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.find_live_session(current.id, at(21)).await.unwrap(),
+        None
+    );
+    assert!(store
+        .list_live_sessions(user.id, at(21))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .revoke_user_sessions(user.id, None, at(30))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .revoke_user_sessions(UserId::new(), None, at(30))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let old = new_session(&user, Via::Cookie, at(0));
+    let middle = new_session(&user, Via::Token, at(100));
+    let new = new_session(&user, Via::Cookie, at(200));
+    let revoked = new_session(&user, Via::Cookie, at(150));
+    let idle = Session {
+        idle_timeout_secs: 60,
+        ..new_session(&user, Via::Cookie, at(50))
+    };
+    let ended = Session {
+        expires_at: at(250),
+        ..new_session(&user, Via::Token, at(180))
+    };
+    // Inserted out of order: the order is `created_at`, not insertion.
+    for session in [&middle, &revoked, &old, &idle, &new, &ended] {
+        store.insert_session(session).await.unwrap();
+    }
+    let stranger = seeded_session(store, Via::Cookie).await;
+    assert!(store.revoke_session(revoked.id, at(160)).await.unwrap());
+
+    let listed = store.list_live_sessions(user.id, at(300)).await.unwrap();
+    assert_eq!(listed, vec![new, middle, old]);
+    assert_eq!(
+        store
+            .list_live_sessions(stranger.user_id, at(300))
+            .await
+            .unwrap(),
+        vec![stranger]
+    );
+    assert!(store
+        .list_live_sessions(UserId::new(), at(300))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refresh families (RFC 9700 §4.14.2)
+
+pub async fn refresh_insert_rules<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let again = RefreshRecord {
+        hash: first,
+        session_id: session.id,
+        issued_at: at(1),
+        rotated_at: None,
+    };
+    assert_conflict(store.insert_refresh(&again).await, "refresh");
+    let orphan = RefreshRecord {
+        hash: fresh_hash(),
+        session_id: SessionId::new(),
+        issued_at: at(1),
+        rotated_at: None,
+    };
+    assert!(store.insert_refresh(&orphan).await.is_err());
+    let rotation = store
+        .rotate_refresh(&orphan.hash, &fresh_hash(), at(2), GRACE)
+        .await;
+    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+}
+
+pub async fn rotation_spends_the_token_and_touches_the_session<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let (second, third) = (fresh_hash(), fresh_hash());
+
+    let rotation = store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(100))));
+    assert_eq!(
+        store.find_live_session(session.id, at(100)).await.unwrap(),
+        Some(touched(&session, at(100)))
+    );
+
+    // The successor is a full member of the family.
+    let rotation = store
+        .rotate_refresh(&second, &third, at(200), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(200))));
+    assert_eq!(
+        store.find_live_session(session.id, at(200)).await.unwrap(),
+        Some(touched(&session, at(200)))
+    );
+}
+
+pub async fn replay_within_grace_is_replayed<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    let after_rotation = touched(&session, at(100));
+    store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+
+    // Two tabs refreshing at once; up to and including `grace` seconds later.
+    for now in [at(100), at(105), at(110)] {
+        let rotation = store
+            .rotate_refresh(&first, &second, now, GRACE)
+            .await
+            .unwrap();
+        assert_eq!(rotation, Rotation::Replayed(after_rotation.clone()));
+    }
+    // Nothing changed: the session was not touched, the successor is still unused.
+    assert_eq!(
+        store.find_live_session(session.id, at(110)).await.unwrap(),
+        Some(after_rotation)
+    );
+    let rotation = store
+        .rotate_refresh(&second, &fresh_hash(), at(111), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(111))));
+}
+
+pub async fn replay_after_grace_revokes_the_family<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+
+    let rotation = store
+        .rotate_refresh(&first, &second, at(111), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::ReuseDetected(session.id));
+    assert_eq!(
+        store.find_live_session(session.id, at(111)).await.unwrap(),
+        None
+    );
+    // The thief's and the victim's tokens are both dead now.
+    let rotation = store
+        .rotate_refresh(&second, &fresh_hash(), at(112), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Invalid);
+    let rotation = store
+        .rotate_refresh(&first, &second, at(113), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Invalid);
+}
+
+pub async fn replay_of_an_older_token_revokes_the_family<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let (second, third) = (fresh_hash(), fresh_hash());
+    store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+    store
+        .rotate_refresh(&second, &third, at(101), GRACE)
+        .await
+        .unwrap();
+
+    // The parent of the current token is still within grace …
+    let rotation = store
+        .rotate_refresh(&second, &third, at(102), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Replayed(touched(&session, at(101))));
+    // … but the grand-parent's successor was already used: theft, even within grace.
+    let rotation = store
+        .rotate_refresh(&first, &second, at(103), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::ReuseDetected(session.id));
+    assert_eq!(
+        store.find_live_session(session.id, at(103)).await.unwrap(),
+        None
+    );
+    let rotation = store
+        .rotate_refresh(&third, &fresh_hash(), at(104), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Invalid);
+}
+
+pub async fn unknown_refresh_token_is_invalid<S: Store + ?Sized>(store: &S) {
+    let rotation = store
+        .rotate_refresh(&fresh_hash(), &fresh_hash(), at(0), GRACE)
+        .await;
+    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+}
+
+pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) {
+    // Revoked: neither a fresh token nor a replayed one does anything, not even a reuse alarm.
+    let (revoked, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+    assert!(store.revoke_session(revoked.id, at(101)).await.unwrap());
+    for presented in [&second, &first] {
+        let rotation = store
+            .rotate_refresh(presented, &fresh_hash(), at(102), GRACE)
+            .await;
+        assert_eq!(rotation.unwrap(), Rotation::Invalid);
+    }
+
+    // Idle-expired.
+    let (idle, first) = seeded_family(store).await;
+    let rotation = store
+        .rotate_refresh(&first, &fresh_hash(), at(IDLE_SECS), GRACE)
+        .await;
+    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+    assert_eq!(
+        store
+            .find_live_session(idle.id, at(IDLE_SECS - 1))
+            .await
+            .unwrap(),
+        Some(idle)
+    );
+
+    // Past the absolute end, however recently it was used.
+    let user = seeded_user(store).await;
+    let ended = Session {
+        expires_at: at(500),
+        ..new_session(&user, Via::Token, at(0))
+    };
+    store.insert_session(&ended).await.unwrap();
+    let first = family_of(store, &ended).await;
+    let second = fresh_hash();
+    let rotation = store
+        .rotate_refresh(&first, &second, at(499), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&ended, at(499))));
+    let rotation = store
+        .rotate_refresh(&second, &fresh_hash(), at(500), GRACE)
+        .await;
+    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+}
+
+pub async fn concurrent_rotations_rotate_once<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    let (a, b) = tokio::join!(
+        store.rotate_refresh(&first, &second, at(100), GRACE),
+        store.rotate_refresh(&first, &second, at(100), GRACE),
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|r| matches!(r, Rotation::Replayed(_)));
+    let expected = touched(&session, at(100));
+    assert_eq!(
+        outcomes,
+        [
+            Rotation::Rotated(expected.clone()),
+            Rotation::Replayed(expected)
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing keys
+
+fn new_signing_key(created_at: Timestamp) -> SealedKey {
+    SealedKey {
+        kid: format!("kid-{}", UserId::new()),
+        alg: "EdDSA".to_owned(),
+        sealed_private: vec![0, 1, 2, 254, 255],
+        public_jwk: Some(r#"{"kty":"OKP","crv":"Ed25519","x":"conformance"}"#.to_owned()),
+        created_at,
+        retired_at: None,
+    }
+}
+
+async fn our_keys<S: Store + ?Sized>(store: &S, kids: &[&str]) -> Vec<SealedKey> {
+    let keys = store.signing_keys().await.unwrap();
+    keys.into_iter()
+        .filter(|k| kids.contains(&k.kid.as_str()))
+        .collect()
+}
+
+pub async fn signing_keys_are_listed_oldest_first<S: Store + ?Sized>(store: &S) {
+    let newer = new_signing_key(at(200));
+    let older = SealedKey {
+        alg: "HS256".to_owned(),
+        public_jwk: None,
+        retired_at: Some(at(300)),
+        ..new_signing_key(at(100))
+    };
+    store.insert_signing_key(&newer).await.unwrap();
+    store.insert_signing_key(&older).await.unwrap();
+    let keys = our_keys(store, &[&newer.kid, &older.kid]).await;
+    assert_eq!(keys, vec![older, newer]);
+}
+
+pub async fn duplicate_kid_conflicts<S: Store + ?Sized>(store: &S) {
+    let key = new_signing_key(at(0));
+    store.insert_signing_key(&key).await.unwrap();
+    let same_kid = SealedKey {
+        alg: "ES256".to_owned(),
+        ..new_signing_key(at(1))
+    };
+    let same_kid = SealedKey {
+        kid: key.kid.clone(),
+        ..same_kid
+    };
+    assert_conflict(store.insert_signing_key(&same_kid).await, "kid");
+    assert_eq!(our_keys(store, &[&key.kid]).await, vec![key]);
+}
+
+pub async fn retire_signing_key_once<S: Store + ?Sized>(store: &S) {
+    let key = new_signing_key(at(0));
+    store.insert_signing_key(&key).await.unwrap();
+    assert!(store.retire_signing_key(&key.kid, at(300)).await.unwrap());
+    assert!(!store.retire_signing_key(&key.kid, at(400)).await.unwrap());
+    let retired = SealedKey {
+        retired_at: Some(at(300)),
+        ..key.clone()
+    };
+    assert_eq!(our_keys(store, &[&key.kid]).await, vec![retired]);
+    let unknown = format!("kid-{}", UserId::new());
+    assert!(!store.retire_signing_key(&unknown, at(300)).await.unwrap());
+}
+
+pub async fn delete_signing_key<S: Store + ?Sized>(store: &S) {
+    let key = new_signing_key(at(0));
+    let kept = new_signing_key(at(1));
+    store.insert_signing_key(&key).await.unwrap();
+    store.insert_signing_key(&kept).await.unwrap();
+    assert!(store.delete_signing_key(&key.kid).await.unwrap());
+    assert_eq!(our_keys(store, &[&key.kid, &kept.kid]).await, vec![kept]);
+    assert!(!store.delete_signing_key(&key.kid).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin keys
+
+fn new_admin_key() -> AdminKey {
+    AdminKey {
+        id: AdminKeyId::new(),
+        name: "ci deploy".to_owned(),
+        hash: fresh_hash(),
+        created_at: at(0),
+        revoked_at: None,
+    }
+}
+
+pub async fn admin_key_round_trips<S: Store + ?Sized>(store: &S) {
+    let key = new_admin_key();
+    store.insert_admin_key(&key).await.unwrap();
+    assert_eq!(
+        store.find_live_admin_key(&key.hash).await.unwrap(),
+        Some(key)
+    );
+    assert_eq!(
+        store.find_live_admin_key(&fresh_hash()).await.unwrap(),
+        None
+    );
+}
+
+pub async fn revoked_admin_key_is_not_found<S: Store + ?Sized>(store: &S) {
+    let key = new_admin_key();
+    let other = new_admin_key();
+    store.insert_admin_key(&key).await.unwrap();
+    store.insert_admin_key(&other).await.unwrap();
+    assert!(store.revoke_admin_key(key.id, at(10)).await.unwrap());
+    assert_eq!(store.find_live_admin_key(&key.hash).await.unwrap(), None);
+    assert!(!store.revoke_admin_key(key.id, at(11)).await.unwrap());
+    assert!(!store
+        .revoke_admin_key(AdminKeyId::new(), at(11))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.find_live_admin_key(&other.hash).await.unwrap(),
+        Some(other)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+
+pub async fn ping_answers<S: Store + ?Sized>(store: &S) {
+    store.ping().await.unwrap();
+}

@@ -1,0 +1,122 @@
+//! Tessera's storage backends, one feature each, all implementing the traits of
+//! [`tessera_core::store`] and all passing the one suite in [`conformance`]:
+//!
+//! - [`MemoryStore`] (`memory`): everything in process memory, for tests of applications and
+//!   single-process demos; lost on exit.
+//! - [`SqliteStore`] (`sqlite`): the embedded durable default, one file in WAL mode.
+//!
+//! A server picks one at start from the `database` setting with [`open`] and holds it as
+//! `Arc<dyn Store>`, so nothing above this crate knows which backend it talks to.
+
+use std::sync::Arc;
+
+use tessera_core::{Store, StoreError};
+
+pub mod conformance;
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+#[cfg(feature = "memory")]
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// The forms of the `database` setting this build understands, for error messages.
+const ACCEPTED: &str = "`memory`, `sqlite://PATH` or `sqlite:PATH`";
+
+/// Opens the store named by the `database` setting (SPEC §2): `memory` for the in-memory
+/// store, `sqlite://PATH` or `sqlite:PATH` for a SQLite file (created if missing, schema
+/// migrated).
+///
+/// Anything else is [`StoreError::Unavailable`] with a message naming the accepted forms.
+/// The message quotes only the scheme, never the whole value, which may carry a password.
+pub async fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let database = database.trim();
+    if database == "memory" {
+        return open_memory();
+    }
+    let scheme = database
+        .split_once(':')
+        .map_or("", |(scheme, _)| scheme)
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "sqlite" => open_sqlite(database).await,
+        "postgres" | "postgresql" => Err(StoreError::Unavailable(format!(
+            "database `{scheme}://…` (PostgreSQL) is not supported by this build yet; use {ACCEPTED}"
+        ))),
+        "" => Err(StoreError::Unavailable(format!(
+            "database setting has no scheme; use {ACCEPTED}"
+        ))),
+        other => Err(StoreError::Unavailable(format!(
+            "database scheme `{other}` is not supported; use {ACCEPTED}"
+        ))),
+    }
+}
+
+#[cfg(feature = "memory")]
+#[allow(clippy::unnecessary_wraps)] // the signature is shared with the feature-less variant
+fn open_memory() -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(MemoryStore::new()))
+}
+
+#[cfg(not(feature = "memory"))]
+fn open_memory() -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Unavailable(
+        "database `memory` needs tessera-store's `memory` feature, not enabled in this build"
+            .to_owned(),
+    ))
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(database).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+#[allow(clippy::unused_async)] // the signature is shared with the feature-enabled variant
+async fn open_sqlite(_database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Unavailable(
+        "database `sqlite:` needs tessera-store's `sqlite` feature, not enabled in this build"
+            .to_owned(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn message(result: Result<Arc<dyn Store>, StoreError>) -> String {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(StoreError::Unavailable(text)) => text,
+            Err(other) => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn memory_opens() {
+        let store = open(" memory ").await.unwrap();
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_is_not_supported_yet_and_the_password_is_not_echoed() {
+        let text = message(open("postgres://tessera:hunter2@db/tessera").await);
+        assert!(text.contains("not supported by this build yet"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn unknown_forms_name_the_accepted_ones() {
+        for database in ["mysql://db/x", "tessera.db", ""] {
+            let text = message(open(database).await);
+            assert!(text.contains("sqlite://PATH"), "{database}: {text}");
+            assert!(text.contains("`memory`"), "{database}: {text}");
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The in-memory store: every record in process memory, lost when the process exits.
+//!
+//! A product feature, not a test double: it passes the same conformance suite as the durable
+//! backends, so an application's tests and a single-process demo see exactly the semantics
+//! of production. All state sits behind one [`RwLock`], so operations touching several maps
+//! (a refresh rotation, a session with its hash index) are atomic; no lock is ever held
+//! across an `.await` (the trait methods do not await at all).
+
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tessera_core::model::{
+    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
+    User, UserId,
+};
+use tessera_core::secret::SecretHash;
+use tessera_core::store::{AdminKeyStore, KeyStore, RefreshStore, SessionStore, UserStore};
+use tessera_core::{Store, StoreError};
+
+/// Everything in process memory; see the module documentation.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: RwLock<State>,
+}
+
+/// A record and the order it was inserted in, to break ties between equal timestamps the
+/// way the SQL backends do (by insertion order).
+#[derive(Debug)]
+struct Sequenced<T> {
+    seq: u64,
+    value: T,
+}
+
+#[derive(Debug)]
+struct RefreshEntry {
+    record: RefreshRecord,
+    /// The hash of the token this one was exchanged for, set together with `rotated_at`.
+    successor: Option<SecretHash>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_seq: u64,
+    users: HashMap<UserId, Sequenced<User>>,
+    users_by_email: HashMap<Email, UserId>,
+    sessions: HashMap<SessionId, Sequenced<Session>>,
+    sessions_by_hash: HashMap<SecretHash, SessionId>,
+    sessions_by_user: HashMap<UserId, Vec<SessionId>>,
+    refresh: HashMap<SecretHash, RefreshEntry>,
+    signing_keys: HashMap<String, Sequenced<SealedKey>>,
+    admin_keys: HashMap<AdminKeyId, AdminKey>,
+    admin_keys_by_hash: HashMap<SecretHash, AdminKeyId>,
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn live_session(&self, id: SessionId, now: Timestamp) -> Option<&Session> {
+        self.sessions
+            .get(&id)
+            .map(|s| &s.value)
+            .filter(|s| s.is_live(now))
+    }
+}
+
+/// A poisoned lock means a panic interrupted an update, so the maps may disagree with each
+/// other: fail closed (SPEC §7) rather than answer from possibly inconsistent state.
+fn poisoned<T>(_: PoisonError<T>) -> StoreError {
+    StoreError::Unavailable("memory store lock poisoned by an earlier panic".to_owned())
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
+        self.state.read().map_err(poisoned)
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, State>, StoreError> {
+        self.state.write().map_err(poisoned)
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        if state.users_by_email.contains_key(&user.email) {
+            return Err(StoreError::Conflict("email"));
+        }
+        if state.users.contains_key(&user.id) {
+            return Err(StoreError::Conflict("user"));
+        }
+        let seq = state.next_seq();
+        state.users_by_email.insert(user.email.clone(), user.id);
+        state.users.insert(
+            user.id,
+            Sequenced {
+                seq,
+                value: user.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn find_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        Ok(self.read()?.users.get(&id).map(|u| u.value.clone()))
+    }
+
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        let state = self.read()?;
+        Ok(state
+            .users_by_email
+            .get(email)
+            .and_then(|id| state.users.get(id))
+            .map(|u| u.value.clone()))
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let state = self.read()?;
+        let mut users: Vec<&Sequenced<User>> = state.users.values().collect();
+        users.sort_by_key(|u| (u.value.created_at, u.seq));
+        Ok(users.into_iter().map(|u| u.value.clone()).collect())
+    }
+
+    async fn set_roles(&self, id: UserId, roles: &[String]) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        let Some(user) = state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        user.value.roles = roles.to_vec();
+        Ok(true)
+    }
+
+    async fn bump_epoch(&self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        let Some(user) = state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        user.value.tokens_valid_after = user.value.tokens_valid_after.max(at);
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        let hash_taken = session
+            .secret_hash
+            .is_some_and(|hash| state.sessions_by_hash.contains_key(&hash));
+        if hash_taken || state.sessions.contains_key(&session.id) {
+            return Err(StoreError::Conflict("session"));
+        }
+        // Mirrors the SQL foreign key: a session belongs to an existing user.
+        if !state.users.contains_key(&session.user_id) {
+            return Err(StoreError::Unavailable(
+                "session refers to an unknown user".to_owned(),
+            ));
+        }
+        let seq = state.next_seq();
+        if let Some(hash) = session.secret_hash {
+            state.sessions_by_hash.insert(hash, session.id);
+        }
+        state
+            .sessions_by_user
+            .entry(session.user_id)
+            .or_default()
+            .push(session.id);
+        state.sessions.insert(
+            session.id,
+            Sequenced {
+                seq,
+                value: session.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn find_live_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        Ok(self.read()?.live_session(id, now).cloned())
+    }
+
+    async fn find_live_session_by_hash(
+        &self,
+        hash: &SecretHash,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let state = self.read()?;
+        Ok(state
+            .sessions_by_hash
+            .get(hash)
+            .and_then(|id| state.live_session(*id, now))
+            .cloned())
+    }
+
+    async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        if let Some(session) = state.sessions.get_mut(&id) {
+            // Only a live session is extended: touching must never revive an expired one.
+            if session.value.is_live(at) && at > session.value.last_seen_at {
+                session.value.last_seen_at = at;
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        match state.sessions.get_mut(&id) {
+            Some(session) if session.value.is_live(at) => {
+                session.value.revoked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.write()?;
+        let State {
+            sessions,
+            sessions_by_user,
+            ..
+        } = &mut *state;
+        let mut revoked = 0;
+        for id in sessions_by_user.get(&user).into_iter().flatten() {
+            if Some(*id) == keep {
+                continue;
+            }
+            if let Some(session) = sessions.get_mut(id) {
+                if session.value.revoked_at.is_none() {
+                    session.value.revoked_at = Some(at);
+                    revoked += 1;
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn list_live_sessions(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, StoreError> {
+        let state = self.read()?;
+        let mut live: Vec<&Sequenced<Session>> = state
+            .sessions_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.sessions.get(id))
+            .filter(|s| s.value.is_live(now))
+            .collect();
+        live.sort_by_key(|s| std::cmp::Reverse((s.value.created_at, s.seq)));
+        Ok(live.into_iter().map(|s| s.value.clone()).collect())
+    }
+}
+
+#[async_trait]
+impl RefreshStore for MemoryStore {
+    async fn insert_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        if state.refresh.contains_key(&record.hash) {
+            return Err(StoreError::Conflict("refresh"));
+        }
+        if !state.sessions.contains_key(&record.session_id) {
+            return Err(StoreError::Unavailable(
+                "refresh token refers to an unknown session".to_owned(),
+            ));
+        }
+        state.refresh.insert(
+            record.hash,
+            RefreshEntry {
+                record: record.clone(),
+                successor: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented: &SecretHash,
+        successor: &SecretHash,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Result<Rotation, StoreError> {
+        // One write lock for the whole decision: two rotations of one token cannot interleave.
+        let mut state = self.write()?;
+        let Some(entry) = state.refresh.get(presented) else {
+            return Ok(Rotation::Invalid);
+        };
+        let session_id = entry.record.session_id;
+        let (rotated_at, previous_successor) = (entry.record.rotated_at, entry.successor);
+        let Some(session) = state.live_session(session_id, now).cloned() else {
+            return Ok(Rotation::Invalid);
+        };
+
+        let Some(rotated_at) = rotated_at else {
+            if state.refresh.contains_key(successor) {
+                return Err(StoreError::Conflict("refresh"));
+            }
+            if let Some(entry) = state.refresh.get_mut(presented) {
+                entry.record.rotated_at = Some(now);
+                entry.successor = Some(*successor);
+            }
+            state.refresh.insert(
+                *successor,
+                RefreshEntry {
+                    record: RefreshRecord {
+                        hash: *successor,
+                        session_id,
+                        issued_at: now,
+                        rotated_at: None,
+                    },
+                    successor: None,
+                },
+            );
+            let mut touched = session;
+            if let Some(stored) = state.sessions.get_mut(&session_id) {
+                stored.value.last_seen_at = stored.value.last_seen_at.max(now);
+                touched = stored.value.clone();
+            }
+            return Ok(Rotation::Rotated(touched));
+        };
+
+        let within_grace = Duration::from_secs(now.seconds_since(rotated_at)) <= grace;
+        let successor_unused = previous_successor
+            .and_then(|hash| state.refresh.get(&hash))
+            .is_some_and(|next| next.record.rotated_at.is_none());
+        if within_grace && successor_unused {
+            return Ok(Rotation::Replayed(session));
+        }
+        if let Some(stored) = state.sessions.get_mut(&session_id) {
+            stored.value.revoked_at = Some(now);
+        }
+        Ok(Rotation::ReuseDetected(session_id))
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_signing_key(&self, key: &SealedKey) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        if state.signing_keys.contains_key(&key.kid) {
+            return Err(StoreError::Conflict("kid"));
+        }
+        let seq = state.next_seq();
+        state.signing_keys.insert(
+            key.kid.clone(),
+            Sequenced {
+                seq,
+                value: key.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SealedKey>, StoreError> {
+        let state = self.read()?;
+        let mut keys: Vec<&Sequenced<SealedKey>> = state.signing_keys.values().collect();
+        keys.sort_by_key(|k| (k.value.created_at, k.seq));
+        Ok(keys.into_iter().map(|k| k.value.clone()).collect())
+    }
+
+    async fn retire_signing_key(&self, kid: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        match state.signing_keys.get_mut(kid) {
+            Some(key) if key.value.retired_at.is_none() => {
+                key.value.retired_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
+        Ok(self.write()?.signing_keys.remove(kid).is_some())
+    }
+}
+
+#[async_trait]
+impl AdminKeyStore for MemoryStore {
+    async fn insert_admin_key(&self, key: &AdminKey) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        if state.admin_keys.contains_key(&key.id)
+            || state.admin_keys_by_hash.contains_key(&key.hash)
+        {
+            return Err(StoreError::Conflict("admin_key"));
+        }
+        state.admin_keys_by_hash.insert(key.hash, key.id);
+        state.admin_keys.insert(key.id, key.clone());
+        Ok(())
+    }
+
+    async fn find_live_admin_key(&self, hash: &SecretHash) -> Result<Option<AdminKey>, StoreError> {
+        let state = self.read()?;
+        Ok(state
+            .admin_keys_by_hash
+            .get(hash)
+            .and_then(|id| state.admin_keys.get(id))
+            .filter(|key| key.revoked_at.is_none())
+            .cloned())
+    }
+
+    async fn revoke_admin_key(&self, id: AdminKeyId, at: Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        match state.admin_keys.get_mut(&id) {
+            Some(key) if key.revoked_at.is_none() => {
+                key.revoked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Answers only while the state is consistent, like any other operation.
+        self.read().map(drop)
+    }
+}

@@ -1,0 +1,697 @@
+//! The embedded durable store: one SQLite file in WAL mode.
+//!
+//! Durability: `synchronous = FULL` makes every commit fsync the WAL, so a write this store
+//! acknowledged survives `kill -9` and power loss (SPEC §7), at the price of one fsync per
+//! write.
+//!
+//! Concurrency: SQLite admits one writer at a time. Writes go through a pool of exactly one
+//! connection, so writers in this process queue in the pool instead of failing with
+//! `SQLITE_BUSY`; reads use a separate pool and, thanks to WAL, never wait for the writer.
+//! Read-modify-write sequences (refresh rotation) run in `BEGIN IMMEDIATE` transactions,
+//! which take the write lock up front: another process on the same file then waits in
+//! `busy_timeout` rather than deadlocking on a lock upgrade.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row as _;
+use tessera_core::model::{
+    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
+    User, UserId, Via,
+};
+use tessera_core::secret::SecretHash;
+use tessera_core::store::{AdminKeyStore, KeyStore, RefreshStore, SessionStore, UserStore};
+use tessera_core::{Store, StoreError};
+
+/// How long a connection waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Readers never block each other or the writer in WAL mode; a few cover a small node.
+const READERS: u32 = 4;
+/// Attempts at applying migrations: two processes migrating one fresh file at once make
+/// the slower one fail once, after which it finds the schema in place.
+const MIGRATION_ATTEMPTS: u32 = 3;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const SESSION_COLUMNS: &str = "id, user_id, secret_hash, via, created_at, last_seen_at, \
+     idle_timeout_secs, expires_at, user_agent, ip, revoked_at";
+
+/// The SQL mirror of [`Session::is_live`] for a `sessions` row, with `now` bound to `?1`.
+const SESSION_LIVE: &str = "revoked_at IS NULL \
+     AND ?1 < MIN(last_seen_at + idle_timeout_secs, expires_at)";
+
+/// A SQLite-backed [`Store`]; see the module documentation. Cloning shares the pools.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `url_or_path` — `sqlite://PATH`,
+    /// `sqlite:PATH` or a plain file path — and brings its schema up to date.
+    ///
+    /// Several stores, in one process or several, may open the same file at once.
+    pub async fn open(url_or_path: &str) -> Result<Self, StoreError> {
+        let options = connect_options(url_or_path)?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|err| open_failed(url_or_path, &err))?;
+        migrate(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await
+            .map_err(|err| open_failed(url_or_path, &err))?;
+        tracing::debug!(database = %url_or_path, "opened SQLite store");
+        Ok(Self { writer, reader })
+    }
+
+    /// Waits for in-flight operations, then closes every connection (checkpointing the WAL).
+    /// Dropping the store also closes it, without waiting.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn connect_options(url_or_path: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let options = if url_or_path.starts_with("sqlite:") {
+        let rest = url_or_path
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let in_memory = rest.starts_with(":memory:") || rest.contains("mode=memory");
+        if rest.is_empty() || in_memory {
+            return Err(StoreError::Unavailable(format!(
+                "`{url_or_path}` names no database file; use `sqlite://PATH`, or `memory` for \
+                 the in-memory store"
+            )));
+        }
+        SqliteConnectOptions::from_str(url_or_path).map_err(|err| open_failed(url_or_path, &err))?
+    } else {
+        SqliteConnectOptions::new().filename(Path::new(url_or_path))
+    };
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT))
+}
+
+fn open_failed(database: &str, err: &sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("cannot open SQLite database `{database}`: {err}"))
+}
+
+async fn migrate(writer: &SqlitePool) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run(writer).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < MIGRATION_ATTEMPTS => {
+                // Expected when another process migrates the same fresh file at this moment.
+                tracing::debug!(attempt, error = %err, "SQLite migration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(err) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot migrate SQLite schema: {err}"
+                )))
+            }
+        }
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // shaped for `map_err(unavailable)`
+fn unavailable(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// Maps an insert's error: a uniqueness rule to [`StoreError::Conflict`] named by `conflict`
+/// (given the constraint text SQLite reports, e.g. `users.email`), anything else to
+/// [`StoreError::Unavailable`].
+fn insert_failed(err: sqlx::Error, conflict: impl Fn(&str) -> &'static str) -> StoreError {
+    match err.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::Conflict(conflict(db.message())),
+        Some(db) if db.is_foreign_key_violation() => {
+            StoreError::Unavailable(format!("refers to a missing record: {}", db.message()))
+        }
+        _ => unavailable(err),
+    }
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {err}"))
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(column).map_err(|err| corrupt(column, err))
+}
+
+fn timestamp(row: &SqliteRow, column: &str) -> Result<Timestamp, StoreError> {
+    get::<i64>(row, column).map(Timestamp::from_unix)
+}
+
+fn optional_timestamp(row: &SqliteRow, column: &str) -> Result<Option<Timestamp>, StoreError> {
+    Ok(get::<Option<i64>>(row, column)?.map(Timestamp::from_unix))
+}
+
+fn hash(row: &SqliteRow, column: &str) -> Result<SecretHash, StoreError> {
+    let bytes: Vec<u8> = get(row, column)?;
+    SecretHash::from_slice(&bytes).ok_or_else(|| corrupt(column, "not 32 bytes"))
+}
+
+fn optional_hash(row: &SqliteRow, column: &str) -> Result<Option<SecretHash>, StoreError> {
+    get::<Option<Vec<u8>>>(row, column)?
+        .map(|bytes| SecretHash::from_slice(&bytes).ok_or_else(|| corrupt(column, "not 32 bytes")))
+        .transpose()
+}
+
+fn id<T>(row: &SqliteRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    let text: String = get(row, column)?;
+    parse(&text).ok_or_else(|| corrupt(column, format!("not a UUID: {text:?}")))
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+    let roles: String = get(row, "roles")?;
+    Ok(User {
+        id: id(row, "id", UserId::parse)?,
+        email: Email::from_stored(get(row, "email")?),
+        password_hash: get(row, "password_hash")?,
+        roles: serde_json::from_str(&roles).map_err(|err| corrupt("roles", err))?,
+        created_at: timestamp(row, "created_at")?,
+        tokens_valid_after: timestamp(row, "tokens_valid_after")?,
+    })
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
+    let via: String = get(row, "via")?;
+    Ok(Session {
+        id: id(row, "id", SessionId::parse)?,
+        user_id: id(row, "user_id", UserId::parse)?,
+        secret_hash: optional_hash(row, "secret_hash")?,
+        via: Via::parse(&via).ok_or_else(|| corrupt("via", format!("{via:?}")))?,
+        created_at: timestamp(row, "created_at")?,
+        last_seen_at: timestamp(row, "last_seen_at")?,
+        idle_timeout_secs: get(row, "idle_timeout_secs")?,
+        expires_at: timestamp(row, "expires_at")?,
+        user_agent: get(row, "user_agent")?,
+        ip: get(row, "ip")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+    })
+}
+
+fn signing_key_from_row(row: &SqliteRow) -> Result<SealedKey, StoreError> {
+    Ok(SealedKey {
+        kid: get(row, "kid")?,
+        alg: get(row, "alg")?,
+        sealed_private: get(row, "sealed_private")?,
+        public_jwk: get(row, "public_jwk")?,
+        created_at: timestamp(row, "created_at")?,
+        retired_at: optional_timestamp(row, "retired_at")?,
+    })
+}
+
+fn admin_key_from_row(row: &SqliteRow) -> Result<AdminKey, StoreError> {
+    Ok(AdminKey {
+        id: id(row, "id", AdminKeyId::parse)?,
+        name: get(row, "name")?,
+        hash: hash(row, "hash")?,
+        created_at: timestamp(row, "created_at")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+    })
+}
+
+fn roles_json(roles: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(roles).map_err(|err| StoreError::Unavailable(err.to_string()))
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, roles, created_at, tokens_valid_after) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(user.id.to_string())
+        .bind(user.email.as_str())
+        .bind(&user.password_hash)
+        .bind(roles_json(&user.roles)?)
+        .bind(user.created_at.as_unix())
+        .bind(user.tokens_valid_after.as_unix())
+        .execute(&self.writer)
+        .await
+        .map_err(|err| {
+            insert_failed(err, |constraint| {
+                if constraint.contains("users.email") {
+                    "email"
+                } else {
+                    "user"
+                }
+            })
+        })?;
+        Ok(())
+    }
+
+    async fn find_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE email = ?1")
+            .bind(email.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        sqlx::query("SELECT * FROM users ORDER BY created_at, rowid")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(user_from_row)
+            .collect()
+    }
+
+    async fn set_roles(&self, id: UserId, roles: &[String]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET roles = ?1 WHERE id = ?2")
+            .bind(roles_json(roles)?)
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn bump_epoch(&self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        // SQLite counts every row the WHERE matched, changed or not: `true` means "exists".
+        let done = sqlx::query(
+            "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after, ?1) WHERE id = ?2",
+        )
+        .bind(at.as_unix())
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ))
+        .bind(session.id.to_string())
+        .bind(session.user_id.to_string())
+        .bind(session.secret_hash.map(|h| h.as_bytes().to_vec()))
+        .bind(session.via.as_str())
+        .bind(session.created_at.as_unix())
+        .bind(session.last_seen_at.as_unix())
+        .bind(session.idle_timeout_secs)
+        .bind(session.expires_at.as_unix())
+        .bind(session.user_agent.as_deref())
+        .bind(session.ip.as_deref())
+        .bind(session.revoked_at.map(Timestamp::as_unix))
+        .execute(&self.writer)
+        .await
+        .map_err(|err| insert_failed(err, |_| "session"))?;
+        Ok(())
+    }
+
+    async fn find_live_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
+        ))
+        .bind(now.as_unix())
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+    }
+
+    async fn find_live_session_by_hash(
+        &self,
+        hash: &SecretHash,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE secret_hash = ?2 AND {SESSION_LIVE}"
+        ))
+        .bind(now.as_unix())
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+    }
+
+    async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError> {
+        // Only a live session is extended: touching must never revive an expired one.
+        sqlx::query(&format!(
+            "UPDATE sessions SET last_seen_at = ?1 \
+             WHERE id = ?2 AND last_seen_at < ?1 AND {SESSION_LIVE}"
+        ))
+        .bind(at.as_unix())
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND {SESSION_LIVE}"
+        ))
+        .bind(at.as_unix())
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?1 \
+             WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3)",
+        )
+        .bind(at.as_unix())
+        .bind(user.to_string())
+        .bind(keep.map(|id| id.to_string()))
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_live_sessions(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?2 AND {SESSION_LIVE} \
+             ORDER BY created_at DESC, rowid DESC"
+        ))
+        .bind(now.as_unix())
+        .bind(user.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(session_from_row)
+        .collect()
+    }
+}
+
+#[async_trait]
+impl RefreshStore for SqliteStore {
+    async fn insert_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (hash, session_id, issued_at, rotated_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(record.hash.as_bytes().as_slice())
+        .bind(record.session_id.to_string())
+        .bind(record.issued_at.as_unix())
+        .bind(record.rotated_at.map(Timestamp::as_unix))
+        .execute(&self.writer)
+        .await
+        .map_err(|err| insert_failed(err, |_| "refresh"))?;
+        Ok(())
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented: &SecretHash,
+        successor: &SecretHash,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Result<Rotation, StoreError> {
+        // IMMEDIATE takes the write lock before the first read, so the decision and its
+        // effect are one step even against another process on the same file. Dropping the
+        // transaction on any early return rolls it back.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+
+        let Some(token) = sqlx::query(
+            "SELECT r.session_id, r.rotated_at, n.hash AS next_hash, n.rotated_at AS next_rotated_at \
+             FROM refresh_tokens r LEFT JOIN refresh_tokens n ON n.hash = r.successor \
+             WHERE r.hash = ?1",
+        )
+        .bind(presented.as_bytes().as_slice())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        else {
+            return Ok(Rotation::Invalid);
+        };
+        let session_id = id(&token, "session_id", SessionId::parse)?;
+        let rotated_at = optional_timestamp(&token, "rotated_at")?;
+
+        let Some(session) = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
+        ))
+        .bind(now.as_unix())
+        .bind(session_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        else {
+            return Ok(Rotation::Invalid);
+        };
+        let mut session = session_from_row(&session)?;
+
+        let outcome = if let Some(rotated_at) = rotated_at {
+            let within_grace = Duration::from_secs(now.seconds_since(rotated_at)) <= grace;
+            let successor_unused = optional_hash(&token, "next_hash")?.is_some()
+                && optional_timestamp(&token, "next_rotated_at")?.is_none();
+            if within_grace && successor_unused {
+                return Ok(Rotation::Replayed(session));
+            }
+            sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL")
+                .bind(now.as_unix())
+                .bind(session_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            Rotation::ReuseDetected(session_id)
+        } else {
+            sqlx::query(
+                "UPDATE refresh_tokens SET rotated_at = ?1, successor = ?2 WHERE hash = ?3",
+            )
+            .bind(now.as_unix())
+            .bind(successor.as_bytes().as_slice())
+            .bind(presented.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
+            )
+            .bind(successor.as_bytes().as_slice())
+            .bind(session_id.to_string())
+            .bind(now.as_unix())
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| insert_failed(err, |_| "refresh"))?;
+            sqlx::query("UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?1) WHERE id = ?2")
+                .bind(now.as_unix())
+                .bind(session_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            session.last_seen_at = session.last_seen_at.max(now);
+            Rotation::Rotated(session)
+        };
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_signing_key(&self, key: &SealedKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, sealed_private, public_jwk, created_at, retired_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(key.sealed_private.as_slice())
+        .bind(key.public_jwk.as_deref())
+        .bind(key.created_at.as_unix())
+        .bind(key.retired_at.map(Timestamp::as_unix))
+        .execute(&self.writer)
+        .await
+        .map_err(|err| insert_failed(err, |_| "kid"))?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SealedKey>, StoreError> {
+        sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, rowid")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(signing_key_from_row)
+            .collect()
+    }
+
+    async fn retire_signing_key(&self, kid: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 AND retired_at IS NULL",
+        )
+        .bind(at.as_unix())
+        .bind(kid)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM signing_keys WHERE kid = ?1")
+            .bind(kid)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl AdminKeyStore for SqliteStore {
+    async fn insert_admin_key(&self, key: &AdminKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO admin_keys (id, name, hash, created_at, revoked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(key.id.to_string())
+        .bind(&key.name)
+        .bind(key.hash.as_bytes().as_slice())
+        .bind(key.created_at.as_unix())
+        .bind(key.revoked_at.map(Timestamp::as_unix))
+        .execute(&self.writer)
+        .await
+        .map_err(|err| insert_failed(err, |_| "admin_key"))?;
+        Ok(())
+    }
+
+    async fn find_live_admin_key(&self, hash: &SecretHash) -> Result<Option<AdminKey>, StoreError> {
+        sqlx::query("SELECT * FROM admin_keys WHERE hash = ?1 AND revoked_at IS NULL")
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(admin_key_from_row)
+            .transpose()
+    }
+
+    async fn revoke_admin_key(&self, id: AdminKeyId, at: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE admin_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(at.as_unix())
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    /// The durability and concurrency promises of the module documentation hold on every
+    /// connection of both pools, not just the first.
+    #[tokio::test]
+    async fn every_connection_is_durable_and_patient() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db").to_str().unwrap())
+            .await
+            .unwrap();
+        for pool in [&store.writer, &store.reader] {
+            let mut conn = pool.acquire().await.unwrap();
+            let pragma = |name: &'static str| format!("PRAGMA {name}");
+            let mode: String = sqlx::query_scalar(&pragma("journal_mode"))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            for (name, expected) in [
+                ("synchronous", 2),
+                ("foreign_keys", 1),
+                ("busy_timeout", 5_000),
+            ] {
+                let value: i64 = sqlx::query_scalar(&pragma(name))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+                assert_eq!(value, expected, "PRAGMA {name}");
+            }
+        }
+        store.close().await;
+    }
+}

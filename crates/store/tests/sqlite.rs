@@ -1,0 +1,170 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The conformance suite against SQLite (one fresh database file per case), plus what only a
+//! durable file can show: data survives reopening, and several stores share one file.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tessera_core::model::{
+    RefreshRecord, Rotation, Session, SessionId, Timestamp, User, UserId, Via,
+};
+use tessera_core::secret::SessionSecret;
+use tessera_core::store::{RefreshStore as _, SessionStore as _, UserStore as _};
+use tessera_store::SqliteStore;
+
+/// The store first, so it is dropped before its directory.
+async fn sqlite_store() -> Option<(SqliteStore, TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+    Some((SqliteStore::open(&url).await.unwrap(), dir))
+}
+
+tessera_store::conformance_suite!(sqlite_store());
+
+fn user(now: Timestamp) -> User {
+    User {
+        id: UserId::new(),
+        email: tessera_core::model::Email::parse(&format!("u{}@example.test", UserId::new()))
+            .unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+        roles: vec![],
+        created_at: now,
+        tokens_valid_after: now,
+    }
+}
+
+fn session(user: &User, via: Via, now: Timestamp) -> Session {
+    Session {
+        id: SessionId::new(),
+        user_id: user.id,
+        secret_hash: (via == Via::Cookie).then(|| SessionSecret::generate().to_hash()),
+        via,
+        created_at: now,
+        last_seen_at: now,
+        idle_timeout_secs: 3_600,
+        expires_at: Timestamp::from_unix(now.as_unix() + 86_400),
+        user_agent: None,
+        ip: None,
+        revoked_at: None,
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let now = Timestamp::now();
+    let user = user(now);
+    let session = session(&user, Via::Cookie, now);
+
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    store.insert_user(&user).await.unwrap();
+    store.insert_session(&session).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    // Both URL forms name the same file; migrations are not applied twice.
+    let store = SqliteStore::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.find_user(user.id).await.unwrap(), Some(user.clone()));
+    assert_eq!(
+        store.find_live_session(session.id, now).await.unwrap(),
+        Some(session.clone())
+    );
+    // Dropped without `close`, as a crashing process would leave it.
+    assert!(store.revoke_session(session.id, now).await.unwrap());
+    drop(store);
+    let store = tessera_store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_live_session(session.id, now).await.unwrap(),
+        None
+    );
+    assert_eq!(store.list_users().await.unwrap(), vec![user]);
+}
+
+#[tokio::test]
+async fn missing_parent_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("tessera.db");
+    let err = SqliteStore::open(path.to_str().unwrap()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot open SQLite database"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_is_refused() {
+    for url in [
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "sqlite://?mode=memory",
+        "sqlite://",
+    ] {
+        let err = SqliteStore::open(url).await.unwrap_err();
+        assert!(err.to_string().contains("`memory`"), "{url}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+    // Opened at the same time: both create, both migrate.
+    let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+
+    // Writes from both at once must neither fail with SQLITE_BUSY nor be lost.
+    let now = Timestamp::now();
+    let users: Vec<User> = (0..20).map(|_| user(now)).collect();
+    let writes = users.iter().enumerate().map(|(i, user)| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let user = user.clone();
+        tokio::spawn(async move { store.insert_user(&user).await })
+    });
+    for write in writes.collect::<Vec<_>>() {
+        write.await.unwrap().unwrap();
+    }
+    for user in &users {
+        assert_eq!(a.find_user(user.id).await.unwrap().as_ref(), Some(user));
+        assert_eq!(b.find_user(user.id).await.unwrap().as_ref(), Some(user));
+    }
+
+    // One refresh token rotated through both stores at once: exactly one rotation wins.
+    let owner = &users[0];
+    let device = session(owner, Via::Token, now);
+    a.insert_session(&device).await.unwrap();
+    let first = SessionSecret::generate().to_hash();
+    let record = RefreshRecord {
+        hash: first,
+        session_id: device.id,
+        issued_at: now,
+        rotated_at: None,
+    };
+    b.insert_refresh(&record).await.unwrap();
+    let second = SessionSecret::generate().to_hash();
+    let grace = Duration::from_secs(10);
+    let (x, y) = tokio::join!(
+        tokio::spawn({
+            let a = a.clone();
+            async move { a.rotate_refresh(&first, &second, now, grace).await }
+        }),
+        tokio::spawn({
+            let b = b.clone();
+            async move { b.rotate_refresh(&first, &second, now, grace).await }
+        }),
+    );
+    let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
+    let rotated = outcomes
+        .iter()
+        .filter(|r| matches!(r, Rotation::Rotated(_)))
+        .count();
+    let replayed = outcomes
+        .iter()
+        .filter(|r| matches!(r, Rotation::Replayed(_)))
+        .count();
+    assert_eq!((rotated, replayed), (1, 1), "{outcomes:?}");
+}
