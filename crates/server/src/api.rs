@@ -1,0 +1,223 @@
+//! `/v1/*`: sign-up, browser sessions and forward-auth verification.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tessera_core::model::{Session, Timestamp, User, Via};
+use tessera_core::secret::Password;
+use tessera_core::service::Principal;
+use tessera_core::AuthError;
+
+use crate::auth::{check_origin, session_cookie, Authenticated, Credential, Device};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, JsonOrForm};
+use crate::AppState;
+
+#[derive(Deserialize)]
+pub struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct UserView<'a> {
+    id: String,
+    email: &'a str,
+    roles: &'a [String],
+    created_at: Timestamp,
+}
+
+impl<'a> UserView<'a> {
+    fn of(user: &'a User) -> Self {
+        Self {
+            id: user.id.to_string(),
+            email: user.email.as_str(),
+            roles: &user.roles,
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SessionView {
+    id: String,
+    created_at: Timestamp,
+    last_seen_at: Timestamp,
+    expires_at: Timestamp,
+    idle_expires_at: Timestamp,
+    via: Via,
+}
+
+impl SessionView {
+    fn of(session: &Session) -> Self {
+        Self {
+            id: session.id.to_string(),
+            created_at: session.created_at,
+            last_seen_at: session.last_seen_at,
+            expires_at: session.expires_at,
+            idle_expires_at: session.idle_expires_at(),
+            via: session.via,
+        }
+    }
+}
+
+/// `POST /v1/users`
+pub async fn sign_up(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    let user = state
+        .tessera
+        .sign_up(&body.email, Password::new(body.password))
+        .await?;
+    let view = serde_json::json!({
+        "id": user.id.to_string(),
+        "email": user.email.as_str(),
+        "created_at": user.created_at,
+    });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `POST /v1/login`. Login CSRF (a victim signed into the attacker's account) is refused by
+/// checking `Origin`/`Referer`/`Sec-Fetch-Site`: a form post must prove it comes from an
+/// allowed origin, and a cross-origin JSON post cannot be sent without a CORS preflight, which
+/// Tessera never approves.
+pub async fn login(
+    State(state): State<AppState>,
+    Device(device): Device,
+    headers: HeaderMap,
+    JsonOrForm(body): JsonOrForm<Credentials>,
+) -> Result<Response, ApiError> {
+    let config = state.tessera.config();
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    check_origin(&headers, &config.allowed_origins, is_form)?;
+    let previous = session_cookie(&headers, &config.cookie_name);
+    let login = state
+        .tessera
+        .login(
+            &body.email,
+            Password::new(body.password),
+            device,
+            previous.as_ref(),
+        )
+        .await?;
+    let cookie = state.session_cookie(
+        login.secret.expose_secret(),
+        config.session_absolute_timeout.as_secs(),
+    );
+    let body = serde_json::json!({
+        "user": UserView::of(&login.user),
+        "session": SessionView::of(&login.session),
+        "csrf_token": login.csrf_token,
+    });
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    no_store(&mut response);
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct LogoutQuery {
+    #[serde(default)]
+    everywhere: bool,
+}
+
+/// `POST /v1/logout[?everywhere=true]`
+pub async fn logout(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    query: Result<Query<LogoutQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if query.everywhere {
+        state.tessera.logout_everywhere(principal.user_id).await?;
+    } else {
+        state.tessera.logout(&principal).await?;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.session_cookie("", 0));
+    Ok(response)
+}
+
+/// `GET /v1/session`: who am I.
+pub async fn whoami(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<Response, ApiError> {
+    let user = state
+        .tessera
+        .user(principal.user_id)
+        .await
+        .map_err(|e| match e {
+            AuthError::NotFound => AuthError::Unauthenticated,
+            other => other,
+        })?;
+    let mut body = serde_json::json!({
+        "user": { "id": user.id.to_string(), "email": user.email.as_str(), "roles": principal.roles },
+        "session": SessionView::of(&principal.session),
+    });
+    if principal.presented == Via::Cookie {
+        body["csrf_token"] = state.tessera.csrf_token(principal.session.id).into();
+    }
+    let mut response = Json(body).into_response();
+    no_store(&mut response);
+    Ok(response)
+}
+
+static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
+static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
+
+/// `GET /v1/verify`: forward-auth for reverse proxies. 200 with identity headers or 401 with
+/// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1). Never a CSRF check: the
+/// proxy asks on behalf of a request it will forward, and answers are read-only.
+pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let config = state.tessera.config();
+    let outcome = match Credential::from_headers(&headers, &config.cookie_name) {
+        Some(Credential::Bearer(token)) => state.tessera.authenticate_bearer(token).await,
+        Some(Credential::Cookie(secret)) => state.tessera.authenticate_cookie(&secret).await,
+        None => Err(AuthError::Unauthenticated),
+    };
+    match outcome {
+        Ok(principal) => identity_response(&principal),
+        Err(AuthError::Store(e)) => ApiError::Auth(AuthError::Store(e)).into_response(),
+        Err(_) => {
+            let mut response = StatusCode::UNAUTHORIZED.into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            response
+        }
+    }
+}
+
+fn identity_response(principal: &Principal) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    let values = [
+        (&X_AUTH_USER, principal.user_id.to_string()),
+        (&X_AUTH_SESSION, principal.session.id.to_string()),
+        (&X_AUTH_ROLES, principal.roles.join(",")),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name.clone(), value);
+        }
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn no_store(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}

@@ -1,0 +1,185 @@
+//! How a request proves who it is. Taking an [`Authenticated`] is the proof of
+//! authentication; for cookie callers on unsafe methods it has also checked `Origin` and the
+//! CSRF token, so no handler can forget to.
+
+use std::net::SocketAddr;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use tessera_core::secret::SessionSecret;
+use tessera_core::service::{DeviceInfo, Principal};
+use tessera_core::AuthError;
+
+use crate::error::ApiError;
+use crate::{AppState, BODY_LIMIT};
+
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A credential as presented, before it is checked. Bearer wins when both are sent: an API
+/// client that also carries a browser cookie means the token.
+pub enum Credential<'a> {
+    Bearer(&'a str),
+    Cookie(SessionSecret),
+}
+
+impl<'a> Credential<'a> {
+    pub fn from_headers(headers: &'a HeaderMap, cookie_name: &str) -> Option<Self> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let value = value.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            return scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| Credential::Bearer(token.trim()));
+        }
+        session_cookie(headers, cookie_name).map(Credential::Cookie)
+    }
+}
+
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap, cookie_name: &str) -> Option<SessionSecret> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == cookie_name)
+        .map(|(_, value)| SessionSecret::from_presented(value.trim_matches('"')))
+        .filter(|s| !s.expose_secret().is_empty())
+}
+
+/// Refuses a request whose `Origin` (or, failing that, `Referer`) names an origin outside
+/// `allowed_origins`, and any request a browser marks `Sec-Fetch-Site: cross-site`.
+/// `require` demands that one of the headers be present (HTML form posts always carry one).
+pub fn check_origin(
+    headers: &HeaderMap,
+    allowed: &[String],
+    require: bool,
+) -> Result<(), AuthError> {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site.eq_ignore_ascii_case("cross-site"))
+    {
+        return Err(AuthError::OriginRejected);
+    }
+    let claimed = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get(header::REFERER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(tessera_core::config::origin_of)
+        });
+    match claimed {
+        Some(origin) => {
+            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+            if allowed.contains(&origin) {
+                Ok(())
+            } else {
+                Err(AuthError::OriginRejected)
+            }
+        }
+        None if require => Err(AuthError::OriginRejected),
+        None => Ok(()),
+    }
+}
+
+/// The CSRF token found in a form body by [`form_csrf_token`], for the extractor to check.
+#[derive(Clone)]
+struct FormCsrfToken(String);
+
+/// Lifts a `csrf_token` form field into the request's extensions, so the CSRF check can live
+/// in the extractor (which only sees headers) and still accept plain HTML forms.
+pub async fn form_csrf_token(request: Request, next: Next) -> Result<Response, ApiError> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !is_form || request.method().is_safe() {
+        return Ok(next.run(request).await);
+    }
+    let (mut parts, body) = request.into_parts();
+    let bytes = to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge)?;
+    if let Some((_, token)) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "csrf_token")
+    {
+        parts.extensions.insert(FormCsrfToken(token));
+    }
+    Ok(next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await)
+}
+
+/// The authenticated caller. Extracting it runs the whole check.
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    #[tracing::instrument(level = "debug", skip_all)] // the credential must never reach a span
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let config = state.tessera.config();
+        let credential = Credential::from_headers(&parts.headers, &config.cookie_name)
+            .ok_or(AuthError::Unauthenticated)?;
+        let principal = match credential {
+            Credential::Bearer(token) => state.tessera.authenticate_bearer(token).await?,
+            Credential::Cookie(secret) => {
+                let principal = state.tessera.authenticate_cookie(&secret).await?;
+                if !is_safe(&parts.method) {
+                    check_origin(&parts.headers, &config.allowed_origins, false)?;
+                    let presented = parts
+                        .headers
+                        .get(CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                        .or_else(|| parts.extensions.get::<FormCsrfToken>().map(|t| t.0.clone()))
+                        .ok_or(AuthError::CsrfRejected)?;
+                    if !state.tessera.check_csrf(principal.session.id, &presented) {
+                        return Err(AuthError::CsrfRejected.into());
+                    }
+                }
+                principal
+            }
+        };
+        Ok(Self(principal))
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// User agent and peer address, recorded on new sessions for the device list.
+pub struct Device(pub DeviceInfo);
+
+impl<S: Send + Sync> FromRequestParts<S> for Device {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        Ok(Self(DeviceInfo { user_agent, ip }))
+    }
+}

@@ -1,0 +1,230 @@
+//! The only place where errors become HTTP: `ApiError` for `/v1/*` (`{error, message}`) and
+//! `OAuthError` for `/oauth2/*` (RFC 6749 §5.2 `{error, error_description}`). Internal causes
+//! never reach a body; 5xx causes are logged here.
+
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use tessera_core::AuthError;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Auth(AuthError),
+    /// Malformed input: the message says what was wrong with it.
+    BadRequest(String),
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::Auth(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            _ => Self::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(rejection: FormRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            _ => Self::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::BadRequest(message) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", message.clone())
+            }
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is larger than 64 KiB".into(),
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json (or a form where the endpoint accepts one)".into(),
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such resource".into(),
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path".into(),
+            ),
+            Self::Auth(e) => {
+                let (status, code) = match e {
+                    AuthError::InvalidCredentials => {
+                        (StatusCode::UNAUTHORIZED, "invalid_credentials")
+                    }
+                    AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+                    AuthError::WeakPassword => (StatusCode::BAD_REQUEST, "weak_password"),
+                    AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "invalid_email"),
+                    AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+                    AuthError::CsrfRejected => (StatusCode::FORBIDDEN, "csrf_token_invalid"),
+                    AuthError::OriginRejected => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+                    AuthError::InvalidGrant => (StatusCode::BAD_REQUEST, "invalid_grant"),
+                    AuthError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    AuthError::Key(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                    // Fail closed (SPEC §7): an unreachable store is never a yes.
+                    AuthError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                };
+                let message = if status.is_server_error() {
+                    "the server could not complete the request; try again".to_owned()
+                } else {
+                    e.to_string()
+                };
+                (status, code, message)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if let Self::Auth(cause) = &self {
+            if status.is_server_error() {
+                tracing::error!(error = %cause, "request failed");
+            }
+        }
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message: &message,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// RFC 6749 §5.2 errors for the token endpoint family.
+#[derive(Debug)]
+pub enum OAuthError {
+    InvalidRequest(String),
+    InvalidGrant(&'static str),
+    UnsupportedGrantType,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unavailable(AuthError),
+}
+
+#[derive(Serialize)]
+struct OAuthBody<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+impl From<AuthError> for OAuthError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials => Self::InvalidGrant("invalid username or password"),
+            AuthError::InvalidGrant | AuthError::Unauthenticated | AuthError::NotFound => {
+                Self::InvalidGrant("refresh token is invalid, expired or revoked")
+            }
+            other => Self::Unavailable(other),
+        }
+    }
+}
+
+impl From<FormRejection> for OAuthError {
+    fn from(rejection: FormRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            _ => Self::InvalidRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let (status, code, description): (StatusCode, &str, String) = match &self {
+            Self::InvalidRequest(text) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", text.clone())
+            }
+            Self::InvalidGrant(text) => {
+                (StatusCode::BAD_REQUEST, "invalid_grant", (*text).to_owned())
+            }
+            Self::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be password or refresh_token".to_owned(),
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "send application/x-www-form-urlencoded (RFC 6749 §3.2)".to_owned(),
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body is larger than 64 KiB".to_owned(),
+            ),
+            Self::Unavailable(cause) => {
+                tracing::error!(error = %cause, "token request failed");
+                let status = if matches!(cause, AuthError::Store(_)) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "temporarily_unavailable"
+                } else {
+                    "server_error"
+                };
+                (
+                    status,
+                    code,
+                    "the server could not complete the request; try again".to_owned(),
+                )
+            }
+        };
+        let mut response = (
+            status,
+            Json(OAuthBody {
+                error: code,
+                error_description: &description,
+            }),
+        )
+            .into_response();
+        // RFC 6749 §5.1: token responses and their errors must not be cached.
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}

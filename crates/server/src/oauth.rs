@@ -1,0 +1,123 @@
+//! `/oauth2/*` and `/.well-known/*`: the OAuth2-shaped API for first-party clients and the
+//! metadata other services use to verify tokens offline.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde::Deserialize;
+use tessera_core::secret::{Password, RefreshToken};
+use tessera_core::service::TokenPair;
+
+use crate::auth::Device;
+use crate::error::OAuthError;
+use crate::AppState;
+
+/// RFC 6749 §4.3.2 and §6 parameters; unknown ones are ignored as §3.2 requires.
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    grant_type: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
+/// `POST /oauth2/token`
+pub async fn token(
+    State(state): State<AppState>,
+    Device(device): Device,
+    form: Result<Form<TokenRequest>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(request) = form?;
+    let pair = match request.grant_type.as_deref() {
+        Some("password") => {
+            let (Some(username), Some(password)) = (request.username, request.password) else {
+                return Err(OAuthError::InvalidRequest(
+                    "username and password are required".into(),
+                ));
+            };
+            state
+                .tessera
+                .password_grant(&username, Password::new(password), device)
+                .await?
+        }
+        Some("refresh_token") => {
+            let Some(token) = request.refresh_token.filter(|t| !t.is_empty()) else {
+                return Err(OAuthError::InvalidRequest(
+                    "refresh_token is required".into(),
+                ));
+            };
+            state
+                .tessera
+                .refresh(&RefreshToken::from_presented(&token))
+                .await?
+        }
+        Some(_) => return Err(OAuthError::UnsupportedGrantType),
+        None => return Err(OAuthError::InvalidRequest("grant_type is required".into())),
+    };
+    Ok(token_response(&pair, request.scope.as_deref()))
+}
+
+fn token_response(pair: &TokenPair, scope: Option<&str>) -> Response {
+    let mut body = serde_json::json!({
+        "access_token": pair.access_token,
+        "token_type": "Bearer",
+        "expires_in": pair.expires_in,
+        "refresh_token": pair.refresh_token.expose_secret(),
+    });
+    if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+        body["scope"] = scope.into();
+    }
+    let mut response = Json(body).into_response();
+    // RFC 6749 §5.1
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /.well-known/jwks.json`: every public key whose tokens may still be alive. Cached
+/// for five minutes: a rotated key is published a full access-token lifetime before its
+/// predecessor disappears, far longer than any cache holds the old set.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let ring = state.tessera.key_ring();
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        ring.jwks_json().to_owned(),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    let issuer = &state.tessera.config().issuer;
+    let alg = state.tessera.config().signing_alg.as_str();
+    let body = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": ["password", "refresh_token"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_signing_alg_values_supported": [alg],
+    });
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}

@@ -1,0 +1,488 @@
+//! Sign-up, cookie sessions and CSRF, through the real router over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use reqwest::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
+use serde_json::{json, Value};
+use support::{headers, start, start_sqlite, unique_email, PASSWORD};
+
+#[tokio::test]
+async fn sign_up_returns_the_user_and_refuses_duplicates_and_bad_input() {
+    let server = start("").await;
+    let email = unique_email();
+    let body = server
+        .sign_up(&format!("  {}  ", email.to_uppercase()))
+        .await;
+    assert_eq!(body["email"], email, "email is trimmed and lower-cased");
+    assert!(body["id"].as_str().is_some_and(|id| id.len() == 36));
+    assert!(body["created_at"].as_str().is_some());
+
+    let cases = [
+        (
+            json!({ "email": email, "password": PASSWORD }),
+            409,
+            "email_taken",
+        ),
+        (
+            json!({ "email": unique_email(), "password": "short" }),
+            400,
+            "weak_password",
+        ),
+        (
+            json!({ "email": "not-an-email", "password": PASSWORD }),
+            400,
+            "invalid_email",
+        ),
+        (
+            json!({ "email": 42, "password": PASSWORD }),
+            400,
+            "invalid_request",
+        ),
+        (json!({ "email": unique_email() }), 400, "invalid_request"),
+    ];
+    for (request, status, code) in cases {
+        let res = server
+            .client
+            .post(server.url("/v1/users"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{request}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], code, "{request}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_in_our_shape() {
+    let server = start("").await;
+    let send = |body: Vec<u8>, content_type: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/users"))
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+    };
+    let res = send(b"{\"email\": ".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "invalid_request"
+    );
+
+    let res = send(b"email=a@b.c".to_vec(), "text/plain").await.unwrap();
+    assert_eq!(res.status(), 415);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "unsupported_media_type"
+    );
+
+    let huge = format!(
+        "{{\"email\":\"{}\",\"password\":\"x\"}}",
+        "a".repeat(70 * 1024)
+    );
+    let res = send(huge.into_bytes(), "application/json").await.unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "payload_too_large"
+    );
+
+    let res = send(vec![0xff, 0xfe, 0x00], "application/json")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+
+    let res = server
+        .client
+        .get(server.url("/v1/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+    let res = server
+        .client
+        .delete(server.url("/v1/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn login_sets_the_spec_cookie_and_returns_user_session_and_csrf() {
+    let server = start("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let res = server.login_raw(&email, PASSWORD, headers(&[])).await;
+    assert_eq!(res.status(), 200);
+    let set_cookie = res
+        .headers()
+        .get(SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (pair, attributes) = set_cookie.split_once(';').unwrap();
+    let (name, value) = pair.split_once('=').unwrap();
+    assert_eq!(name, "__Host-tessera_session");
+    assert_eq!(value.len(), 43, "256 bits in base64url");
+    for attribute in [
+        "Path=/",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+        "Max-Age=604800",
+    ] {
+        assert!(
+            attributes.split(';').any(|a| a.trim() == attribute),
+            "{attribute} in {set_cookie}"
+        );
+    }
+    assert!(
+        !attributes.contains("Domain"),
+        "__Host- cookies carry no Domain"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["user"]["email"], email);
+    assert_eq!(body["session"]["via"], "cookie");
+    assert!(body["csrf_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["session"]["expires_at"].as_str().is_some());
+    assert!(body["session"]["idle_expires_at"].as_str().is_some());
+
+    let res = server.session_with_cookie(pair).await;
+    assert_eq!(res.status(), 200);
+    let me: Value = res.json().await.unwrap();
+    assert_eq!(me["user"]["email"], email);
+    assert_eq!(me["session"]["id"], body["session"]["id"]);
+    assert_eq!(me["csrf_token"], body["csrf_token"]);
+}
+
+#[tokio::test]
+async fn insecure_cookie_setting_drops_prefix_and_secure_flag() {
+    let server = start("cookie_secure = false").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let res = server.login_raw(&email, PASSWORD, headers(&[])).await;
+    let set_cookie = res.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(set_cookie.starts_with("tessera_session="), "{set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_answer_alike() {
+    let server = start("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let wrong = server
+        .login_raw(&email, "wrong password!", headers(&[]))
+        .await;
+    let unknown = server
+        .login_raw(&unique_email(), PASSWORD, headers(&[]))
+        .await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    assert!(wrong.headers().get(SET_COOKIE).is_none());
+    let wrong: Value = wrong.json().await.unwrap();
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong["error"], "invalid_credentials");
+}
+
+#[tokio::test]
+async fn every_login_makes_a_new_session_and_revokes_the_cookie_it_was_sent() {
+    let server = start("").await;
+    let (email, first) = server.browser().await;
+    let res = server
+        .login_raw(&email, PASSWORD, headers(&[("cookie", &first.cookie)]))
+        .await;
+    assert_eq!(res.status(), 200);
+    let second_cookie = support::cookie_pair(&res);
+    let second: Value = res.json().await.unwrap();
+    assert_ne!(second["session"]["id"], first.body["session"]["id"]);
+    assert_ne!(second_cookie, first.cookie);
+    assert_eq!(
+        server.session_with_cookie(&first.cookie).await.status(),
+        401,
+        "old cookie revoked"
+    );
+    assert_eq!(
+        server.session_with_cookie(&second_cookie).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn logout_requires_csrf_for_cookie_callers_and_clears_the_cookie() {
+    let server = start("").await;
+    let (_, browser) = server.browser().await;
+    let logout = || {
+        server
+            .client
+            .post(server.url("/v1/logout"))
+            .header(COOKIE, &browser.cookie)
+    };
+
+    let res = logout().send().await.unwrap();
+    assert_eq!(res.status(), 403, "no CSRF token");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "csrf_token_invalid"
+    );
+
+    let res = logout()
+        .header("x-csrf-token", "bm90LXRoZS10b2tlbg")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "wrong CSRF token");
+
+    let (_, other) = server.browser().await;
+    let res = logout()
+        .header("x-csrf-token", &other.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "another session's CSRF token");
+
+    let res = logout()
+        .header("x-csrf-token", &browser.csrf)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "foreign Origin");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "origin_not_allowed"
+    );
+
+    assert_eq!(
+        server.session_with_cookie(&browser.cookie).await.status(),
+        200,
+        "refusals changed nothing"
+    );
+
+    let res = logout()
+        .header("x-csrf-token", &browser.csrf)
+        .header("origin", &server.base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let cleared = res.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(
+        cleared.starts_with("__Host-tessera_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(
+        server.session_with_cookie(&browser.cookie).await.status(),
+        401,
+        "deleted server-side"
+    );
+}
+
+#[tokio::test]
+async fn csrf_token_is_accepted_as_a_form_field() {
+    let server = start("").await;
+    let (_, browser) = server.browser().await;
+    let res = server
+        .client
+        .post(server.url("/v1/logout"))
+        .header(COOKIE, &browser.cookie)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("csrf_token={}", browser.csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+}
+
+#[tokio::test]
+async fn login_csrf_is_refused() {
+    let server = start("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let form = |extra: &[(&'static str, &str)]| {
+        server
+            .client
+            .post(server.url("/v1/login"))
+            .headers(headers(extra))
+            .form(&[("email", email.as_str()), ("password", PASSWORD)])
+            .send()
+    };
+    assert_eq!(
+        form(&[]).await.unwrap().status(),
+        403,
+        "form login without Origin or Referer"
+    );
+    assert_eq!(
+        form(&[("origin", "https://evil.example")])
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        form(&[("referer", "https://evil.example/login")])
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let res = form(&[("origin", &server.base)]).await.unwrap();
+    assert_eq!(res.status(), 200, "same-origin form login");
+    assert!(res.headers().get(SET_COOKIE).is_some());
+    let referer = format!("{}/login", server.base);
+    assert_eq!(form(&[("referer", &referer)]).await.unwrap().status(), 200);
+
+    let res = server
+        .login_raw(
+            &email,
+            PASSWORD,
+            headers(&[("origin", "https://evil.example")]),
+        )
+        .await;
+    assert_eq!(res.status(), 403, "JSON login from a foreign origin");
+    let res = server
+        .login_raw(
+            &email,
+            PASSWORD,
+            headers(&[("sec-fetch-site", "cross-site")]),
+        )
+        .await;
+    assert_eq!(res.status(), 403, "browser says cross-site");
+}
+
+#[tokio::test]
+async fn bearer_requests_need_no_csrf_token() {
+    let server = start("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let res = server
+        .client
+        .get(server.url("/v1/session"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let me: Value = res.json().await.unwrap();
+    assert_eq!(me["session"]["via"], "token");
+    assert!(me.get("csrf_token").is_none());
+    let res = server
+        .client
+        .post(server.url("/v1/logout"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        server.verify_bearer(access).await.status(),
+        401,
+        "logout revoked the session"
+    );
+    let res = server
+        .refresh(pair["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), 400, "and its refresh family");
+}
+
+#[tokio::test]
+async fn session_without_credentials_is_401() {
+    let server = start("").await;
+    let res = server
+        .client
+        .get(server.url("/v1/session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "unauthenticated"
+    );
+    let res = server
+        .session_with_cookie("__Host-tessera_session=forged")
+        .await;
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn idle_and_absolute_expiry_are_enforced() {
+    let server = start_sqlite("session_idle_timeout = \"1s\"").await;
+    let (_, browser) = server.browser().await;
+    assert_eq!(
+        server.session_with_cookie(&browser.cookie).await.status(),
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        server.session_with_cookie(&browser.cookie).await.status(),
+        401,
+        "idle timeout"
+    );
+
+    let server = start_sqlite("session_absolute_timeout = \"1s\"").await;
+    let (_, browser) = server.browser().await;
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        server.verify_cookie(&browser.cookie).await.status(),
+        401,
+        "absolute timeout"
+    );
+}
+
+#[tokio::test]
+async fn logout_everywhere_signs_out_every_device() {
+    let server = start_sqlite("").await;
+    let (email, browser) = server.browser().await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    assert_eq!(server.verify_bearer(access).await.status(), 200);
+    let res = server
+        .client
+        .post(server.url("/v1/logout?everywhere=true"))
+        .header(COOKIE, &browser.cookie)
+        .header("x-csrf-token", &browser.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(server.verify_bearer(access).await.status(), 401);
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 401);
+    assert_eq!(
+        server
+            .refresh(pair["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let server = start("").await;
+    let res = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -1,0 +1,223 @@
+//! A real server on a loopback port, over a real store, driven with real HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use reqwest::{Client, Response};
+use serde_json::{json, Value};
+use tessera_core::config::{Config, ConfigLayer};
+use tessera_core::keys::MasterKey;
+use tessera_core::service::Tessera;
+
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    pub tessera: Arc<Tessera>,
+    pub config: Config,
+    dir: Option<tempfile::TempDir>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts a server on the in-memory store with `settings` (TOML) over the defaults.
+pub async fn start(settings: &str) -> TestServer {
+    start_on("memory", settings).await
+}
+
+/// Starts a server on a fresh SQLite file.
+pub async fn start_sqlite(settings: &str) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("tessera.db").display());
+    let mut server = start_on(&database, settings).await;
+    server.dir = Some(dir);
+    server
+}
+
+async fn start_on(database: &str, settings: &str) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let text = format!("listen = \"{addr}\"\ndatabase = \"{database}\"\n{settings}");
+    let config = ConfigLayer::from_toml(&text, std::path::Path::new("test.toml"))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let store = tessera_store::open(&config.database).await.unwrap();
+    let tessera = Arc::new(
+        Tessera::start(Arc::new(config.clone()), store, MasterKey::generate())
+            .await
+            .unwrap(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = Arc::clone(&tessera);
+    tokio::spawn(async move {
+        tessera_server::serve(listener, served, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestServer {
+        base: format!("http://{addr}"),
+        client: Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        tessera,
+        config,
+        dir: None,
+        shutdown: Some(tx),
+    }
+}
+
+/// What a browser keeps after logging in.
+pub struct Browser {
+    pub cookie: String,
+    pub csrf: String,
+    pub body: Value,
+}
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{nanos:x}{n}")
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn sign_up(&self, email: &str) -> Value {
+        let res = self
+            .client
+            .post(self.url("/v1/users"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
+
+    pub async fn login_raw(&self, email: &str, password: &str, extra: HeaderMap) -> Response {
+        self.client
+            .post(self.url("/v1/login"))
+            .headers(extra)
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Signs up a fresh user and logs in with a browser.
+    pub async fn browser(&self) -> (String, Browser) {
+        let email = unique_email();
+        self.sign_up(&email).await;
+        let browser = self.login(&email).await;
+        (email, browser)
+    }
+
+    pub async fn login(&self, email: &str) -> Browser {
+        let res = self.login_raw(email, PASSWORD, HeaderMap::new()).await;
+        assert_eq!(res.status(), 200);
+        let cookie = cookie_pair(&res);
+        let body: Value = res.json().await.unwrap();
+        Browser {
+            cookie,
+            csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+            body,
+        }
+    }
+
+    pub async fn password_grant(&self, email: &str) -> Value {
+        let res = self
+            .client
+            .post(self.url("/oauth2/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", email),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.client
+            .post(self.url("/oauth2/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn verify_bearer(&self, token: &str) -> Response {
+        self.client
+            .get(self.url("/v1/verify"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn verify_cookie(&self, cookie: &str) -> Response {
+        self.client
+            .get(self.url("/v1/verify"))
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn session_with_cookie(&self, cookie: &str) -> Response {
+        self.client
+            .get(self.url("/v1/session"))
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// `name=value` of the response's `Set-Cookie`, as a browser would send it back.
+pub fn cookie_pair(res: &Response) -> String {
+    let set_cookie = res.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+pub fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    map
+}
+
+pub fn form_content_type() -> (reqwest::header::HeaderName, &'static str) {
+    (CONTENT_TYPE, "application/x-www-form-urlencoded")
+}
