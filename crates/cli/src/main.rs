@@ -1,0 +1,394 @@
+//! `tessera`: the server and the commands that administer it. Every command reads the same
+//! configuration as `serve` (file < environment < flags), so it finds the same database and
+//! master key.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tessera_core::config::{Config, ConfigLayer};
+use tessera_core::keys::MasterKey;
+use tessera_core::model::{Timestamp, UserId};
+use tessera_core::secret::Password;
+use tessera_core::service::Tessera;
+
+mod flags;
+
+/// Failures end the command with one line on stderr and a non-zero exit code.
+type CliResult<T = ()> = Result<T, String>;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Sessions, JWTs and rotating refresh tokens with instant revocation"
+)]
+struct Cli {
+    /// TOML configuration file [default: tessera.toml in the working directory, if present]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: flags::ConfigFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server
+    Serve,
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage admin API keys
+    #[command(subcommand, name = "admin-key")]
+    AdminKey(AdminKeyCommand),
+    /// Manage token signing keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Work with tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user and print its id. The password is read from stdin when stdin is not a
+    /// terminal (or with --password-stdin), otherwise prompted for.
+    Add {
+        email: String,
+        /// Comma-separated roles
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Read the password from stdin (one line; a trailing newline is dropped)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users
+    List,
+    /// Replace a user's roles (their access tokens stop working; refresh carries the new roles)
+    SetRoles {
+        id: String,
+        /// Comma-separated roles; empty for none
+        #[arg(value_delimiter = ',', num_args = 0..)]
+        roles: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminKeyCommand {
+    /// Create an admin API key and print it alone on one line (it is shown once, stored hashed)
+    Create {
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Revoke an admin API key by id
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List signing keys and whether they sign, are still published, or have expired
+    List,
+    /// Make a new signing key; the old one stays published until its tokens have expired
+    Rotate,
+    /// Withdraw a retired key at once (for a compromised key): its tokens stop verifying
+    Retire { kid: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Decode an access token and verify it against this installation's keys
+    Inspect { token: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> CliResult<Config> {
+    let file = match &cli.config {
+        Some(path) => ConfigLayer::from_toml_file(path, true),
+        None => ConfigLayer::from_toml_file(std::path::Path::new("tessera.toml"), false),
+    }
+    .map_err(|e| e.to_string())?;
+    let env = ConfigLayer::from_env(|name| std::env::var(name).ok());
+    let flags = ConfigLayer::from_flags(cli.settings.pairs()).map_err(|e| e.to_string())?;
+    flags
+        .over(env.over(file))
+        .resolve()
+        .map_err(|e| e.to_string())
+}
+
+async fn open(config: Config) -> CliResult<Arc<Tessera>> {
+    let store = tessera_store::open(&config.database)
+        .await
+        .map_err(|e| format!("cannot open database {}: {e}", config.database))?;
+    let master = master_key(&config)?;
+    let tessera = Tessera::start(Arc::new(config), store, master)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(tessera))
+}
+
+/// `TESSERA_MASTER_KEY` overrides the key file (SPEC §2). The in-memory store keeps nothing
+/// across restarts, so it gets a fresh key and writes no file.
+fn master_key(config: &Config) -> CliResult<MasterKey> {
+    if let Ok(text) = std::env::var("TESSERA_MASTER_KEY") {
+        return MasterKey::from_base64(&text).map_err(|e| format!("TESSERA_MASTER_KEY: {e}"));
+    }
+    if config.database == "memory" {
+        return Ok(MasterKey::generate());
+    }
+    MasterKey::load_or_create(&config.master_key_file).map_err(|e| e.to_string())
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::User(command) => user(open(config).await?, command).await,
+        Command::AdminKey(command) => admin_key(open(config).await?, command).await,
+        Command::Keys(command) => keys(open(config).await?, command).await,
+        Command::Token(TokenCommand::Inspect { token }) => {
+            inspect(open(config).await?, &token).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> CliResult {
+    if !config.cookie_secure {
+        tracing::warn!("cookie_secure = false: session cookies lack Secure and the __Host- prefix; use only for plain-HTTP development");
+    }
+    let listen = config.listen;
+    let database = config.database.clone();
+    let tessera = open(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("tessera listening on http://{local} (database {database})");
+    println!("  create the first user:  tessera user add you@example.com");
+    println!("  create an admin key:    tessera admin-key create --name ops");
+    tessera_server::serve(listener, tessera, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn user(tessera: Arc<Tessera>, command: UserCommand) -> CliResult {
+    match command {
+        UserCommand::Add {
+            email,
+            roles,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            let user = tessera
+                .add_user(&email, password, roles)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", user.id);
+        }
+        UserCommand::List => {
+            for user in tessera
+                .store()
+                .list_users()
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    user.id,
+                    user.email.as_str(),
+                    user.roles.join(","),
+                    user.created_at.to_rfc3339()
+                );
+            }
+        }
+        UserCommand::SetRoles { id, roles } => {
+            let id = UserId::parse(&id).ok_or_else(|| format!("not a user id: {id}"))?;
+            let user = tessera
+                .set_roles(id, roles)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}\t{}", user.id, user.roles.join(","));
+        }
+    }
+    Ok(())
+}
+
+fn read_password(from_stdin: bool) -> CliResult<Password> {
+    let stdin = std::io::stdin();
+    let text = if from_stdin || !stdin.is_terminal() {
+        let mut text = String::new();
+        stdin
+            .lock()
+            .take(4 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        let line = text.lines().next().unwrap_or_default().to_owned();
+        line
+    } else {
+        rpassword::prompt_password("password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?
+    };
+    Ok(Password::new(text))
+}
+
+async fn admin_key(tessera: Arc<Tessera>, command: AdminKeyCommand) -> CliResult {
+    match command {
+        AdminKeyCommand::Create { name } => {
+            let (key, secret) = tessera
+                .create_admin_key(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "admin key {} ({}) created; it is shown once:",
+                key.id, key.name
+            );
+            println!("{}", secret.expose_secret());
+        }
+        AdminKeyCommand::Revoke { id } => {
+            let id = tessera_core::model::AdminKeyId::parse(&id)
+                .ok_or_else(|| format!("not an admin key id: {id}"))?;
+            if !tessera
+                .store()
+                .revoke_admin_key(id, Timestamp::now())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("no live admin key {id}"));
+            }
+            eprintln!("admin key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
+    match command {
+        KeysCommand::List => {
+            let ttl = tessera.config().access_token_ttl;
+            let now = Timestamp::now();
+            for key in tessera
+                .store()
+                .signing_keys()
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let state = match key.retired_at {
+                    None => "active".to_owned(),
+                    Some(at) if at.saturating_add(ttl) > now => {
+                        format!(
+                            "retired, published until {}",
+                            at.saturating_add(ttl).to_rfc3339()
+                        )
+                    }
+                    Some(_) => "expired".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    key.kid,
+                    key.alg,
+                    key.created_at.to_rfc3339(),
+                    state
+                );
+            }
+        }
+        KeysCommand::Rotate => {
+            let key = tessera
+                .rotate_signing_key()
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", key.kid());
+        }
+        KeysCommand::Retire { kid } => {
+            let sealed = tessera
+                .store()
+                .signing_keys()
+                .await
+                .map_err(|e| e.to_string())?;
+            let key = sealed
+                .iter()
+                .find(|k| k.kid == kid)
+                .ok_or_else(|| format!("no signing key {kid}"))?;
+            if key.retired_at.is_none() {
+                return Err(format!(
+                    "{kid} is the active key; run `tessera keys rotate` first"
+                ));
+            }
+            tessera
+                .store()
+                .delete_signing_key(&kid)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("signing key {kid} withdrawn; tokens it signed no longer verify");
+        }
+    }
+    Ok(())
+}
+
+async fn inspect(tessera: Arc<Tessera>, token: &str) -> CliResult {
+    let (header, payload) =
+        tessera_core::verify::inspect(token).map_err(|e| format!("not a JWT: {e}"))?;
+    let verdict = tessera.check_token(token).await;
+    let output = serde_json::json!({
+        "header": header,
+        "claims": payload,
+        "valid": verdict.is_ok(),
+        "error": verdict.err().map(|e| e.to_string()),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
