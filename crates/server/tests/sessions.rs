@@ -486,3 +486,46 @@ async fn healthz_answers() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn last_seen_is_written_at_most_once_a_minute() {
+    use tessera_core::model::{Session, SessionId, Timestamp, Via};
+    use tessera_core::secret::SessionSecret;
+
+    let server = start_sqlite("").await;
+    let store = server.tessera.store();
+
+    // A fresh session: requests within the minute leave the stored last_seen_at alone.
+    let (_, browser) = server.browser().await;
+    let id = SessionId::parse(browser.body["session"]["id"].as_str().unwrap()).unwrap();
+    let created = store.find_live_session(id, Timestamp::now()).await.unwrap().unwrap().last_seen_at;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert_eq!(server.session_with_cookie(&browser.cookie).await.status(), 200);
+    }
+    let stored = store.find_live_session(id, Timestamp::now()).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, created, "no write per request");
+
+    // A session last seen two minutes ago: the next request moves it forward.
+    let user = store.find_live_session(id, Timestamp::now()).await.unwrap().unwrap().user_id;
+    let secret = SessionSecret::generate();
+    let now = Timestamp::now();
+    let stale = Session {
+        id: SessionId::new(),
+        user_id: user,
+        secret_hash: Some(secret.to_hash()),
+        via: Via::Cookie,
+        created_at: Timestamp::from_unix(now.as_unix() - 120),
+        last_seen_at: Timestamp::from_unix(now.as_unix() - 120),
+        idle_timeout_secs: 86_400,
+        expires_at: Timestamp::from_unix(now.as_unix() + 3600),
+        user_agent: None,
+        ip: None,
+        revoked_at: None,
+    };
+    store.insert_session(&stale).await.unwrap();
+    let cookie = format!("__Host-tessera_session={}", secret.expose_secret());
+    assert_eq!(server.session_with_cookie(&cookie).await.status(), 200);
+    let touched = store.find_live_session(stale.id, Timestamp::now()).await.unwrap().unwrap();
+    assert!(touched.last_seen_at.as_unix() >= now.as_unix(), "stale last_seen_at written back");
+}
