@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tessera_core::config::{Config, ConfigLayer};
+use tessera_core::config::{redact_url, Config, ConfigLayer};
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{Timestamp, UserId};
 use tessera_core::secret::Password;
-use tessera_core::service::Tessera;
+use tessera_core::service::{KeyPolicy, Tessera};
 
 mod flags;
 
@@ -148,12 +148,15 @@ fn load_config(cli: &Cli) -> CliResult<Config> {
         .map_err(|e| e.to_string())
 }
 
-async fn open(config: Config) -> CliResult<Arc<Tessera>> {
+async fn open(config: Config, policy: KeyPolicy) -> CliResult<Arc<Tessera>> {
+    if config.redis.is_some() {
+        return Err("`redis` is not supported by this build yet; unset it".to_owned());
+    }
     let store = tessera_store::open(&config.database)
         .await
-        .map_err(|e| format!("cannot open database {}: {e}", config.database))?;
+        .map_err(|e| format!("cannot open database {}: {e}", redact_url(&config.database)))?;
     let master = master_key(&config)?;
-    let tessera = Tessera::start(Arc::new(config), store, master)
+    let tessera = Tessera::start(Arc::new(config), store, master, policy)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(tessera))
@@ -175,11 +178,13 @@ async fn run(cli: Cli) -> CliResult {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve => serve(config).await,
-        Command::User(command) => user(open(config).await?, command).await,
-        Command::AdminKey(command) => admin_key(open(config).await?, command).await,
-        Command::Keys(command) => keys(open(config).await?, command).await,
+        Command::User(command) => user(open(config, KeyPolicy::Administer).await?, command).await,
+        Command::AdminKey(command) => {
+            admin_key(open(config, KeyPolicy::Administer).await?, command).await
+        }
+        Command::Keys(command) => keys(open(config, KeyPolicy::Administer).await?, command).await,
         Command::Token(TokenCommand::Inspect { token }) => {
-            inspect(open(config).await?, &token).await
+            inspect(open(config, KeyPolicy::Administer).await?, &token).await
         }
     }
 }
@@ -189,8 +194,8 @@ async fn serve(config: Config) -> CliResult {
         tracing::warn!("cookie_secure = false: session cookies lack Secure and the __Host- prefix; use only for plain-HTTP development");
     }
     let listen = config.listen;
-    let database = config.database.clone();
-    let tessera = open(config).await?;
+    let database = redact_url(&config.database);
+    let tessera = open(config, KeyPolicy::Serve).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -316,7 +321,8 @@ async fn admin_key(tessera: Arc<Tessera>, command: AdminKeyCommand) -> CliResult
 async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
     match command {
         KeysCommand::List => {
-            let ttl = tessera.config().access_token_ttl;
+            let lifetime =
+                tessera_core::keys::retired_key_lifetime(tessera.config().access_token_ttl);
             let now = Timestamp::now();
             for key in tessera
                 .store()
@@ -326,10 +332,10 @@ async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
             {
                 let state = match key.retired_at {
                     None => "active".to_owned(),
-                    Some(at) if at.saturating_add(ttl) > now => {
+                    Some(at) if at.saturating_add(lifetime) > now => {
                         format!(
                             "retired, published until {}",
-                            at.saturating_add(ttl).to_rfc3339()
+                            at.saturating_add(lifetime).to_rfc3339()
                         )
                     }
                     Some(_) => "expired".to_owned(),

@@ -98,6 +98,22 @@ fn master_key_file_is_created_owner_only() {
 }
 
 #[test]
+fn administration_commands_never_rotate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut list = tessera(dir.path());
+    list.args(["keys", "list"]);
+    let before = stdout(&run(list, ""));
+    // Run with another signing_alg, as an admin might from a folder without the config file.
+    let mut list = tessera(dir.path());
+    list.env("TESSERA_SIGNING_ALG", "ES256")
+        .args(["user", "list"]);
+    stdout(&run(list, ""));
+    let mut list = tessera(dir.path());
+    list.args(["keys", "list"]);
+    assert_eq!(stdout(&run(list, "")), before);
+}
+
+#[test]
 fn admin_key_create_prints_the_key_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut create = tessera(dir.path());
@@ -329,12 +345,18 @@ async fn token_inspect_decodes_and_verifies_locally() {
     assert_eq!(report["header"]["typ"], "at+jwt");
     assert_eq!(report["claims"]["iss"], server.base);
 
-    let mut tampered = access.to_owned();
-    tampered.pop();
-    tampered.push(if access.ends_with('A') { 'B' } else { 'A' });
+    // Flip one character in the middle of the signature: valid base64url, wrong signature.
+    let signature_start = access.rfind('.').unwrap() + 1;
+    let middle = signature_start + (access.len() - signature_start) / 2;
+    let flipped = if &access[middle..=middle] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let tampered = format!("{}{flipped}{}", &access[..middle], &access[middle + 1..]);
     let mut inspect = tessera(dir.path());
     inspect.args(["token", "inspect", &tampered, "--listen", &listen]);
     let report: Value = serde_json::from_str(&stdout(&run(inspect, ""))).unwrap();
     assert_eq!(report["valid"], false, "{report}");
-    assert!(report["error"].as_str().is_some());
+    assert_eq!(report["error"], "token signature is invalid", "{report}");
 }

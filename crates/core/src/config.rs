@@ -343,6 +343,35 @@ fn default_master_key_file(database: &str) -> PathBuf {
     }
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database", &redact_url(&self.database))
+            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("issuer", &self.issuer)
+            .field("signing_alg", &self.signing_alg)
+            .field("revocation_mode", &self.revocation_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL fit for logs and error lines: any password in its user-info becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// `scheme://host[:port]` of an http(s) URL, lower-cased; `None` for anything else.
 pub fn origin_of(url: &str) -> Option<String> {
     let url = url.trim();
@@ -391,8 +420,9 @@ impl fmt::Display for RevocationMode {
     }
 }
 
-/// The resolved configuration: every key of SPEC §2 with its value in force.
-#[derive(Debug, Clone, PartialEq)]
+/// The resolved configuration: every key of SPEC §2 with its value in force. Its `Debug`
+/// redacts the database and Redis URLs, which may carry passwords.
+#[derive(Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
     pub database: String,
@@ -535,6 +565,17 @@ mod tests {
         assert!(file("allowed_origins = [\"https://a.example/path\"]")
             .resolve()
             .is_err());
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("postgres://tessera:hunter2@db:5432/x"),
+            "postgres://tessera:***@db:5432/x"
+        );
+        assert_eq!(redact_url("redis://:pw@cache/0"), "redis://:***@cache/0");
+        assert_eq!(redact_url("sqlite://tessera.db"), "sqlite://tessera.db");
+        assert_eq!(redact_url("memory"), "memory");
     }
 
     #[test]

@@ -566,12 +566,25 @@ impl fmt::Debug for KeyRing {
     }
 }
 
+/// How often a node re-reads the signing keys, so a rotation made by the CLI or another node
+/// is picked up. Until then the node may keep signing with the key just retired.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long after its retirement a key must still verify: a token it signed may have been
+/// minted up to one reload interval after `retired_at` (by a node that had not yet reloaded)
+/// and lives `access_token_ttl`, plus the verifier's clock leeway.
+pub fn retired_key_lifetime(access_token_ttl: Duration) -> Duration {
+    access_token_ttl
+        .saturating_add(KEY_RELOAD_INTERVAL)
+        .saturating_add(Duration::from_secs(LEEWAY_SECS))
+}
+
 impl KeyRing {
     /// Unseals the keys that matter at `now`.
     ///
     /// The active key is the newest one not retired. Tokens are verified with every key not
     /// retired (a concurrent rotation on another node may have left two) and with every key
-    /// retired less than `access_token_ttl` + [`LEEWAY_SECS`] ago, since tokens it signed may
+    /// retired less than [`retired_key_lifetime`] ago, since tokens it signed may
     /// still be alive (SPEC §4). Keys retired before that are left out entirely: their tokens
     /// have all expired, and their private halves need not be decrypted.
     pub fn from_sealed(
@@ -582,7 +595,7 @@ impl KeyRing {
         issuer: &str,
         audience: &str,
     ) -> Result<Self, KeyError> {
-        let token_lifetime = access_token_ttl.saturating_add(Duration::from_secs(LEEWAY_SECS));
+        let token_lifetime = retired_key_lifetime(access_token_ttl);
         let active_record = keys
             .iter()
             .filter(|key| key.retired_at.is_none())
@@ -946,7 +959,7 @@ mod tests {
     fn keys_retired_longer_than_the_token_lifetime_are_dropped() {
         let master = MasterKey::generate();
         let now = Timestamp::now();
-        let lifetime = i64::try_from(TTL.as_secs() + LEEWAY_SECS).unwrap();
+        let lifetime = i64::try_from(retired_key_lifetime(TTL).as_secs()).unwrap();
         let long_ago = Timestamp::from_unix(now.as_unix() - lifetime - 1);
         let just_in = Timestamp::from_unix(now.as_unix() - lifetime + 5);
         let week_ago = Timestamp::from_unix(now.as_unix() - 7 * 86_400);

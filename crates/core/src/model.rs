@@ -160,7 +160,8 @@ impl Email {
 /// A role name as carried in the `roles` claim.
 pub type Role = String;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` leaves out the password hash: an offline-crackable value has no place in logs.
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     pub id: UserId,
     pub email: Email,
@@ -171,6 +172,18 @@ pub struct User {
     /// The per-user epoch (SPEC §5): access tokens with `iat` before it are dead. Bumped by
     /// sign-out everywhere and by role changes.
     pub tokens_valid_after: Timestamp,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("roles", &self.roles)
+            .field("created_at", &self.created_at)
+            .field("tokens_valid_after", &self.tokens_valid_after)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a device proves itself on each request.

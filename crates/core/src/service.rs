@@ -26,8 +26,24 @@ use crate::verify::{Claims, VerifyError};
 type HmacSha256 = Hmac<Sha256>;
 
 /// `last_seen_at` is written at most this often per session: fresh enough for a device list,
-/// and it keeps verification from becoming a write per request.
+/// and it keeps verification from becoming a write per request. Short idle timeouts are
+/// touched at half their length, so activity always keeps a session alive.
 pub const TOUCH_INTERVAL_SECS: u64 = 60;
+
+/// An unknown `kid` reloads the key ring at most this often: anyone can send a token with a
+/// made-up `kid`, and a reload decrypts every live key.
+const ON_DEMAND_RELOAD_MILLIS: i64 = 5_000;
+
+/// What a process may do to the signing keys when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// The server: creates the first key, and rotates when `signing_alg` names another
+    /// algorithm than the active key's.
+    Serve,
+    /// Administration commands: create the first key on a fresh install, never rotate (a
+    /// command run with another configuration must not churn production keys).
+    Administer,
+}
 
 /// What the caller's device told us, recorded on the session for the device list.
 #[derive(Debug, Clone, Default)]
@@ -47,7 +63,6 @@ pub struct Principal {
 }
 
 /// A successful cookie login: the secret goes into `Set-Cookie` and nowhere else.
-#[derive(Debug)]
 #[must_use = "the session secret must reach the client as a cookie"]
 pub struct CookieLogin {
     pub user: User,
@@ -57,13 +72,30 @@ pub struct CookieLogin {
 }
 
 /// An access token and the refresh token that continues its family.
-#[derive(Debug)]
 #[must_use = "the new refresh token must reach the client"]
 pub struct TokenPair {
     pub access_token: String,
     pub expires_in: u64,
     pub refresh_token: RefreshToken,
     pub session: Session,
+}
+
+impl std::fmt::Debug for CookieLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieLogin")
+            .field("user", &self.user.id)
+            .field("session", &self.session.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("expires_in", &self.expires_in)
+            .field("session", &self.session.id)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Tessera {
@@ -77,6 +109,8 @@ pub struct Tessera {
     /// HMAC key deriving a refresh token's successor from the token itself, so a replay within
     /// the grace window can be answered with the same successor without storing it.
     refresh_key: Zeroizing<[u8; 32]>,
+    /// Unix milliseconds of the last reload caused by an unknown `kid`.
+    last_on_demand_reload: std::sync::atomic::AtomicI64,
 }
 
 impl Tessera {
@@ -86,6 +120,7 @@ impl Tessera {
         config: Arc<Config>,
         store: Arc<dyn Store>,
         master: MasterKey,
+        policy: KeyPolicy,
     ) -> Result<Self, AuthError> {
         let hasher_threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(hasher_threads))
@@ -95,12 +130,13 @@ impl Tessera {
             csrf_key: Zeroizing::new(master.derive("csrf")),
             refresh_key: Zeroizing::new(master.derive("refresh-successor")),
             keys: RwLock::new(Arc::new(
-                ensure_signing_key(store.as_ref(), &master, &config).await?,
+                ensure_signing_key(store.as_ref(), &master, &config, policy).await?,
             )),
             store,
             config,
             master,
             hasher,
+            last_on_demand_reload: std::sync::atomic::AtomicI64::new(0),
         };
         Ok(service)
     }
@@ -280,7 +316,9 @@ impl Tessera {
     }
 
     async fn touch(&self, mut session: Session, now: Timestamp) -> Result<Session, AuthError> {
-        if now.seconds_since(session.last_seen_at) >= TOUCH_INTERVAL_SECS {
+        let interval =
+            TOUCH_INTERVAL_SECS.min(u64::try_from(session.idle_timeout_secs / 2).unwrap_or(0));
+        if now.seconds_since(session.last_seen_at) >= interval {
             self.store.touch_session(session.id, now).await?;
             session.last_seen_at = now;
         }
@@ -487,13 +525,26 @@ impl Tessera {
     pub async fn check_token(&self, token: &str) -> Result<Claims, VerifyError> {
         match self.key_ring().verifier().verify(token) {
             Err(VerifyError::UnknownKey) => {
-                if self.reload_keys().await.is_err() {
+                if !self.may_reload_on_demand() || self.reload_keys().await.is_err() {
                     return Err(VerifyError::UnknownKey);
                 }
                 self.key_ring().verifier().verify(token)
             }
             outcome => outcome,
         }
+    }
+
+    /// Claims the on-demand reload slot if the last one is old enough; one caller wins.
+    fn may_reload_on_demand(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let last = self.last_on_demand_reload.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= ON_DEMAND_RELOAD_MILLIS
+            && self
+                .last_on_demand_reload
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     // ----- devices -----------------------------------------------------------------------
@@ -542,11 +593,22 @@ async fn ensure_signing_key(
     store: &dyn Store,
     master: &MasterKey,
     config: &Config,
+    policy: KeyPolicy,
 ) -> Result<KeyRing, AuthError> {
     let sealed = store.signing_keys().await?;
-    let active = sealed.iter().rev().find(|k| k.retired_at.is_none());
-    if active.is_none_or(|k| k.alg != config.signing_alg.as_str()) {
-        rotate(store, master, config).await?;
+    let active = sealed
+        .iter()
+        .filter(|k| k.retired_at.is_none())
+        .max_by_key(|k| k.created_at);
+    match active {
+        None => {
+            rotate(store, master, config).await?;
+        }
+        Some(key) if key.alg != config.signing_alg.as_str() && policy == KeyPolicy::Serve => {
+            warn!(from = %key.alg, to = %config.signing_alg, "signing_alg changed: rotating to a new signing key");
+            rotate(store, master, config).await?;
+        }
+        Some(_) => {}
     }
     let sealed = store.signing_keys().await?;
     KeyRing::from_sealed(

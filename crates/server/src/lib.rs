@@ -4,13 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
+use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
 use tokio::net::TcpListener;
 
@@ -24,9 +24,6 @@ use error::ApiError;
 
 /// SPEC §2: request bodies are capped at 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// How often a node re-reads the signing keys, to pick up a rotation made elsewhere.
-const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct AppState {

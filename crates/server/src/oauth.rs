@@ -21,7 +21,6 @@ pub struct TokenRequest {
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
-    scope: Option<String>,
 }
 
 /// `POST /oauth2/token`
@@ -57,19 +56,18 @@ pub async fn token(
         Some(_) => return Err(OAuthError::UnsupportedGrantType),
         None => return Err(OAuthError::InvalidRequest("grant_type is required".into())),
     };
-    Ok(token_response(&pair, request.scope.as_deref()))
+    Ok(token_response(&pair))
 }
 
-fn token_response(pair: &TokenPair, scope: Option<&str>) -> Response {
-    let mut body = serde_json::json!({
+/// No `scope` member: Tessera grants no scopes, and RFC 6749 §5.1 forbids echoing a requested
+/// scope that was not granted.
+fn token_response(pair: &TokenPair) -> Response {
+    let body = serde_json::json!({
         "access_token": pair.access_token,
         "token_type": "Bearer",
         "expires_in": pair.expires_in,
         "refresh_token": pair.refresh_token.expose_secret(),
     });
-    if let Some(scope) = scope.filter(|s| !s.is_empty()) {
-        body["scope"] = scope.into();
-    }
     let mut response = Json(body).into_response();
     // RFC 6749 §5.1
     response
@@ -81,9 +79,9 @@ fn token_response(pair: &TokenPair, scope: Option<&str>) -> Response {
     response
 }
 
-/// `GET /.well-known/jwks.json`: every public key whose tokens may still be alive. Cached
-/// for five minutes: a rotated key is published a full access-token lifetime before its
-/// predecessor disappears, far longer than any cache holds the old set.
+/// `GET /.well-known/jwks.json`: every public key whose tokens may still be alive. Cached for
+/// one minute; a new key signs as soon as it is made, so verifiers should also refetch the set
+/// when they meet an unknown `kid` (as `tessera-verify` users and common JOSE libraries do).
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let ring = state.tessera.key_ring();
     let mut response = (

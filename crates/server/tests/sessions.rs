@@ -437,6 +437,18 @@ async fn idle_and_absolute_expiry_are_enforced() {
         "idle timeout"
     );
 
+    // Activity keeps a short idle timeout alive: requests every second for three seconds.
+    let server = start_sqlite("session_idle_timeout = \"2s\"").await;
+    let (_, browser) = server.browser().await;
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(
+            server.verify_cookie(&browser.cookie).await.status(),
+            200,
+            "activity extends idle expiry"
+        );
+    }
+
     let server = start_sqlite("session_absolute_timeout = \"1s\"").await;
     let (_, browser) = server.browser().await;
     assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
@@ -498,16 +510,33 @@ async fn last_seen_is_written_at_most_once_a_minute() {
     // A fresh session: requests within the minute leave the stored last_seen_at alone.
     let (_, browser) = server.browser().await;
     let id = SessionId::parse(browser.body["session"]["id"].as_str().unwrap()).unwrap();
-    let created = store.find_live_session(id, Timestamp::now()).await.unwrap().unwrap().last_seen_at;
+    let created = store
+        .find_live_session(id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seen_at;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     for _ in 0..3 {
-        assert_eq!(server.session_with_cookie(&browser.cookie).await.status(), 200);
+        assert_eq!(
+            server.session_with_cookie(&browser.cookie).await.status(),
+            200
+        );
     }
-    let stored = store.find_live_session(id, Timestamp::now()).await.unwrap().unwrap();
+    let stored = store
+        .find_live_session(id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.last_seen_at, created, "no write per request");
 
     // A session last seen two minutes ago: the next request moves it forward.
-    let user = store.find_live_session(id, Timestamp::now()).await.unwrap().unwrap().user_id;
+    let user = store
+        .find_live_session(id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
     let secret = SessionSecret::generate();
     let now = Timestamp::now();
     let stale = Session {
@@ -526,6 +555,13 @@ async fn last_seen_is_written_at_most_once_a_minute() {
     store.insert_session(&stale).await.unwrap();
     let cookie = format!("__Host-tessera_session={}", secret.expose_secret());
     assert_eq!(server.session_with_cookie(&cookie).await.status(), 200);
-    let touched = store.find_live_session(stale.id, Timestamp::now()).await.unwrap().unwrap();
-    assert!(touched.last_seen_at.as_unix() >= now.as_unix(), "stale last_seen_at written back");
+    let touched = store
+        .find_live_session(stale.id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        touched.last_seen_at.as_unix() >= now.as_unix(),
+        "stale last_seen_at written back"
+    );
 }

@@ -396,5 +396,13 @@ async fn every_signing_algorithm_works_end_to_end() {
             Some(kty) => assert_eq!(keys[0]["kty"], kty),
             None => assert!(keys.is_empty(), "an HS256 secret is never published"),
         }
+        for key in keys {
+            for private in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
+                assert!(
+                    key.get(private).is_none(),
+                    "{alg}: {private} leaked in {key}"
+                );
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use reqwest::{Client, Response};
 use serde_json::{json, Value};
 use tessera_core::config::{Config, ConfigLayer};
 use tessera_core::keys::MasterKey;
-use tessera_core::service::Tessera;
+use tessera_core::service::{KeyPolicy, Tessera};
 
 pub struct TestServer {
     pub base: String,
@@ -51,9 +51,14 @@ async fn start_on(database: &str, settings: &str) -> TestServer {
         .unwrap();
     let store = tessera_store::open(&config.database).await.unwrap();
     let tessera = Arc::new(
-        Tessera::start(Arc::new(config.clone()), store, MasterKey::generate())
-            .await
-            .unwrap(),
+        Tessera::start(
+            Arc::new(config.clone()),
+            store,
+            MasterKey::generate(),
+            KeyPolicy::Serve,
+        )
+        .await
+        .unwrap(),
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = Arc::clone(&tessera);

@@ -1,0 +1,211 @@
+//! What one request's authentication costs, credential by credential: the numbers the
+//! JWT-vs-session debate argues about (SPEC §6), measured on the service itself rather than
+//! through HTTP, so the figures are the verification and not the socket.
+//!
+//! - `cookie_session/{store}`: a session cookie resolved to its principal (hash, store lookups).
+//! - `access_token_verify/{alg}`: the offline signature and claims check a resource server does.
+//! - `bearer_authenticate/EdDSA/{store}`: today's per-request bearer cost (signature, session
+//!   liveness and the user's epoch, read from the store).
+//! - `access_token_sign/{alg}`: minting one access token.
+//!
+//! Run with `cargo bench -p tessera-server --bench verify`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use tempfile::TempDir;
+use tessera_core::config::ConfigLayer;
+use tessera_core::keys::{Algorithm, MasterKey};
+use tessera_core::secret::{Password, SessionSecret};
+use tessera_core::service::{DeviceInfo, KeyPolicy, Tessera};
+use tessera_core::verify::Claims;
+use tokio::runtime::Runtime;
+
+const EMAIL: &str = "bench@example.com";
+const PASSWORD: &str = "correct horse battery";
+
+/// A started service with one signed-in user holding both kinds of credential.
+struct Fixture {
+    tessera: Tessera,
+    cookie: SessionSecret,
+    access_token: String,
+    /// Keeps the SQLite file alive for as long as the service uses it.
+    _dir: Option<TempDir>,
+}
+
+struct Fixtures {
+    rt: Runtime,
+    /// Ed25519 services, one per store: `memory`, `sqlite`.
+    stores: Vec<(&'static str, Fixture)>,
+    /// In-memory services, one per signing algorithm.
+    algs: Vec<(Algorithm, Fixture)>,
+}
+
+/// Built once (argon2 and RSA key generation are slow) and shared by every group.
+static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+
+fn fixtures() -> &'static Fixtures {
+    FIXTURES.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stores, algs) = rt.block_on(async {
+            let memory = fixture(None, Algorithm::EdDSA).await;
+            let sqlite = fixture(Some(tempfile::tempdir().unwrap()), Algorithm::EdDSA).await;
+            let mut algs = Vec::new();
+            for alg in Algorithm::ALL {
+                algs.push((alg, fixture(None, alg).await));
+            }
+            (vec![("memory", memory), ("sqlite", sqlite)], algs)
+        });
+        Fixtures { rt, stores, algs }
+    })
+}
+
+/// Starts a service as the integration tests do (config → store → `Tessera::start`), signs a
+/// user up, then logs in once with a browser and once with the password grant.
+async fn fixture(dir: Option<TempDir>, alg: Algorithm) -> Fixture {
+    let database = match &dir {
+        Some(dir) => format!("sqlite://{}", dir.path().join("b.db").display()),
+        None => "memory".to_owned(),
+    };
+    let text = format!(
+        "database = \"{database}\"\nsigning_alg = \"{}\"\n",
+        alg.as_str()
+    );
+    let config = ConfigLayer::from_toml(&text, Path::new("bench.toml"))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let store = tessera_store::open(&config.database).await.unwrap();
+    let tessera = Tessera::start(
+        Arc::new(config),
+        store,
+        MasterKey::generate(),
+        KeyPolicy::Serve,
+    )
+    .await
+    .unwrap();
+    tessera
+        .sign_up(EMAIL, Password::new(PASSWORD.to_owned()))
+        .await
+        .unwrap();
+    let login = tessera
+        .login(
+            EMAIL,
+            Password::new(PASSWORD.to_owned()),
+            DeviceInfo::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    let pair = tessera
+        .password_grant(
+            EMAIL,
+            Password::new(PASSWORD.to_owned()),
+            DeviceInfo::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tessera.key_ring().active().alg(), alg);
+    Fixture {
+        tessera,
+        cookie: login.secret,
+        access_token: pair.access_token,
+        _dir: dir,
+    }
+}
+
+fn cookie_session(c: &mut Criterion) {
+    let f = fixtures();
+    let mut group = c.benchmark_group("cookie_session");
+    for (store, fixture) in &f.stores {
+        let (tessera, cookie) = (&fixture.tessera, &fixture.cookie);
+        group.bench_function(*store, |b| {
+            b.to_async(&f.rt)
+                .iter(|| async move { tessera.authenticate_cookie(cookie).await.unwrap() });
+        });
+    }
+    group.finish();
+}
+
+fn access_token_verify(c: &mut Criterion) {
+    let f = fixtures();
+    let mut group = c.benchmark_group("access_token_verify");
+    for (alg, fixture) in &f.algs {
+        let ring = fixture.tessera.key_ring();
+        let verifier = ring.verifier();
+        let token = fixture.access_token.as_str();
+        group.bench_function(alg.as_str(), |b| {
+            b.iter(|| verifier.verify(token).unwrap());
+        });
+    }
+    group.finish();
+}
+
+fn bearer_authenticate(c: &mut Criterion) {
+    let f = fixtures();
+    let mut group = c.benchmark_group("bearer_authenticate");
+    for (store, fixture) in &f.stores {
+        let (tessera, token) = (&fixture.tessera, fixture.access_token.as_str());
+        group.bench_function(BenchmarkId::new(Algorithm::EdDSA.as_str(), store), |b| {
+            b.to_async(&f.rt)
+                .iter(|| async move { tessera.authenticate_bearer(token).await.unwrap() });
+        });
+    }
+    group.finish();
+}
+
+fn access_token_sign(c: &mut Criterion) {
+    let f = fixtures();
+    let mut group = c.benchmark_group("access_token_sign");
+    for (alg, fixture) in &f.algs {
+        let ring = fixture.tessera.key_ring();
+        let key = ring.active();
+        // Exactly what the service signs for this user: real ids, issuer and audience.
+        let claims: Claims = ring.verifier().verify(&fixture.access_token).unwrap();
+        group.bench_function(alg.as_str(), |b| {
+            b.iter(|| key.sign(&claims).unwrap());
+        });
+    }
+    group.finish();
+}
+
+/// Bytes each credential adds to every request, printed before anything is measured.
+fn print_wire_sizes() {
+    let f = fixtures();
+    for (alg, fixture) in &f.algs {
+        println!(
+            "wire size: access token {:<5} {:>4} bytes",
+            alg.as_str(),
+            fixture.access_token.len()
+        );
+    }
+    if let Some((_, fixture)) = f.stores.first() {
+        let value = fixture.cookie.expose_secret().len();
+        let name = &fixture.tessera.config().cookie_name;
+        println!(
+            "wire size: session cookie value {value:>4} bytes ({} with `{name}=`)",
+            name.len() + 1 + value
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    targets = cookie_session, access_token_verify, bearer_authenticate, access_token_sign
+}
+
+fn main() {
+    print_wire_sizes();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
