@@ -105,7 +105,24 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, as every other error (SPEC §4); `--help` has the rest.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,6 +157,7 @@ fn load_config(cli: &Cli) -> CliResult<Config> {
         None => ConfigLayer::from_toml_file(std::path::Path::new("tessera.toml"), false),
     }
     .map_err(|e| e.to_string())?;
+    refuse_unknown_env()?;
     let env = ConfigLayer::from_env(|name| std::env::var(name).ok());
     let flags = ConfigLayer::from_flags(cli.settings.pairs()).map_err(|e| e.to_string())?;
     flags
@@ -160,6 +178,33 @@ async fn open(config: Config, policy: KeyPolicy) -> CliResult<Arc<Tessera>> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(tessera))
+}
+
+/// `TESSERA_*` variables that are not settings but are read elsewhere.
+const OTHER_ENV: &[&str] = &[
+    "TESSERA_MASTER_KEY",
+    "TESSERA_LOG",
+    "TESSERA_REQUIRE_SERVICES",
+];
+
+/// A misspelt `TESSERA_LISTN` must stop the start like a misspelt file key (SPEC §2), rather
+/// than leave a default silently in force.
+fn refuse_unknown_env() -> CliResult {
+    let known: Vec<String> = tessera_core::config::SETTINGS
+        .iter()
+        .map(|s| tessera_core::config::env_name(s.key))
+        .collect();
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("TESSERA_")
+            && !name.starts_with("TESSERA_TEST_")
+            && !OTHER_ENV.contains(&name)
+            && !known.iter().any(|k| k == name)
+        {
+            return Err(format!("unknown setting in the environment: {name}"));
+        }
+    }
+    Ok(())
 }
 
 /// `TESSERA_MASTER_KEY` overrides the key file (SPEC §2). The in-memory store keeps nothing

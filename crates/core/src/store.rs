@@ -58,9 +58,11 @@ pub trait SessionStore: Send + Sync + 'static {
         hash: &SecretHash,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError>;
-    /// Moves `last_seen_at` forward to `at` (never back), extending the idle expiry.
+    /// Moves `last_seen_at` forward to `at` (never back), extending the idle expiry of a live
+    /// session; a session already dead (idle, expired or revoked) is never revived.
     async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
-    /// Returns whether a live session was revoked; idempotent so retries after a timeout are safe.
+    /// Returns whether a live session was revoked (an expired one is left as it is); idempotent
+    /// so retries after a timeout are safe.
     async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError>;
     /// Revokes every unrevoked session of the user but `keep`; returns how many.
     async fn revoke_user_sessions(

@@ -133,6 +133,34 @@ fn cookie_session(c: &mut Criterion) {
     group.finish();
 }
 
+/// The timing side of "unknown email and wrong password answer alike": both run one argon2id
+/// verification (the unknown email against a dummy hash), so their medians should match.
+fn failed_login(c: &mut Criterion) {
+    let f = fixtures();
+    let tessera = &f.stores[0].1.tessera;
+    let mut group = c.benchmark_group("failed_login");
+    group.sample_size(10);
+    for (case, email) in [
+        ("wrong_password", EMAIL),
+        ("unknown_email", "nobody@example.com"),
+    ] {
+        group.bench_function(case, |b| {
+            b.to_async(&f.rt).iter(|| async move {
+                let outcome = tessera
+                    .login(
+                        email,
+                        Password::new("wrong password".to_owned()),
+                        DeviceInfo::default(),
+                        None,
+                    )
+                    .await;
+                assert!(outcome.is_err());
+            });
+        });
+    }
+    group.finish();
+}
+
 fn access_token_verify(c: &mut Criterion) {
     let f = fixtures();
     let mut group = c.benchmark_group("access_token_verify");
@@ -201,7 +229,7 @@ criterion_group! {
         .sample_size(30)
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = cookie_session, access_token_verify, bearer_authenticate, access_token_sign
+    targets = cookie_session, access_token_verify, bearer_authenticate, access_token_sign, failed_login
 }
 
 fn main() {

@@ -102,7 +102,6 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
 pub async fn metadata(State(state): State<AppState>) -> Response {
     let issuer = &state.tessera.config().issuer;
-    let alg = state.tessera.config().signing_alg.as_str();
     let body = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth2/token"),
@@ -110,7 +109,6 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "grant_types_supported": ["password", "refresh_token"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],
-        "token_endpoint_auth_signing_alg_values_supported": [alg],
     });
     let mut response = Json(body).into_response();
     response.headers_mut().insert(
