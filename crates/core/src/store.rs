@@ -40,6 +40,12 @@ pub trait UserStore: Send + Sync + 'static {
     async fn set_roles(&self, id: UserId, roles: &[String]) -> Result<bool, StoreError>;
     /// Raises `tokens_valid_after` to `at` (never lowers it); `false` if there is no such user.
     async fn bump_epoch(&self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
+    /// Every user whose `tokens_valid_after` is at or after `since` (inclusive), with that
+    /// epoch, in no particular order: for warming a revocation cache (SPEC §5). Only epochs
+    /// within the last access-token lifetime can still kill a token, so callers pass
+    /// `now - access_token_ttl`. A new user's epoch is its `created_at`, so recent sign-ups
+    /// are listed too; that is harmless, as no token of theirs predates it.
+    async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
 }
 
 #[async_trait]
@@ -77,6 +83,25 @@ pub trait SessionStore: Send + Sync + 'static {
         user: UserId,
         now: Timestamp,
     ) -> Result<Vec<Session>, StoreError>;
+    /// Every session whose `revoked_at` is at or after `since` (inclusive), with its user and
+    /// `revoked_at`, in no particular order: for warming a revocation cache (SPEC §5). Only
+    /// revocations within the last access-token lifetime matter (older sessions' access tokens
+    /// have expired), so callers pass `now - access_token_ttl`.
+    async fn revoked_sessions_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(SessionId, UserId, Timestamp)>, StoreError>;
+    /// Deletes every session that ended strictly before `before` — revoked before it, or
+    /// expired (idle or absolute) before it — together with its refresh tokens, so the tables
+    /// do not grow forever; returns how many sessions were deleted. A session ending exactly
+    /// at `before` is kept.
+    ///
+    /// Pass `now - access_token_ttl` or earlier, never a time after `now`: a session revoked
+    /// within the last access-token lifetime must stay visible to
+    /// [`revoked_sessions_since`](Self::revoked_sessions_since) while its access tokens live.
+    /// Purging changes no verdict on a credential: a dead session already answers as an
+    /// unknown one does (`None`, [`Rotation::Invalid`]).
+    async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -100,6 +125,42 @@ pub trait RefreshStore: Send + Sync + 'static {
         now: Timestamp,
         grace: Duration,
     ) -> Result<Rotation, StoreError>;
+    /// RFC 7009 revocation of a refresh token: revokes the whole family (the session) of the
+    /// token whose hash is `presented`, at `at`. Any token of the family counts, spent
+    /// (rotated) or current, so a client revoking a stale copy still signs the device out.
+    ///
+    /// Returns the family's session id whenever the token is known — also when its session
+    /// was already revoked (its `revoked_at` is kept, not moved) or has expired (it is then
+    /// marked revoked at `at`) — and `None` for an unknown token, which RFC 7009 §2.2 answers
+    /// like any other. Idempotent, so retries are safe. It never reports reuse: revoking is
+    /// not presenting the token for rotation.
+    async fn revoke_family_of(
+        &self,
+        presented: &SecretHash,
+        at: Timestamp,
+    ) -> Result<Option<SessionId>, StoreError>;
+}
+
+/// The access-token `jti` denylist (SPEC §5): how a single access token is revoked before its
+/// `exp` (RFC 7009 for an access token). An entry only matters until the token would have
+/// expired anyway, so each carries that expiry and [`prune_denylist`](Self::prune_denylist)
+/// keeps the list as small as the set of tokens alive at once.
+#[async_trait]
+pub trait DenylistStore: Send + Sync + 'static {
+    /// Refuses the access token with this `jti` until `expires_at` (its `exp`). Denying a jti
+    /// already denied keeps the later of the two expiries and is never an error, so retries
+    /// and revocations racing on two nodes are safe.
+    async fn deny_jti(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError>;
+    /// Whether `jti` is denied at `now`: true only while `now < expires_at`, so an entry stops
+    /// mattering at the instant its token stops verifying, pruned or not.
+    async fn is_jti_denied(&self, jti: &str, now: Timestamp) -> Result<bool, StoreError>;
+    /// Every entry still in force at `now` (`now < expires_at`), with its expiry, in no
+    /// particular order: for warming an in-process cache.
+    async fn denied_jtis(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError>;
+    /// Deletes every entry no longer in force at `now` (`expires_at <= now`) and returns how
+    /// many; run periodically so the denylist does not grow without bound. Entries still in
+    /// force are never touched.
+    async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -125,7 +186,9 @@ pub trait AdminKeyStore: Send + Sync + 'static {
 /// Everything a Tessera node needs from its durable store, as one object the server can hold
 /// as `Arc<dyn Store>` chosen from the `database` setting at start.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + RefreshStore + KeyStore + AdminKeyStore {
+pub trait Store:
+    UserStore + SessionStore + RefreshStore + DenylistStore + KeyStore + AdminKeyStore
+{
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -120,6 +120,16 @@ macro_rules! conformance_suite {
             unknown_refresh_token_is_invalid,
             refresh_of_a_dead_session_is_invalid,
             concurrent_rotations_rotate_once,
+            revoke_family_of_the_current_token,
+            revoke_family_of_a_spent_token,
+            revoke_family_of_an_unknown_token_is_none,
+            revoke_family_of_a_dead_session_keeps_it_as_it_is,
+            revoked_sessions_since_filters_by_time,
+            epochs_since_filters_by_time,
+            purge_dead_sessions_keeps_live_ones,
+            denied_jti_is_refused_until_it_expires,
+            denying_a_jti_twice_keeps_the_later_expiry,
+            prune_denylist_removes_only_expired_entries,
             signing_keys_are_listed_oldest_first,
             duplicate_kid_conflicts,
             retire_signing_key_once,
@@ -141,6 +151,19 @@ const GRACE: Duration = Duration::from_secs(10);
 
 fn at(offset: i64) -> Timestamp {
     Timestamp::from_unix(1_700_000_000 + offset)
+}
+
+/// An era long before [`at`], reserved for the cases that delete by time
+/// ([`purge_dead_sessions_keeps_live_ones`], [`prune_denylist_removes_only_expired_entries`]):
+/// on a shared store their cut-off lies before every other case's records, so they neither
+/// delete what a parallel case still needs nor count its rows. One case per table, at most.
+fn past(offset: i64) -> Timestamp {
+    Timestamp::from_unix(1_000_000_000 + offset)
+}
+
+fn fresh_jti() -> String {
+    // A jti is any string the issuer chose (RFC 7519 §4.1.7): quotes and non-ASCII included.
+    format!("jti-'\"é-{}", UserId::new())
 }
 
 fn fresh_hash() -> SecretHash {
@@ -874,6 +897,386 @@ pub async fn concurrent_rotations_rotate_once<S: Store + ?Sized>(store: &S) {
             Rotation::Replayed(expected)
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revoking a refresh family (RFC 7009)
+
+/// The `revoked_at` the store reports for `session`, if any, via `revoked_sessions_since`.
+async fn revoked_at_of<S: Store + ?Sized>(store: &S, session: &Session) -> Option<Timestamp> {
+    let revoked = store
+        .revoked_sessions_since(Timestamp::from_unix(i64::MIN))
+        .await
+        .unwrap();
+    let mut ours = revoked.into_iter().filter(|(id, _, _)| *id == session.id);
+    let (_, user, revoked_at) = ours.next()?;
+    assert_eq!(user, session.user_id);
+    assert!(ours.next().is_none(), "session listed twice");
+    Some(revoked_at)
+}
+
+pub async fn revoke_family_of_the_current_token<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    // Another device of the same user is not part of the family.
+    let sibling = new_session(
+        &store.find_user(session.user_id).await.unwrap().unwrap(),
+        Via::Token,
+        at(0),
+    );
+    store.insert_session(&sibling).await.unwrap();
+    let sibling_token = family_of(store, &sibling).await;
+
+    assert_eq!(
+        store.revoke_family_of(&first, at(50)).await.unwrap(),
+        Some(session.id)
+    );
+    assert_eq!(
+        store.find_live_session(session.id, at(50)).await.unwrap(),
+        None
+    );
+    assert_eq!(revoked_at_of(store, &session).await, Some(at(50)));
+    let rotation = store
+        .rotate_refresh(&first, &fresh_hash(), at(51), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Invalid);
+
+    // Idempotent: a retry answers alike and keeps the first revocation's time.
+    assert_eq!(
+        store.revoke_family_of(&first, at(60)).await.unwrap(),
+        Some(session.id)
+    );
+    assert_eq!(revoked_at_of(store, &session).await, Some(at(50)));
+
+    assert_eq!(revoked_at_of(store, &sibling).await, None);
+    let rotation = store
+        .rotate_refresh(&sibling_token, &fresh_hash(), at(70), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&sibling, at(70))));
+}
+
+pub async fn revoke_family_of_a_spent_token<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let (second, third) = (fresh_hash(), fresh_hash());
+    store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+    store
+        .rotate_refresh(&second, &third, at(200), GRACE)
+        .await
+        .unwrap();
+
+    // A stale copy of the family still signs the device out, and is not taken for theft.
+    assert_eq!(
+        store.revoke_family_of(&first, at(300)).await.unwrap(),
+        Some(session.id)
+    );
+    assert_eq!(revoked_at_of(store, &session).await, Some(at(300)));
+    assert_eq!(
+        store.find_live_session(session.id, at(300)).await.unwrap(),
+        None
+    );
+    // The family's head is dead too.
+    let rotation = store
+        .rotate_refresh(&third, &fresh_hash(), at(301), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Invalid);
+    // So is the replay the grace window would otherwise have allowed.
+    let rotation = store
+        .rotate_refresh(&second, &third, at(205), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Invalid);
+}
+
+pub async fn revoke_family_of_an_unknown_token_is_none<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    assert_eq!(
+        store.revoke_family_of(&fresh_hash(), at(10)).await.unwrap(),
+        None
+    );
+    // Nothing else was touched.
+    assert_eq!(revoked_at_of(store, &session).await, None);
+    let rotation = store
+        .rotate_refresh(&first, &fresh_hash(), at(11), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(11))));
+}
+
+pub async fn revoke_family_of_a_dead_session_keeps_it_as_it_is<S: Store + ?Sized>(store: &S) {
+    // Already revoked: the token is still known, and the first revocation's time stays.
+    let (revoked, first) = seeded_family(store).await;
+    assert!(store.revoke_session(revoked.id, at(10)).await.unwrap());
+    assert_eq!(
+        store.revoke_family_of(&first, at(20)).await.unwrap(),
+        Some(revoked.id)
+    );
+    assert_eq!(revoked_at_of(store, &revoked).await, Some(at(10)));
+
+    // Revoked as stolen: the same.
+    let (stolen, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    store
+        .rotate_refresh(&first, &second, at(100), GRACE)
+        .await
+        .unwrap();
+    let rotation = store
+        .rotate_refresh(&first, &second, at(200), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::ReuseDetected(stolen.id));
+    assert_eq!(
+        store.revoke_family_of(&second, at(300)).await.unwrap(),
+        Some(stolen.id)
+    );
+    assert_eq!(revoked_at_of(store, &stolen).await, Some(at(200)));
+
+    // Idle-expired but never revoked: known, and now marked revoked; still not live.
+    let (idle, first) = seeded_family(store).await;
+    assert_eq!(
+        store
+            .revoke_family_of(&first, at(IDLE_SECS + 10))
+            .await
+            .unwrap(),
+        Some(idle.id)
+    );
+    assert_eq!(revoked_at_of(store, &idle).await, Some(at(IDLE_SECS + 10)));
+    assert_eq!(
+        store
+            .find_live_session(idle.id, at(IDLE_SECS - 1))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warming a revocation cache (SPEC §5)
+
+pub async fn revoked_sessions_since_filters_by_time<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let early = new_session(&user, Via::Cookie, at(0));
+    let late = new_session(&user, Via::Token, at(0));
+    let never = new_session(&user, Via::Cookie, at(0));
+    for session in [&early, &late, &never] {
+        store.insert_session(session).await.unwrap();
+    }
+    let other = seeded_session(store, Via::Token).await;
+    assert!(store.revoke_session(early.id, at(100)).await.unwrap());
+    assert!(store.revoke_session(late.id, at(200)).await.unwrap());
+    assert!(store.revoke_session(other.id, at(300)).await.unwrap());
+
+    let ours = |since: Timestamp| async move {
+        let ids = [early.id, late.id, never.id, other.id];
+        let mut listed: Vec<(SessionId, UserId, Timestamp)> = store
+            .revoked_sessions_since(since)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(id, _, _)| ids.contains(id))
+            .collect();
+        listed.sort_by_key(|(_, _, revoked_at)| *revoked_at);
+        listed
+    };
+    let all = vec![
+        (early.id, user.id, at(100)),
+        (late.id, user.id, at(200)),
+        (other.id, other.user_id, at(300)),
+    ];
+    assert_eq!(ours(at(0)).await, all);
+    // Inclusive: a revocation at exactly `since` is listed.
+    assert_eq!(ours(at(100)).await, all);
+    assert_eq!(ours(at(101)).await, all[1..].to_vec());
+    assert_eq!(ours(at(200)).await, all[1..].to_vec());
+    assert_eq!(ours(at(300)).await, all[2..].to_vec());
+    assert_eq!(ours(at(301)).await, vec![]);
+}
+
+pub async fn epochs_since_filters_by_time<S: Store + ?Sized>(store: &S) {
+    let quiet = seeded_user(store).await;
+    let bumped = seeded_user(store).await;
+    let later = seeded_user(store).await;
+    assert!(store.bump_epoch(bumped.id, at(500)).await.unwrap());
+    assert!(store.bump_epoch(later.id, at(900)).await.unwrap());
+    let ours = |since: Timestamp| async move {
+        let ids = [quiet.id, bumped.id, later.id];
+        let mut listed: Vec<(UserId, Timestamp)> = store
+            .epochs_since(since)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .collect();
+        listed.sort_by_key(|(_, epoch)| *epoch);
+        listed
+    };
+    // A new user's epoch is its creation.
+    assert_eq!(
+        ours(at(0)).await,
+        vec![(quiet.id, at(0)), (bumped.id, at(500)), (later.id, at(900))]
+    );
+    assert_eq!(
+        ours(at(1)).await,
+        vec![(bumped.id, at(500)), (later.id, at(900))]
+    );
+    assert_eq!(
+        ours(at(500)).await,
+        vec![(bumped.id, at(500)), (later.id, at(900))]
+    );
+    assert_eq!(ours(at(501)).await, vec![(later.id, at(900))]);
+    assert_eq!(ours(at(901)).await, vec![]);
+}
+
+pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
+    let user = new_user(past(0));
+    store.insert_user(&user).await.unwrap();
+    let session = |via| new_session(&user, via, past(0));
+    let live = session(Via::Token);
+    let revoked = session(Via::Token);
+    let revoked_later = session(Via::Token);
+    let ended = Session {
+        expires_at: past(200),
+        ..session(Via::Token)
+    };
+    let idle = Session {
+        idle_timeout_secs: 60,
+        ..session(Via::Cookie)
+    };
+    // Its idle end is exactly the cut-off: it did not end *before* it.
+    let boundary = Session {
+        idle_timeout_secs: 500,
+        ..session(Via::Token)
+    };
+    let all = [&live, &revoked, &revoked_later, &ended, &idle, &boundary];
+    let mut tokens = Vec::new();
+    for s in all {
+        store.insert_session(s).await.unwrap();
+        tokens.push(family_of(store, s).await);
+    }
+    assert!(store.revoke_session(revoked.id, past(100)).await.unwrap());
+    assert!(store
+        .revoke_session(revoked_later.id, past(1_000))
+        .await
+        .unwrap());
+
+    let before = past(500);
+    assert_eq!(store.purge_dead_sessions(before).await.unwrap(), 3);
+    // Nothing else ended before the cut-off: a second run deletes nothing.
+    assert_eq!(store.purge_dead_sessions(before).await.unwrap(), 0);
+
+    // The survivors are untouched: listed, found, and the live family still rotates.
+    assert_eq!(
+        store.list_live_sessions(user.id, past(400)).await.unwrap(),
+        vec![boundary.clone(), live.clone()]
+    );
+    let rotation = store
+        .rotate_refresh(&tokens[0], &fresh_hash(), past(600), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated(touched(&live, past(600))));
+    assert_eq!(
+        revoked_at_of(store, &revoked_later).await,
+        Some(past(1_000))
+    );
+
+    // The dead are gone, refresh tokens included: their tokens are unknown now.
+    assert_eq!(revoked_at_of(store, &revoked).await, None);
+    for (s, token) in all.iter().zip(&tokens) {
+        let kept = [live.id, revoked_later.id, boundary.id].contains(&s.id);
+        let family = store.revoke_family_of(token, past(2_000)).await.unwrap();
+        assert_eq!(family, kept.then_some(s.id), "session {:?}", s.id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The access-token denylist (SPEC §5)
+
+pub async fn denied_jti_is_refused_until_it_expires<S: Store + ?Sized>(store: &S) {
+    let (jti, other) = (fresh_jti(), fresh_jti());
+    store.deny_jti(&jti, at(100)).await.unwrap();
+    assert!(store.is_jti_denied(&jti, at(0)).await.unwrap());
+    assert!(store.is_jti_denied(&jti, at(99)).await.unwrap());
+    // Refused while `now < exp`, which is when the token itself stops verifying.
+    assert!(!store.is_jti_denied(&jti, at(100)).await.unwrap());
+    assert!(!store.is_jti_denied(&jti, at(101)).await.unwrap());
+    assert!(!store.is_jti_denied(&other, at(0)).await.unwrap());
+
+    let listed = |now: Timestamp| {
+        let ours = [jti.clone(), other.clone()];
+        async move {
+            store
+                .denied_jtis(now)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(j, _)| ours.contains(j))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(at(99)).await, vec![(jti.clone(), at(100))]);
+    assert_eq!(listed(at(100)).await, vec![]);
+}
+
+pub async fn denying_a_jti_twice_keeps_the_later_expiry<S: Store + ?Sized>(store: &S) {
+    let jti = fresh_jti();
+    store.deny_jti(&jti, at(100)).await.unwrap();
+    store.deny_jti(&jti, at(200)).await.unwrap();
+    assert!(store.is_jti_denied(&jti, at(150)).await.unwrap());
+    // An earlier expiry arriving late (a retry, another node) does not shorten the denial.
+    store.deny_jti(&jti, at(150)).await.unwrap();
+    assert!(store.is_jti_denied(&jti, at(199)).await.unwrap());
+    assert!(!store.is_jti_denied(&jti, at(200)).await.unwrap());
+    let ours: Vec<(String, Timestamp)> = store
+        .denied_jtis(at(0))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(j, _)| *j == jti)
+        .collect();
+    assert_eq!(ours, vec![(jti, at(200))]);
+}
+
+pub async fn prune_denylist_removes_only_expired_entries<S: Store + ?Sized>(store: &S) {
+    let jtis: Vec<(String, Timestamp)> = [10, 20, 30, 40]
+        .into_iter()
+        .map(|offset| (fresh_jti(), past(offset)))
+        .collect();
+    for (jti, expires_at) in &jtis {
+        store.deny_jti(jti, *expires_at).await.unwrap();
+    }
+    let now = past(20);
+    // The entries expiring at `past(10)` and exactly at `now`.
+    assert_eq!(store.prune_denylist(now).await.unwrap(), 2);
+    assert_eq!(store.prune_denylist(now).await.unwrap(), 0);
+
+    // Everything still stored, not only what is in force: from the beginning of time.
+    let stored = store
+        .denied_jtis(Timestamp::from_unix(i64::MIN))
+        .await
+        .unwrap();
+    let mut ours: Vec<(String, Timestamp)> = stored
+        .iter()
+        .filter(|entry| jtis.contains(entry))
+        .cloned()
+        .collect();
+    ours.sort_by_key(|(_, expires_at)| *expires_at);
+    assert_eq!(ours, jtis[2..].to_vec());
+    // Does not grow without bound: after a prune, every stored entry is one still in force
+    // (parallel cases only add entries in force long after `now`).
+    assert!(
+        stored.iter().all(|(_, expires_at)| now < *expires_at),
+        "expired entries survived the prune"
+    );
+    for (jti, _) in &jtis[2..] {
+        assert!(store.is_jti_denied(jti, now).await.unwrap());
+    }
+    for (jti, _) in &jtis[..2] {
+        assert!(!store.is_jti_denied(jti, past(0)).await.unwrap());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! (a refresh rotation, a session with its hash index) are atomic; no lock is ever held
 //! across an `.await` (the trait methods do not await at all).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use tessera_core::model::{
     User, UserId,
 };
 use tessera_core::secret::SecretHash;
-use tessera_core::store::{AdminKeyStore, KeyStore, RefreshStore, SessionStore, UserStore};
+use tessera_core::store::{
+    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, SessionStore, UserStore,
+};
 use tessera_core::{Store, StoreError};
 
 /// Everything in process memory; see the module documentation.
@@ -49,6 +51,8 @@ struct State {
     sessions_by_hash: HashMap<SecretHash, SessionId>,
     sessions_by_user: HashMap<UserId, Vec<SessionId>>,
     refresh: HashMap<SecretHash, RefreshEntry>,
+    /// Denied access-token `jti`s and when each stops mattering.
+    denied_jtis: HashMap<String, Timestamp>,
     signing_keys: HashMap<String, Sequenced<SealedKey>>,
     admin_keys: HashMap<AdminKeyId, AdminKey>,
     admin_keys_by_hash: HashMap<SecretHash, AdminKeyId>,
@@ -146,6 +150,16 @@ impl UserStore for MemoryStore {
         };
         user.value.tokens_valid_after = user.value.tokens_valid_after.max(at);
         Ok(true)
+    }
+
+    async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
+        Ok(self
+            .read()?
+            .users
+            .values()
+            .map(|u| (u.value.id, u.value.tokens_valid_after))
+            .filter(|(_, epoch)| *epoch >= since)
+            .collect())
     }
 }
 
@@ -271,6 +285,59 @@ impl SessionStore for MemoryStore {
         live.sort_by_key(|s| std::cmp::Reverse((s.value.created_at, s.seq)));
         Ok(live.into_iter().map(|s| s.value.clone()).collect())
     }
+
+    async fn revoked_sessions_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(SessionId, UserId, Timestamp)>, StoreError> {
+        Ok(self
+            .read()?
+            .sessions
+            .values()
+            .filter_map(|s| {
+                let revoked_at = s.value.revoked_at.filter(|at| *at >= since)?;
+                Some((s.value.id, s.value.user_id, revoked_at))
+            })
+            .collect())
+    }
+
+    async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.write()?;
+        let dead: HashSet<SessionId> = state
+            .sessions
+            .values()
+            .map(|s| &s.value)
+            .filter(|s| s.revoked_at.is_some_and(|at| at < before) || s.idle_expires_at() < before)
+            .map(|s| s.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let State {
+            sessions,
+            sessions_by_hash,
+            sessions_by_user,
+            refresh,
+            ..
+        } = &mut *state;
+        for id in &dead {
+            let Some(session) = sessions.remove(id) else {
+                continue;
+            };
+            if let Some(hash) = session.value.secret_hash {
+                sessions_by_hash.remove(&hash);
+            }
+            if let Some(ids) = sessions_by_user.get_mut(&session.value.user_id) {
+                ids.retain(|id| !dead.contains(id));
+                if ids.is_empty() {
+                    sessions_by_user.remove(&session.value.user_id);
+                }
+            }
+        }
+        // As the SQL foreign key's cascade: a family goes with its session.
+        refresh.retain(|_, entry| !dead.contains(&entry.record.session_id));
+        Ok(u64::try_from(dead.len()).unwrap_or(u64::MAX))
+    }
 }
 
 #[async_trait]
@@ -352,6 +419,60 @@ impl RefreshStore for MemoryStore {
             stored.value.revoked_at = Some(now);
         }
         Ok(Rotation::ReuseDetected(session_id))
+    }
+
+    async fn revoke_family_of(
+        &self,
+        presented: &SecretHash,
+        at: Timestamp,
+    ) -> Result<Option<SessionId>, StoreError> {
+        let mut state = self.write()?;
+        let Some(session_id) = state.refresh.get(presented).map(|e| e.record.session_id) else {
+            return Ok(None);
+        };
+        if let Some(stored) = state.sessions.get_mut(&session_id) {
+            stored.value.revoked_at.get_or_insert(at);
+        }
+        Ok(Some(session_id))
+    }
+}
+
+#[async_trait]
+impl DenylistStore for MemoryStore {
+    async fn deny_jti(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        let mut state = self.write()?;
+        state
+            .denied_jtis
+            .entry(jti.to_owned())
+            .and_modify(|kept| *kept = (*kept).max(expires_at))
+            .or_insert(expires_at);
+        Ok(())
+    }
+
+    async fn is_jti_denied(&self, jti: &str, now: Timestamp) -> Result<bool, StoreError> {
+        Ok(self
+            .read()?
+            .denied_jtis
+            .get(jti)
+            .is_some_and(|expires_at| now < *expires_at))
+    }
+
+    async fn denied_jtis(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        Ok(self
+            .read()?
+            .denied_jtis
+            .iter()
+            .filter(|(_, expires_at)| now < **expires_at)
+            .map(|(jti, expires_at)| (jti.clone(), *expires_at))
+            .collect())
+    }
+
+    async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.write()?;
+        let before = state.denied_jtis.len();
+        state.denied_jtis.retain(|_, expires_at| now < *expires_at);
+        let pruned = before.saturating_sub(state.denied_jtis.len());
+        Ok(u64::try_from(pruned).unwrap_or(u64::MAX))
     }
 }
 

@@ -26,7 +26,9 @@ use tessera_core::model::{
     User, UserId, Via,
 };
 use tessera_core::secret::SecretHash;
-use tessera_core::store::{AdminKeyStore, KeyStore, RefreshStore, SessionStore, UserStore};
+use tessera_core::store::{
+    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, SessionStore, UserStore,
+};
 use tessera_core::{Store, StoreError};
 
 /// How long a connection waits for another process's write lock before giving up.
@@ -45,6 +47,11 @@ const SESSION_COLUMNS: &str = "id, user_id, secret_hash, via, created_at, last_s
 /// The SQL mirror of [`Session::is_live`] for a `sessions` row, with `now` bound to `?1`.
 const SESSION_LIVE: &str = "revoked_at IS NULL \
      AND ?1 < MIN(last_seen_at + idle_timeout_secs, expires_at)";
+
+/// A `sessions` row that ended strictly before `?1`: revoked, or expired (idle or absolute),
+/// before it. The idle end is [`Session::idle_expires_at`], which already caps at `expires_at`.
+const SESSION_ENDED_BEFORE: &str = "(revoked_at < ?1 \
+     OR MIN(last_seen_at + idle_timeout_secs, expires_at) < ?1)";
 
 /// A SQLite-backed [`Store`]; see the module documentation. Cloning shares the pools.
 #[derive(Debug, Clone)]
@@ -319,6 +326,22 @@ impl UserStore for SqliteStore {
         .map_err(unavailable)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
+        sqlx::query("SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= ?1")
+            .bind(since.as_unix())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| {
+                Ok((
+                    id(row, "id", UserId::parse)?,
+                    timestamp(row, "tokens_valid_after")?,
+                ))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -444,6 +467,55 @@ impl SessionStore for SqliteStore {
         .map(session_from_row)
         .collect()
     }
+
+    async fn revoked_sessions_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(SessionId, UserId, Timestamp)>, StoreError> {
+        // `revoked_at >= ?1` implies `revoked_at IS NOT NULL`: the partial index serves it.
+        sqlx::query("SELECT id, user_id, revoked_at FROM sessions WHERE revoked_at >= ?1")
+            .bind(since.as_unix())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| {
+                Ok((
+                    id(row, "id", SessionId::parse)?,
+                    id(row, "user_id", UserId::parse)?,
+                    timestamp(row, "revoked_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
+        // The foreign key would cascade to the refresh tokens, but deleting them by name in
+        // the same transaction does not make the promise depend on `PRAGMA foreign_keys`.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(&format!(
+            "DELETE FROM refresh_tokens WHERE session_id IN \
+             (SELECT id FROM sessions WHERE {SESSION_ENDED_BEFORE})"
+        ))
+        .bind(before.as_unix())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // `rows_affected` counts the sessions only: SQLite leaves cascaded rows out of it.
+        let done = sqlx::query(&format!(
+            "DELETE FROM sessions WHERE {SESSION_ENDED_BEFORE}"
+        ))
+        .bind(before.as_unix())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[async_trait]
@@ -551,6 +623,84 @@ impl RefreshStore for SqliteStore {
         };
         tx.commit().await.map_err(unavailable)?;
         Ok(outcome)
+    }
+
+    async fn revoke_family_of(
+        &self,
+        presented: &SecretHash,
+        at: Timestamp,
+    ) -> Result<Option<SessionId>, StoreError> {
+        // Lookup and revocation in one transaction, so a concurrent purge cannot slip between
+        // them; `revoked_at IS NULL` keeps the first revocation's time.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let Some(token) = sqlx::query("SELECT session_id FROM refresh_tokens WHERE hash = ?1")
+            .bind(presented.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let session_id = id(&token, "session_id", SessionId::parse)?;
+        sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL")
+            .bind(at.as_unix())
+            .bind(session_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(session_id))
+    }
+}
+
+#[async_trait]
+impl DenylistStore for SqliteStore {
+    async fn deny_jti(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO denied_jtis (jti, expires_at) VALUES (?1, ?2) \
+             ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+        )
+        .bind(jti)
+        .bind(expires_at.as_unix())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_jti_denied(&self, jti: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let denied: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM denied_jtis WHERE jti = ?1 AND ?2 < expires_at")
+                .bind(jti)
+                .bind(now.as_unix())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(unavailable)?;
+        Ok(denied.is_some())
+    }
+
+    async fn denied_jtis(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        sqlx::query("SELECT jti, expires_at FROM denied_jtis WHERE ?1 < expires_at")
+            .bind(now.as_unix())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| Ok((get(row, "jti")?, timestamp(row, "expires_at")?)))
+            .collect()
+    }
+
+    async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM denied_jtis WHERE expires_at <= ?1")
+            .bind(now.as_unix())
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 }
 
