@@ -500,7 +500,9 @@ impl Tessera {
             .find_user(user_id)
             .await?
             .ok_or(AuthError::Unauthenticated)?;
-        if claims.iat < user.tokens_valid_after.as_unix() {
+        if claims.iat < user.tokens_valid_after.as_unix()
+            || self.store.is_jti_denied(&claims.jti, now).await?
+        {
             return Err(AuthError::Unauthenticated);
         }
         Ok(Principal {
@@ -547,6 +549,61 @@ impl Tessera {
                 .is_ok()
     }
 
+    /// An access token that is valid *now*: signature, claims, live session, epoch and
+    /// denylist. `None` for anything else (RFC 7662 `active: false`).
+    pub async fn introspect(&self, token: &str) -> Result<Option<Claims>, AuthError> {
+        let Ok(claims) = self.check_token(token).await else {
+            return Ok(None);
+        };
+        match self.authenticate_bearer(token).await {
+            Ok(_) => Ok(Some(claims)),
+            Err(AuthError::Store(e)) => Err(AuthError::Store(e)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// RFC 7009: an access token's `jti` joins the denylist until its `exp`; a refresh token
+    /// kills its family (and with it the session's access tokens). Unknown, malformed or
+    /// expired tokens are ignored, as §2.2 requires: the caller always hears "done".
+    pub async fn revoke_token(&self, token: &str) -> Result<(), AuthError> {
+        // A JWT has two dots; an opaque refresh token (base64url) has none, so the shape
+        // decides and `token_type_hint` is not needed.
+        if token.matches('.').count() == 2 {
+            if let Ok(claims) = self.check_token(token).await {
+                self.store
+                    .deny_jti(&claims.jti, Timestamp::from_unix(claims.exp))
+                    .await?;
+                info!(jti = %claims.jti, "access token revoked");
+            }
+            return Ok(());
+        }
+        let refresh = RefreshToken::from_presented(token);
+        if let Some(session) = self
+            .store
+            .revoke_family_of(&refresh.to_hash(), Timestamp::now())
+            .await?
+        {
+            info!(session = %session, "refresh family revoked");
+        }
+        Ok(())
+    }
+
+    /// Deletes what can no longer decide anything: denylisted `jti`s past their `exp`, and
+    /// sessions dead for longer than an access token lives (with their refresh tokens), so
+    /// the store does not grow without bound.
+    pub async fn housekeeping(&self) -> Result<(u64, u64), AuthError> {
+        let now = Timestamp::now();
+        let pruned = self.store.prune_denylist(now).await?;
+        let horizon = Timestamp::from_unix(
+            now.as_unix()
+                - duration_secs(crate::keys::retired_key_lifetime(
+                    self.config.access_token_ttl,
+                )),
+        );
+        let purged = self.store.purge_dead_sessions(horizon).await?;
+        Ok((pruned, purged))
+    }
+
     // ----- devices -----------------------------------------------------------------------
 
     pub async fn sessions_of(&self, user: UserId) -> Result<Vec<Session>, AuthError> {
@@ -554,6 +611,48 @@ impl Tessera {
             .store
             .list_live_sessions(user, Timestamp::now())
             .await?)
+    }
+
+    /// Signs one of the user's devices out. `NotFound` alike for an unknown session and for
+    /// someone else's, so the answer leaks nothing about other users' sessions.
+    pub async fn revoke_own_session(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<(), AuthError> {
+        let now = Timestamp::now();
+        match self.store.find_live_session(session, now).await? {
+            Some(found) if found.user_id == user => {
+                self.store.revoke_session(session, now).await?;
+                info!(user = %user, session = %session, "device signed out");
+                Ok(())
+            }
+            _ => Err(AuthError::NotFound),
+        }
+    }
+
+    /// Signs out every device of the user but the caller's own.
+    pub async fn revoke_other_sessions(&self, principal: &Principal) -> Result<u64, AuthError> {
+        let revoked = self
+            .store
+            .revoke_user_sessions(
+                principal.user_id,
+                Some(principal.session.id),
+                Timestamp::now(),
+            )
+            .await?;
+        info!(user = %principal.user_id, sessions = revoked, "other devices signed out");
+        Ok(revoked)
+    }
+
+    /// Admin: revoke one session by id, whoever owns it; `NotFound` if it is not live.
+    pub async fn revoke_session(&self, session: SessionId) -> Result<(), AuthError> {
+        if self.store.revoke_session(session, Timestamp::now()).await? {
+            info!(session = %session, "session revoked by an administrator");
+            Ok(())
+        } else {
+            Err(AuthError::NotFound)
+        }
     }
 
     // ----- keys and admin keys -----------------------------------------------------------

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tessera_core::model::{Session, Timestamp, User, Via};
+use tessera_core::model::{Session, SessionId, Timestamp, User, Via};
 use tessera_core::secret::Password;
 use tessera_core::service::Principal;
 use tessera_core::AuthError;
@@ -30,7 +30,7 @@ pub struct UserView<'a> {
 }
 
 impl<'a> UserView<'a> {
-    fn of(user: &'a User) -> Self {
+    pub fn of(user: &'a User) -> Self {
         Self {
             id: user.id.to_string(),
             email: user.email.as_str(),
@@ -169,6 +169,61 @@ pub async fn whoami(
     let mut response = Json(body).into_response();
     no_store(&mut response);
     Ok(response)
+}
+
+/// `[{id, created_at, last_seen_at, expires_at, user_agent, ip, via, current}]`: one entry a
+/// signed-in device.
+pub fn device_list(sessions: &[Session], current: Option<SessionId>) -> serde_json::Value {
+    sessions
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id.to_string(),
+                "created_at": s.created_at,
+                "last_seen_at": s.last_seen_at,
+                "expires_at": s.expires_at,
+                "idle_expires_at": s.idle_expires_at(),
+                "user_agent": s.user_agent,
+                "ip": s.ip,
+                "via": s.via,
+                "current": Some(s.id) == current,
+            })
+        })
+        .collect()
+}
+
+/// `GET /v1/sessions`: the caller's devices.
+pub async fn my_sessions(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<Response, ApiError> {
+    let sessions = state.tessera.sessions_of(principal.user_id).await?;
+    let mut response = Json(device_list(&sessions, Some(principal.session.id))).into_response();
+    no_store(&mut response);
+    Ok(response)
+}
+
+/// `DELETE /v1/sessions/{id}`: sign one of my devices out; 404 if it is not mine.
+pub async fn revoke_my_session(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
+    state
+        .tessera
+        .revoke_own_session(principal.user_id, id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/sessions`: sign out all my other devices.
+pub async fn revoke_my_other_sessions(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<StatusCode, ApiError> {
+    state.tessera.revoke_other_sessions(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");

@@ -137,6 +137,8 @@ pub enum OAuthError {
     InvalidRequest(String),
     InvalidGrant(&'static str),
     UnsupportedGrantType,
+    /// Client authentication failed or was missing (RFC 6749 §5.2): 401 with a challenge.
+    InvalidClient,
     UnsupportedMediaType,
     PayloadTooLarge,
     Unavailable(AuthError),
@@ -184,6 +186,11 @@ impl IntoResponse for OAuthError {
                 "unsupported_grant_type",
                 "grant_type must be password or refresh_token".to_owned(),
             ),
+            Self::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "an admin API key is required as Authorization: Bearer".to_owned(),
+            ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request",
@@ -225,6 +232,12 @@ impl IntoResponse for OAuthError {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // RFC 6749 §5.2: a failed client authentication answers 401 with a challenge.
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{middleware, Json, Router};
 use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
 use tokio::net::TcpListener;
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -21,6 +22,9 @@ pub mod extract;
 pub mod oauth;
 
 use error::ApiError;
+
+/// How often expired denylist entries and long-dead sessions are deleted.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// SPEC §2: request bodies are capped at 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -65,8 +69,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/login", post(api::login))
         .route("/v1/logout", post(api::logout))
         .route("/v1/session", get(api::whoami))
+        .route(
+            "/v1/sessions",
+            get(api::my_sessions).delete(api::revoke_my_other_sessions),
+        )
+        .route("/v1/sessions/{id}", delete(api::revoke_my_session))
+        .route(
+            "/v1/admin/users/{id}/sessions",
+            get(admin::user_sessions).delete(admin::sign_out_user),
+        )
+        .route("/v1/admin/sessions/{id}", delete(admin::revoke_session))
+        .route("/v1/admin/users/{id}/roles", put(admin::set_roles))
         .route("/v1/verify", get(api::verify))
         .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/introspect", post(oauth::introspect))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route(
             "/.well-known/oauth-authorization-server",
@@ -128,10 +145,27 @@ pub async fn serve(
             }
         })
     };
+    let housekeeper = {
+        let tessera = Arc::clone(&tessera);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+            loop {
+                tick.tick().await;
+                match tessera.housekeeping().await {
+                    Ok((pruned, purged)) if pruned + purged > 0 => {
+                        tracing::info!(pruned, purged, "expired revocation state removed");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+                }
+            }
+        })
+    };
     let app = router(AppState::new(tessera)).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     reloader.abort();
+    housekeeper.abort();
     result
 }

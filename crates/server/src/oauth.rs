@@ -79,6 +79,74 @@ fn token_response(pair: &TokenPair) -> Response {
     response
 }
 
+/// RFC 7009 §2.1 parameters. `token_type_hint` is accepted and not needed: the token's shape
+/// tells an access JWT from an opaque refresh token.
+#[derive(Deserialize)]
+pub struct TokenParam {
+    token: Option<String>,
+}
+
+/// `POST /oauth2/revoke`: 200 whatever the token was (RFC 7009 §2.2), so the answer reveals
+/// nothing; only a request without `token` is an error.
+pub async fn revoke(
+    State(state): State<AppState>,
+    form: Result<Form<TokenParam>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(param) = form?;
+    let token = param
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| OAuthError::InvalidRequest("token is required".into()))?;
+    if token.len() <= tessera_core::verify::MAX_TOKEN_BYTES {
+        state.tessera.revoke_token(&token).await?;
+    }
+    Ok(axum::http::StatusCode::OK.into_response())
+}
+
+/// `POST /oauth2/introspect` (RFC 7662) for resource servers holding an admin API key.
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    form: Result<Form<TokenParam>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let secret = crate::admin::admin_secret(&headers).ok_or(OAuthError::InvalidClient)?;
+    state
+        .tessera
+        .authenticate_admin(&secret)
+        .await
+        .map_err(|e| match e {
+            tessera_core::AuthError::Store(e) => {
+                OAuthError::Unavailable(tessera_core::AuthError::Store(e))
+            }
+            _ => OAuthError::InvalidClient,
+        })?;
+    let Form(param) = form?;
+    let token = param
+        .token
+        .ok_or_else(|| OAuthError::InvalidRequest("token is required".into()))?;
+    let body = match state.tessera.introspect(&token).await? {
+        Some(claims) => serde_json::json!({
+            "active": true,
+            "sub": claims.sub,
+            "exp": claims.exp,
+            "iat": claims.iat,
+            "jti": claims.jti,
+            "sid": claims.sid,
+            "aud": claims.aud,
+            "iss": claims.iss,
+            "scope": claims.scope.unwrap_or_default(),
+            "roles": claims.roles,
+            "token_type": "Bearer",
+        }),
+        None => serde_json::json!({ "active": false }),
+    };
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 /// `GET /.well-known/jwks.json`: every public key whose tokens may still be alive. Cached for
 /// one minute; a new key signs as soon as it is made, so verifiers should also refetch the set
 /// when they meet an unknown `kid` (as `tessera-verify` users and common JOSE libraries do).
@@ -106,7 +174,11 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "grant_types_supported": ["password", "refresh_token"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],
     });

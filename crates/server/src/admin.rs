@@ -1,0 +1,100 @@
+//! `/v1/admin/*`: operations on any user, authorised by an admin API key created with
+//! `tessera admin-key create`. A user's access token is never an admin credential.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tessera_core::model::{AdminKey, SessionId, UserId};
+use tessera_core::secret::AdminSecret;
+use tessera_core::AuthError;
+
+use crate::api::{device_list, UserView};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::AppState;
+
+/// Proof that the caller holds a live admin key.
+pub struct Admin(pub AdminKey);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    #[tracing::instrument(level = "debug", skip_all)] // the key must never reach a span
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let secret = admin_secret(&parts.headers).ok_or(AuthError::Unauthenticated)?;
+        Ok(Self(state.tessera.authenticate_admin(&secret).await?))
+    }
+}
+
+/// The bearer credential of a request, read as an admin key.
+pub fn admin_secret(headers: &HeaderMap) -> Option<AdminSecret> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| AdminSecret::from_presented(key.trim()))
+}
+
+fn user_id(text: &str) -> Result<UserId, ApiError> {
+    UserId::parse(text).ok_or(ApiError::NotFound)
+}
+
+/// `GET /v1/admin/users/{id}/sessions`
+pub async fn user_sessions(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = state.tessera.user(user_id(&id)?).await?;
+    let sessions = state.tessera.sessions_of(user.id).await?;
+    Ok(Json(device_list(&sessions, None)).into_response())
+}
+
+/// `DELETE /v1/admin/users/{id}/sessions`: force sign-out everywhere.
+pub async fn sign_out_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = state.tessera.user(user_id(&id)?).await?;
+    state.tessera.logout_everywhere(user.id).await?;
+    tracing::info!(admin = %admin.id, user = %user.id, "forced sign-out everywhere");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/admin/sessions/{id}`
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
+    state.tessera.revoke_session(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct Roles {
+    roles: Vec<String>,
+}
+
+/// `PUT /v1/admin/users/{id}/roles`: the user's access tokens stop working, their refresh
+/// family does not, and the next refresh carries the new roles.
+pub async fn set_roles(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Roles>,
+) -> Result<Response, ApiError> {
+    if body.roles.len() > 64 || body.roles.iter().any(|r| r.len() > 128 || r.contains(',')) {
+        return Err(ApiError::BadRequest(
+            "roles: at most 64, each at most 128 characters and without commas".into(),
+        ));
+    }
+    let user = state.tessera.set_roles(user_id(&id)?, body.roles).await?;
+    tracing::info!(admin = %admin.id, user = %user.id, "roles changed");
+    Ok(Json(UserView::of(&user)).into_response())
+}

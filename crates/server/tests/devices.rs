@@ -1,0 +1,440 @@
+//! Devices, administration, and RFC 7009 / RFC 7662, through the real router over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use reqwest::header::COOKIE;
+use serde_json::Value;
+use support::{start_sqlite, unique_email, TestServer};
+
+async fn admin_key(server: &TestServer) -> String {
+    let (_, secret) = server.tessera.create_admin_key("test").await.unwrap();
+    secret.expose_secret().to_owned()
+}
+
+#[tokio::test]
+async fn devices_are_listed_alike_for_cookie_and_token_sign_ins() {
+    let server = start_sqlite("").await;
+    let (email, browser) = server.browser().await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+
+    let list: Value = server
+        .client
+        .get(server.url("/v1/sessions"))
+        .header(COOKIE, &browser.cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let current: Vec<&Value> = list.iter().filter(|d| d["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0]["id"], browser.body["session"]["id"]);
+    assert_eq!(current[0]["via"], "cookie");
+    for field in [
+        "created_at",
+        "last_seen_at",
+        "expires_at",
+        "user_agent",
+        "ip",
+        "via",
+    ] {
+        assert!(list.iter().all(|d| d.get(field).is_some()), "{field}");
+    }
+
+    let list: Value = server
+        .client
+        .get(server.url("/v1/sessions"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token_device = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["current"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(token_device["via"], "token");
+}
+
+#[tokio::test]
+async fn signing_out_one_device_and_all_others() {
+    let server = start_sqlite("").await;
+    let (email, browser) = server.browser().await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let token_sid = {
+        let list: Value = server
+            .client
+            .get(server.url("/v1/sessions"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["current"] == true)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Someone else's session and an unknown one answer alike: 404.
+    let (_, stranger) = server.browser().await;
+    for id in [
+        stranger.body["session"]["id"].as_str().unwrap(),
+        "01a212d9-0000-7000-8000-000000000000",
+        "nonsense",
+    ] {
+        let res = server
+            .client
+            .delete(server.url(&format!("/v1/sessions/{id}")))
+            .header(COOKIE, &browser.cookie)
+            .header("x-csrf-token", &browser.csrf)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{id}");
+    }
+    assert_eq!(
+        server.session_with_cookie(&stranger.cookie).await.status(),
+        200
+    );
+
+    // The cookie device signs the token device out: its access token and refresh family die.
+    let res = server
+        .client
+        .delete(server.url(&format!("/v1/sessions/{token_sid}")))
+        .header(COOKIE, &browser.cookie)
+        .header("x-csrf-token", &browser.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(server.verify_bearer(access).await.status(), 401);
+    assert_eq!(
+        server
+            .refresh(pair["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        400
+    );
+
+    // Sign out all others, from a token device this time: the cookie dies, the caller lives.
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let res = server
+        .client
+        .delete(server.url("/v1/sessions"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        server.session_with_cookie(&browser.cookie).await.status(),
+        401
+    );
+    assert_eq!(server.verify_bearer(access).await.status(), 200);
+}
+
+#[tokio::test]
+async fn rfc7009_revocation_of_access_and_refresh_tokens() {
+    let server = start_sqlite("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let revoke = |token: String| {
+        server
+            .client
+            .post(server.url("/oauth2/revoke"))
+            .form(&[("token", token)])
+            .send()
+    };
+
+    // Access token: its jti is denylisted; the refresh family lives on.
+    assert_eq!(revoke(access.to_owned()).await.unwrap().status(), 200);
+    assert_eq!(server.verify_bearer(access).await.status(), 401);
+    let res = server
+        .refresh(pair["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), 200);
+    let next: Value = res.json().await.unwrap();
+    assert_eq!(
+        server
+            .verify_bearer(next["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+
+    // Refresh token: the family and the session's access tokens die.
+    assert_eq!(
+        revoke(next["refresh_token"].as_str().unwrap().to_owned())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        server
+            .verify_bearer(next["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        server
+            .refresh(next["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        400
+    );
+
+    // Unknown and garbage tokens: 200 all the same.
+    for garbage in ["nope", "a.b.c", "x".repeat(10_000).as_str()] {
+        assert_eq!(revoke(garbage.to_owned()).await.unwrap().status(), 200);
+    }
+    let res = server
+        .client
+        .post(server.url("/oauth2/revoke"))
+        .form(&[("token_type_hint", "refresh_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "invalid_request"
+    );
+}
+
+#[tokio::test]
+async fn rfc7662_introspection_needs_an_admin_key() {
+    let server = start_sqlite("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let introspect = |credential: Option<String>, token: &str| {
+        let mut request = server
+            .client
+            .post(server.url("/oauth2/introspect"))
+            .form(&[("token", token)]);
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        request.send()
+    };
+
+    let res = introspect(None, access).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("www-authenticate").is_some());
+    let res = introspect(Some(access.to_owned()), access).await.unwrap();
+    assert_eq!(
+        res.status(),
+        401,
+        "a user's access token is not a credential here"
+    );
+
+    let key = admin_key(&server).await;
+    let body: Value = introspect(Some(key.clone()), access)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["active"], true);
+    for claim in [
+        "sub", "exp", "iat", "jti", "sid", "aud", "iss", "scope", "roles",
+    ] {
+        assert!(body.get(claim).is_some(), "{claim} in {body}");
+    }
+    for inactive in ["garbage", pair["refresh_token"].as_str().unwrap()] {
+        let body: Value = introspect(Some(key.clone()), inactive)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body, serde_json::json!({ "active": false }));
+    }
+    server
+        .client
+        .post(server.url("/oauth2/revoke"))
+        .form(&[("token", access)])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = introspect(Some(key), access)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, serde_json::json!({ "active": false }), "revoked");
+}
+
+#[tokio::test]
+async fn admin_api_lists_and_signs_out_users_and_sessions() {
+    let server = start_sqlite("").await;
+    let (email, browser) = server.browser().await;
+    let pair = server.password_grant(&email).await;
+    let user_id = browser.body["user"]["id"].as_str().unwrap().to_owned();
+    let key = admin_key(&server).await;
+
+    let res = server
+        .client
+        .get(server.url(&format!("/v1/admin/users/{user_id}/sessions")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "no admin key");
+    let res = server
+        .client
+        .get(server.url(&format!("/v1/admin/users/{user_id}/sessions")))
+        .bearer_auth(pair["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "a user's token is not an admin key");
+
+    let list: Value = server
+        .client
+        .get(server.url(&format!("/v1/admin/users/{user_id}/sessions")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    let res = server
+        .client
+        .delete(server.url(&format!(
+            "/v1/admin/sessions/{}",
+            browser.body["session"]["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        server.session_with_cookie(&browser.cookie).await.status(),
+        401
+    );
+    assert_eq!(
+        server
+            .verify_bearer(pair["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200,
+        "other device untouched"
+    );
+
+    let res = server
+        .client
+        .delete(server.url(&format!("/v1/admin/users/{user_id}/sessions")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        server
+            .verify_bearer(pair["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        server
+            .refresh(pair["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        400
+    );
+
+    let res = server
+        .client
+        .delete(server.url("/v1/admin/users/nonsense/sessions"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn role_change_kills_access_tokens_but_not_the_refresh_family() {
+    let server = start_sqlite("").await;
+    let email = unique_email();
+    let user = server.sign_up(&email).await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let key = admin_key(&server).await;
+
+    let res = server
+        .client
+        .put(server.url(&format!(
+            "/v1/admin/users/{}/roles",
+            user["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "roles": ["editor", "admin"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["roles"],
+        serde_json::json!(["admin", "editor"])
+    );
+
+    assert_eq!(
+        server.verify_bearer(access).await.status(),
+        401,
+        "old access token carries old roles"
+    );
+    let res = server
+        .refresh(pair["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), 200, "the user is not signed out");
+    let next: Value = res.json().await.unwrap();
+    let res = server
+        .verify_bearer(next["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-auth-roles"], "admin,editor");
+
+    let res = server
+        .client
+        .put(server.url(&format!(
+            "/v1/admin/users/{}/roles",
+            user["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "roles": "admin" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
