@@ -56,10 +56,14 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user_id: UserId,
-    pub session: Session,
+    pub session_id: SessionId,
     pub roles: Vec<String>,
     /// How *this request* authenticated, which decides whether CSRF applies.
     pub presented: Via,
+    /// The session record when the check had it at hand; `None` when a bearer token was
+    /// checked against the revocation cache alone (the hot path reads no record). Use
+    /// [`Tessera::session_of`] to get it either way.
+    pub session: Option<Session>,
 }
 
 /// A successful cookie login: the secret goes into `Set-Cookie` and nowhere else.
@@ -309,9 +313,10 @@ impl Tessera {
         let session = self.touch(session, now).await?;
         Ok(Principal {
             user_id: user.id,
+            session_id: session.id,
             roles: user.roles,
-            session,
             presented: Via::Cookie,
+            session: Some(session),
         })
     }
 
@@ -350,9 +355,9 @@ impl Tessera {
     /// Revokes the caller's session (its cookie, or its refresh family and access tokens).
     pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
         self.store
-            .revoke_session(principal.session.id, Timestamp::now())
+            .revoke_session(principal.session_id, Timestamp::now())
             .await?;
-        info!(user = %principal.user_id, session = %principal.session.id, "signed out");
+        info!(user = %principal.user_id, session = %principal.session_id, "signed out");
         Ok(())
     }
 
@@ -361,8 +366,8 @@ impl Tessera {
         let now = Timestamp::now();
         let revoked = self.store.revoke_user_sessions(user, None, now).await?;
         self.store.bump_epoch(user, next_epoch()).await?;
-        info!(user = %user, sessions = revoked, "signed out everywhere");
-        Ok(revoked)
+        info!(user = %user, sessions = revoked.len(), "signed out everywhere");
+        Ok(revoked.len() as u64)
     }
 
     // ----- tokens ------------------------------------------------------------------------
@@ -507,9 +512,10 @@ impl Tessera {
         }
         Ok(Principal {
             user_id,
-            session,
+            session_id: session.id,
             roles: claims.roles,
             presented: Via::Token,
+            session: Some(session),
         })
     }
 
@@ -606,6 +612,17 @@ impl Tessera {
 
     // ----- devices -----------------------------------------------------------------------
 
+    /// The caller's session record, from the principal or else the store.
+    pub async fn session_of(&self, principal: &Principal) -> Result<Session, AuthError> {
+        if let Some(session) = &principal.session {
+            return Ok(session.clone());
+        }
+        self.store
+            .find_live_session(principal.session_id, Timestamp::now())
+            .await?
+            .ok_or(AuthError::Unauthenticated)
+    }
+
     pub async fn sessions_of(&self, user: UserId) -> Result<Vec<Session>, AuthError> {
         Ok(self
             .store
@@ -637,12 +654,12 @@ impl Tessera {
             .store
             .revoke_user_sessions(
                 principal.user_id,
-                Some(principal.session.id),
+                Some(principal.session_id),
                 Timestamp::now(),
             )
             .await?;
-        info!(user = %principal.user_id, sessions = revoked, "other devices signed out");
-        Ok(revoked)
+        info!(user = %principal.user_id, sessions = revoked.len(), "other devices signed out");
+        Ok(revoked.len() as u64)
     }
 
     /// Admin: revoke one session by id, whoever owns it; `NotFound` if it is not live.

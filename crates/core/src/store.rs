@@ -70,13 +70,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Returns whether a live session was revoked (an expired one is left as it is); idempotent
     /// so retries after a timeout are safe.
     async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError>;
-    /// Revokes every unrevoked session of the user but `keep`; returns how many.
+    /// Revokes every unrevoked session of the user but `keep`; returns their ids (in no
+    /// particular order), so each revocation can be announced to other nodes' caches.
     async fn revoke_user_sessions(
         &self,
         user: UserId,
         keep: Option<SessionId>,
         at: Timestamp,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Vec<SessionId>, StoreError>;
     /// The user's live sessions, newest first: their devices.
     async fn list_live_sessions(
         &self,

@@ -161,10 +161,10 @@ pub async fn whoami(
         })?;
     let mut body = serde_json::json!({
         "user": { "id": user.id.to_string(), "email": user.email.as_str(), "roles": principal.roles },
-        "session": SessionView::of(&principal.session),
+        "session": SessionView::of(&state.tessera.session_of(&principal).await?),
     });
     if principal.presented == Via::Cookie {
-        body["csrf_token"] = state.tessera.csrf_token(principal.session.id).into();
+        body["csrf_token"] = state.tessera.csrf_token(principal.session_id).into();
     }
     let mut response = Json(body).into_response();
     no_store(&mut response);
@@ -198,7 +198,7 @@ pub async fn my_sessions(
     Authenticated(principal): Authenticated,
 ) -> Result<Response, ApiError> {
     let sessions = state.tessera.sessions_of(principal.user_id).await?;
-    let mut response = Json(device_list(&sessions, Some(principal.session.id))).into_response();
+    let mut response = Json(device_list(&sessions, Some(principal.session_id))).into_response();
     no_store(&mut response);
     Ok(response)
 }
@@ -259,7 +259,7 @@ fn identity_response(principal: &Principal) -> Response {
     let headers = response.headers_mut();
     let values = [
         (&X_AUTH_USER, principal.user_id.to_string()),
-        (&X_AUTH_SESSION, principal.session.id.to_string()),
+        (&X_AUTH_SESSION, principal.session_id.to_string()),
         (&X_AUTH_ROLES, principal.roles.join(",")),
     ];
     for (name, value) in values {

@@ -148,7 +148,7 @@ impl FromRequestParts<AppState> for Authenticated {
                         .map(str::to_owned)
                         .or_else(|| parts.extensions.get::<FormCsrfToken>().map(|t| t.0.clone()))
                         .ok_or(AuthError::CsrfRejected)?;
-                    if !state.tessera.check_csrf(principal.session.id, &presented) {
+                    if !state.tessera.check_csrf(principal.session_id, &presented) {
                         return Err(AuthError::CsrfRejected.into());
                     }
                 }

@@ -593,7 +593,7 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
         .revoke_user_sessions(user.id, Some(current.id), at(10))
         .await
         .unwrap();
-    assert_eq!(revoked, 1);
+    assert_eq!(revoked, vec![other.id]);
     assert!(store
         .find_live_session(current.id, at(11))
         .await
@@ -614,7 +614,7 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
             .revoke_user_sessions(user.id, None, at(20))
             .await
             .unwrap(),
-        1
+        vec![current.id]
     );
     assert_eq!(
         store.find_live_session(current.id, at(21)).await.unwrap(),
@@ -625,20 +625,16 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(
-        store
-            .revoke_user_sessions(user.id, None, at(30))
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .revoke_user_sessions(UserId::new(), None, at(30))
-            .await
-            .unwrap(),
-        0
-    );
+    assert!(store
+        .revoke_user_sessions(user.id, None, at(30))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .revoke_user_sessions(UserId::new(), None, at(30))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>(store: &S) {

@@ -246,14 +246,14 @@ impl SessionStore for MemoryStore {
         user: UserId,
         keep: Option<SessionId>,
         at: Timestamp,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<SessionId>, StoreError> {
         let mut state = self.write()?;
         let State {
             sessions,
             sessions_by_user,
             ..
         } = &mut *state;
-        let mut revoked = 0;
+        let mut revoked = Vec::new();
         for id in sessions_by_user.get(&user).into_iter().flatten() {
             if Some(*id) == keep {
                 continue;
@@ -261,7 +261,7 @@ impl SessionStore for MemoryStore {
             if let Some(session) = sessions.get_mut(id) {
                 if session.value.revoked_at.is_none() {
                     session.value.revoked_at = Some(at);
-                    revoked += 1;
+                    revoked.push(*id);
                 }
             }
         }

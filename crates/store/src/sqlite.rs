@@ -435,18 +435,24 @@ impl SessionStore for SqliteStore {
         user: UserId,
         keep: Option<SessionId>,
         at: Timestamp,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = ?1 \
-             WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3)",
+             WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
+             RETURNING id",
         )
         .bind(at.as_unix())
         .bind(user.to_string())
         .bind(keep.map(|id| id.to_string()))
-        .execute(&self.writer)
+        .fetch_all(&self.writer)
         .await
         .map_err(unavailable)?;
-        Ok(done.rows_affected())
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(unavailable)?;
+                SessionId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))
+            })
+            .collect()
     }
 
     async fn list_live_sessions(
