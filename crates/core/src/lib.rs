@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod password;
 pub mod secret;

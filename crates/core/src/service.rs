@@ -115,6 +115,7 @@ pub struct Tessera {
     refresh_key: Zeroizing<[u8; 32]>,
     /// Unix milliseconds of the last reload caused by an unknown `kid`.
     last_on_demand_reload: std::sync::atomic::AtomicI64,
+    counters: crate::metrics::Counters,
 }
 
 impl Tessera {
@@ -141,6 +142,7 @@ impl Tessera {
             master,
             hasher,
             last_on_demand_reload: std::sync::atomic::AtomicI64::new(0),
+            counters: crate::metrics::Counters::default(),
         };
         Ok(service)
     }
@@ -151,6 +153,20 @@ impl Tessera {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn counters(&self) -> &crate::metrics::Counters {
+        &self.counters
+    }
+
+    /// How this node checks revocation right now (SPEC §5).
+    pub fn revocation_status(&self) -> crate::metrics::RevocationStatus {
+        crate::metrics::RevocationStatus {
+            mode: self.config.revocation_mode,
+            fresh: true,
+            feed_silence_ms: 0,
+            last_lag_ms: 0,
+        }
     }
 
     /// The key ring in force; cheap (an `Arc` clone) so the verify path can call it per request.
@@ -235,6 +251,18 @@ impl Tessera {
 
     /// Checks a password; unknown email and wrong password fail alike and take the same time.
     async fn check_credentials(&self, email: &str, password: Password) -> Result<User, AuthError> {
+        let outcome = self.check_password(email, password).await;
+        match &outcome {
+            Ok(_) => crate::metrics::Counters::bump(&self.counters.logins_ok),
+            Err(AuthError::InvalidCredentials) => {
+                crate::metrics::Counters::bump(&self.counters.logins_failed)
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn check_password(&self, email: &str, password: Password) -> Result<User, AuthError> {
         let user = match Email::parse(email) {
             Some(email) => self.store.find_user_by_email(&email).await?,
             None => None,
@@ -432,8 +460,12 @@ impl Tessera {
             )
             .await?;
         let session = match outcome {
-            Rotation::Rotated(session) | Rotation::Replayed(session) => session,
+            Rotation::Rotated(session) | Rotation::Replayed(session) => {
+                crate::metrics::Counters::bump(&self.counters.refreshes);
+                session
+            }
             Rotation::ReuseDetected(session) => {
+                crate::metrics::Counters::bump(&self.counters.reuse_detections);
                 warn!(session = %session, "refresh token reuse detected; family revoked");
                 return Err(AuthError::InvalidGrant);
             }
