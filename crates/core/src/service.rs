@@ -255,7 +255,7 @@ impl Tessera {
         match &outcome {
             Ok(_) => crate::metrics::Counters::bump(&self.counters.logins_ok),
             Err(AuthError::InvalidCredentials) => {
-                crate::metrics::Counters::bump(&self.counters.logins_failed)
+                crate::metrics::Counters::bump(&self.counters.logins_failed);
             }
             Err(_) => {}
         }
