@@ -12,8 +12,7 @@ use crate::secret::SecretHash;
 
 /// Whole seconds since the Unix epoch: the resolution of JWT `iat`/`exp` (RFC 7519 §2), so one
 /// clock serves sessions, tokens and revocation epochs without rounding surprises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -55,6 +54,31 @@ impl Timestamp {
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// Reads back what [`Serialize`] writes (RFC 3339), and Unix seconds as well.
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 time or Unix seconds")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                i64::try_from(v).map(Timestamp).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                    .map(|t| Timestamp(t.unix_timestamp()))
+                    .map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -295,4 +319,18 @@ pub struct AdminKey {
     pub hash: SecretHash,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A change to revocation state, announced to every node's cache (SPEC §5). Carries only ids
+/// and times: nothing secret travels on the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RevocationEvent {
+    /// A session (cookie) or refresh family (token) was revoked; its access tokens die too.
+    SessionRevoked { session: SessionId, user: UserId },
+    /// The user's `tokens_valid_after` moved to `epoch`: older access tokens are dead, and
+    /// cached sessions of the user must be re-read (their roles may have changed).
+    EpochBumped { user: UserId, epoch: Timestamp },
+    /// One access token's `jti` is refused until `expires_at`.
+    JtiDenied { jti: String, expires_at: Timestamp },
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
-    User, UserId,
+    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
+    SessionId, Timestamp, User, UserId,
 };
 use crate::secret::SecretHash;
 
@@ -186,9 +186,30 @@ pub trait AdminKeyStore: Send + Sync + 'static {
 
 /// Everything a Tessera node needs from its durable store, as one object the server can hold
 /// as `Arc<dyn Store>` chosen from the `database` setting at start.
+/// The durable log behind the revocation feed: every node appends what it revoked and reads
+/// what the others did, so a node that was cut off catches up from its cursor instead of
+/// silently missing a revocation. Push channels (PostgreSQL `NOTIFY`, Redis pub/sub) only
+/// shorten the wait; this log is the truth.
+#[async_trait]
+pub trait RevocationLog: Send + Sync + 'static {
+    /// Appends an event stamped `at`; returns its sequence number (strictly increasing).
+    async fn append_event(&self, event: &RevocationEvent, at: Timestamp)
+        -> Result<u64, StoreError>;
+    /// Up to `limit` events with a sequence number above `after`, in order, with their stamps.
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError>;
+    /// The highest sequence number so far (0 for an empty log).
+    async fn latest_event(&self) -> Result<u64, StoreError>;
+    /// Deletes events stamped before `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + RefreshStore + DenylistStore + KeyStore + AdminKeyStore
+    UserStore + SessionStore + RefreshStore + DenylistStore + RevocationLog + KeyStore + AdminKeyStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

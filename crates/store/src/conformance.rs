@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
-    User, UserId, Via,
+    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
+    SessionId, Timestamp, User, UserId, Via,
 };
 use tessera_core::secret::{SecretHash, SessionSecret};
 use tessera_core::{Store, StoreError};
@@ -137,6 +137,8 @@ macro_rules! conformance_suite {
             admin_key_round_trips,
             revoked_admin_key_is_not_found,
             ping_answers,
+            revocation_log_is_ordered_and_resumable,
+            revocation_log_prunes_only_old_events,
         );
     };
 }
@@ -1398,4 +1400,80 @@ pub async fn revoked_admin_key_is_not_found<S: Store + ?Sized>(store: &S) {
 
 pub async fn ping_answers<S: Store + ?Sized>(store: &S) {
     store.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation log. Other cases may append concurrently on a shared store, so these look for
+// their own events rather than counting.
+
+pub async fn revocation_log_is_ordered_and_resumable<S: Store + ?Sized>(store: &S) {
+    let user = UserId::new();
+    let cursor = store.latest_event().await.unwrap();
+    let events = [
+        RevocationEvent::SessionRevoked {
+            session: SessionId::new(),
+            user,
+        },
+        RevocationEvent::EpochBumped { user, epoch: at(5) },
+        RevocationEvent::JtiDenied {
+            jti: fresh_jti(),
+            expires_at: at(900),
+        },
+    ];
+    let mut seqs = Vec::new();
+    for event in &events {
+        seqs.push(store.append_event(event, at(1)).await.unwrap());
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing: {seqs:?}"
+    );
+    assert!(seqs[0] > cursor);
+    assert!(store.latest_event().await.unwrap() >= seqs[2]);
+
+    let read = store.events_after(cursor, 10_000).await.unwrap();
+    let mine: Vec<&RevocationEvent> = read
+        .iter()
+        .filter(|(seq, _, _)| seqs.contains(seq))
+        .map(|(_, _, event)| event)
+        .collect();
+    assert_eq!(mine, events.iter().collect::<Vec<_>>(), "in order, intact");
+    assert!(read.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(read.iter().all(|(seq, _, _)| *seq > cursor));
+
+    // Resuming from the middle yields what follows, and `limit` is honoured.
+    let rest = store.events_after(seqs[0], 10_000).await.unwrap();
+    assert!(rest.iter().all(|(seq, _, _)| *seq > seqs[0]));
+    assert!(rest.iter().any(|(seq, _, _)| *seq == seqs[1]));
+    assert_eq!(store.events_after(cursor, 1).await.unwrap().len(), 1);
+    let stamped = read.iter().find(|(seq, _, _)| *seq == seqs[1]).unwrap();
+    assert_eq!(stamped.1, at(1));
+}
+
+/// The one case that deletes log entries by time: its era is [`past`].
+pub async fn revocation_log_prunes_only_old_events<S: Store + ?Sized>(store: &S) {
+    let old = RevocationEvent::JtiDenied {
+        jti: fresh_jti(),
+        expires_at: past(20),
+    };
+    let young = RevocationEvent::JtiDenied {
+        jti: fresh_jti(),
+        expires_at: past(200),
+    };
+    let cursor = store.latest_event().await.unwrap();
+    let old_seq = store.append_event(&old, past(10)).await.unwrap();
+    let young_seq = store.append_event(&young, past(100)).await.unwrap();
+    assert!(store.prune_events(past(50)).await.unwrap() >= 1);
+    let left: Vec<u64> = store
+        .events_after(cursor, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _, _)| seq)
+        .collect();
+    assert!(!left.contains(&old_seq));
+    assert!(left.contains(&young_seq));
+    // Sequence numbers are never reused after pruning.
+    let next = store.append_event(&old, past(101)).await.unwrap();
+    assert!(next > young_seq);
 }

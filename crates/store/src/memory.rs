@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
-    User, UserId,
+    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
+    SessionId, Timestamp, User, UserId,
 };
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, SessionStore, UserStore,
+    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, RevocationLog, SessionStore, UserStore,
 };
 use tessera_core::{Store, StoreError};
 
@@ -53,6 +53,9 @@ struct State {
     refresh: HashMap<SecretHash, RefreshEntry>,
     /// Denied access-token `jti`s and when each stops mattering.
     denied_jtis: HashMap<String, Timestamp>,
+    /// The revocation log, oldest first, and the last sequence number handed out.
+    events: std::collections::VecDeque<(u64, Timestamp, RevocationEvent)>,
+    last_event: u64,
     signing_keys: HashMap<String, Sequenced<SealedKey>>,
     admin_keys: HashMap<AdminKeyId, AdminKey>,
     admin_keys_by_hash: HashMap<SecretHash, AdminKeyId>,
@@ -473,6 +476,48 @@ impl DenylistStore for MemoryStore {
         state.denied_jtis.retain(|_, expires_at| now < *expires_at);
         let pruned = before.saturating_sub(state.denied_jtis.len());
         Ok(u64::try_from(pruned).unwrap_or(u64::MAX))
+    }
+}
+
+#[async_trait]
+impl RevocationLog for MemoryStore {
+    async fn append_event(
+        &self,
+        event: &RevocationEvent,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.write()?;
+        state.last_event += 1;
+        let seq = state.last_event;
+        state.events.push_back((seq, at, event.clone()));
+        Ok(seq)
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError> {
+        let state = self.read()?;
+        let start = state.events.partition_point(|(seq, _, _)| *seq <= after);
+        Ok(state
+            .events
+            .iter()
+            .skip(start)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn latest_event(&self) -> Result<u64, StoreError> {
+        Ok(self.read()?.last_event)
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.write()?;
+        let len = state.events.len();
+        state.events.retain(|(_, at, _)| *at >= before);
+        Ok(u64::try_from(len - state.events.len()).unwrap_or(u64::MAX))
     }
 }
 

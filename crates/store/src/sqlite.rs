@@ -22,12 +22,12 @@ use sqlx::sqlite::{
 };
 use sqlx::Row as _;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, SealedKey, Session, SessionId, Timestamp,
-    User, UserId, Via,
+    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
+    SessionId, Timestamp, User, UserId, Via,
 };
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, SessionStore, UserStore,
+    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, RevocationLog, SessionStore, UserStore,
 };
 use tessera_core::{Store, StoreError};
 
@@ -703,6 +703,70 @@ impl DenylistStore for SqliteStore {
     async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM denied_jtis WHERE expires_at <= ?1")
             .bind(now.as_unix())
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl RevocationLog for SqliteStore {
+    async fn append_event(
+        &self,
+        event: &RevocationEvent,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let text = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO revocation_events (at, event) VALUES (?1, ?2) RETURNING seq",
+        )
+        .bind(at.as_unix())
+        .bind(text)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("event seq {seq}")))
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        sqlx::query(
+            "SELECT seq, at, event FROM revocation_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| {
+            let seq: i64 = get(row, "seq")?;
+            let text: String = get(row, "event")?;
+            let event = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("revocation event {seq}: {e}")))?;
+            let seq =
+                u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("event seq {seq}")))?;
+            Ok((seq, timestamp(row, "at")?, event))
+        })
+        .collect()
+    }
+
+    async fn latest_event(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM revocation_events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM revocation_events WHERE at < ?1")
+            .bind(before.as_unix())
             .execute(&self.writer)
             .await
             .map_err(unavailable)?;
