@@ -11,6 +11,7 @@ pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod password;
+pub mod revocation;
 pub mod secret;
 pub mod service;
 pub mod store;

@@ -327,7 +327,7 @@ pub struct AdminKey {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RevocationEvent {
     /// A session (cookie) or refresh family (token) was revoked; its access tokens die too.
-    SessionRevoked { session: SessionId, user: UserId },
+    SessionRevoked { session: SessionId },
     /// The user's `tokens_valid_after` moved to `epoch`: older access tokens are dead, and
     /// cached sessions of the user must be re-read (their roles may have changed).
     EpochBumped { user: UserId, epoch: Timestamp },

@@ -1,7 +1,8 @@
 //! The authentication service: every rule of sign-up, sign-in, sessions, tokens and refresh
 //! lives here, over an `Arc<dyn Store>`, so HTTP handlers and CLI commands stay thin.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,14 +12,15 @@ use sha2::Sha256;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::Config;
+use crate::config::{Config, RevocationMode};
 use crate::error::AuthError;
 use crate::keys::{KeyError, KeyRing, MasterKey, SigningKey};
 use crate::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, Rotation, Session, SessionId, Timestamp, User,
-    UserId, Via,
+    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, Session, SessionId,
+    Timestamp, User, UserId, Via,
 };
 use crate::password::{check_policy, PasswordHasher};
+use crate::revocation::{CachedSession, RevocationCache, RevocationFeed, StoreFeed};
 use crate::secret::{AdminSecret, Password, RefreshToken, SessionSecret};
 use crate::store::Store;
 use crate::verify::{Claims, VerifyError};
@@ -29,6 +31,17 @@ type HmacSha256 = Hmac<Sha256>;
 /// and it keeps verification from becoming a write per request. Short idle timeouts are
 /// touched at half their length, so activity always keeps a session alive.
 pub const TOUCH_INTERVAL_SECS: u64 = 60;
+
+/// How often the store-backed feed looks for revocations made by other nodes: the revocation
+/// lag between nodes, and the heartbeat by which freshness is judged.
+const FEED_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often cached sessions' `last_seen_at` is written back.
+const TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Cookie sessions one node holds in memory at most (~0.5 KiB each); beyond it, lookups go
+/// to the store, so memory stays bounded whatever the number of users.
+const COOKIE_CACHE_CAPACITY: usize = 200_000;
 
 /// An unknown `kid` reloads the key ring at most this often: anyone can send a token with a
 /// made-up `kid`, and a reload decrypts every live key.
@@ -116,6 +129,19 @@ pub struct Tessera {
     /// Unix milliseconds of the last reload caused by an unknown `kid`.
     last_on_demand_reload: std::sync::atomic::AtomicI64,
     counters: crate::metrics::Counters,
+    cache: Arc<RevocationCache>,
+    feed: Arc<dyn RevocationFeed>,
+    /// Cookie sessions whose `last_seen_at` moved in the cache and must reach the store.
+    pending_touches: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Tessera {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Tessera {
@@ -127,10 +153,40 @@ impl Tessera {
         master: MasterKey,
         policy: KeyPolicy,
     ) -> Result<Self, AuthError> {
+        let feed = Arc::new(StoreFeed::new(Arc::clone(&store), FEED_POLL_INTERVAL));
+        Self::start_with_feed(config, store, master, policy, feed).await
+    }
+
+    /// As [`start`](Self::start), with the revocation feed chosen by the caller.
+    pub async fn start_with_feed(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        master: MasterKey,
+        policy: KeyPolicy,
+        feed: Arc<dyn RevocationFeed>,
+    ) -> Result<Self, AuthError> {
         let hasher_threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(hasher_threads))
             .await
             .map_err(|e| AuthError::Key(e.to_string()))??;
+        let horizon = crate::keys::retired_key_lifetime(config.access_token_ttl);
+        let cache = Arc::new(RevocationCache::new(horizon, COOKIE_CACHE_CAPACITY));
+        let pending_touches = Arc::new(Mutex::new(HashMap::new()));
+        let mut tasks = Vec::new();
+        if config.revocation_mode == RevocationMode::Cached {
+            let retry = config.max_staleness.min(FEED_POLL_INTERVAL * 5);
+            tasks.push(crate::revocation::follow(
+                Arc::clone(&cache),
+                Arc::clone(&feed),
+                Arc::clone(&store),
+                retry,
+            ));
+            tasks.push(flush_touches(
+                Arc::clone(&store),
+                Arc::clone(&pending_touches),
+                Arc::clone(&cache),
+            ));
+        }
         let service = Self {
             csrf_key: Zeroizing::new(master.derive("csrf")),
             refresh_key: Zeroizing::new(master.derive("refresh-successor")),
@@ -143,6 +199,10 @@ impl Tessera {
             hasher,
             last_on_demand_reload: std::sync::atomic::AtomicI64::new(0),
             counters: crate::metrics::Counters::default(),
+            cache,
+            feed,
+            pending_touches,
+            tasks,
         };
         Ok(service)
     }
@@ -161,12 +221,37 @@ impl Tessera {
 
     /// How this node checks revocation right now (SPEC §5).
     pub fn revocation_status(&self) -> crate::metrics::RevocationStatus {
+        let cached = self.config.revocation_mode == RevocationMode::Cached;
         crate::metrics::RevocationStatus {
             mode: self.config.revocation_mode,
-            fresh: true,
-            feed_silence_ms: 0,
-            last_lag_ms: 0,
+            fresh: !cached || self.cache.is_fresh(self.config.max_staleness),
+            feed_silence_ms: if cached { self.cache.silence_ms() } else { 0 },
+            last_lag_ms: if cached { self.cache.last_lag_ms() } else { 0 },
         }
+    }
+
+    /// The in-process revocation state (for diagnostics and benchmarks).
+    pub fn revocation_cache(&self) -> &RevocationCache {
+        &self.cache
+    }
+
+    /// The mode this request is checked in: `cached` falls back to `strict` while the feed is
+    /// stale (SPEC §5), so a silent feed never stretches the revocation bound.
+    fn effective_mode(&self) -> RevocationMode {
+        match self.config.revocation_mode {
+            RevocationMode::Cached if !self.cache.is_fresh(self.config.max_staleness) => {
+                RevocationMode::Strict
+            }
+            mode => mode,
+        }
+    }
+
+    /// Makes a revocation take effect: on this node at once (before the caller hears back),
+    /// and on every other node through the feed.
+    async fn announce(&self, event: RevocationEvent) -> Result<(), AuthError> {
+        self.cache.apply(&event);
+        self.feed.publish(&event).await?;
+        Ok(())
     }
 
     /// The key ring in force; cheap (an `Arc` clone) so the verify path can call it per request.
@@ -245,7 +330,10 @@ impl Tessera {
         if !self.store.set_roles(id, &roles).await? {
             return Err(AuthError::NotFound);
         }
-        self.store.bump_epoch(id, next_epoch()).await?;
+        let epoch = next_epoch();
+        self.store.bump_epoch(id, epoch).await?;
+        self.announce(RevocationEvent::EpochBumped { user: id, epoch })
+            .await?;
         self.user(id).await
     }
 
@@ -295,6 +383,8 @@ impl Tessera {
                 .await?
             {
                 self.store.revoke_session(old.id, now).await?;
+                self.announce(RevocationEvent::SessionRevoked { session: old.id })
+                    .await?;
             }
         }
         let secret = SessionSecret::generate();
@@ -323,14 +413,37 @@ impl Tessera {
     }
 
     /// Resolves a session cookie to its principal; `Unauthenticated` for anything not live.
+    /// In `cached` mode a session seen before is answered from memory (no store call) and its
+    /// `last_seen_at` reaches the store in batches; `none` and `strict` read the store, since a
+    /// cookie carries no signature to check offline.
     pub async fn authenticate_cookie(
         &self,
         secret: &SessionSecret,
     ) -> Result<Principal, AuthError> {
         let now = Timestamp::now();
+        let hash = secret.to_hash();
+        let cached_mode = self.effective_mode() == RevocationMode::Cached;
+        if cached_mode {
+            if let Some(cached) = self.cache.cookie(&hash, now) {
+                if now.seconds_since(cached.session.last_seen_at) >= touch_interval(&cached.session)
+                {
+                    self.cache.touch_cookie(&hash, now);
+                    if let Ok(mut pending) = self.pending_touches.lock() {
+                        pending.insert(cached.session.id, now);
+                    }
+                }
+                return Ok(Principal {
+                    user_id: cached.session.user_id,
+                    session_id: cached.session.id,
+                    roles: cached.roles,
+                    presented: Via::Cookie,
+                    session: Some(cached.session),
+                });
+            }
+        }
         let session = self
             .store
-            .find_live_session_by_hash(&secret.to_hash(), now)
+            .find_live_session_by_hash(&hash, now)
             .await?
             .ok_or(AuthError::Unauthenticated)?;
         let user = self
@@ -339,6 +452,16 @@ impl Tessera {
             .await?
             .ok_or(AuthError::Unauthenticated)?;
         let session = self.touch(session, now).await?;
+        if cached_mode {
+            self.cache.insert_cookie(
+                hash,
+                CachedSession {
+                    session: session.clone(),
+                    roles: user.roles.clone(),
+                    loaded_at: now,
+                },
+            );
+        }
         Ok(Principal {
             user_id: user.id,
             session_id: session.id,
@@ -349,9 +472,7 @@ impl Tessera {
     }
 
     async fn touch(&self, mut session: Session, now: Timestamp) -> Result<Session, AuthError> {
-        let interval =
-            TOUCH_INTERVAL_SECS.min(u64::try_from(session.idle_timeout_secs / 2).unwrap_or(0));
-        if now.seconds_since(session.last_seen_at) >= interval {
+        if now.seconds_since(session.last_seen_at) >= touch_interval(&session) {
             self.store.touch_session(session.id, now).await?;
             session.last_seen_at = now;
         }
@@ -385,6 +506,10 @@ impl Tessera {
         self.store
             .revoke_session(principal.session_id, Timestamp::now())
             .await?;
+        self.announce(RevocationEvent::SessionRevoked {
+            session: principal.session_id,
+        })
+        .await?;
         info!(user = %principal.user_id, session = %principal.session_id, "signed out");
         Ok(())
     }
@@ -393,7 +518,14 @@ impl Tessera {
     pub async fn logout_everywhere(&self, user: UserId) -> Result<u64, AuthError> {
         let now = Timestamp::now();
         let revoked = self.store.revoke_user_sessions(user, None, now).await?;
-        self.store.bump_epoch(user, next_epoch()).await?;
+        let epoch = next_epoch();
+        self.store.bump_epoch(user, epoch).await?;
+        for session in &revoked {
+            self.announce(RevocationEvent::SessionRevoked { session: *session })
+                .await?;
+        }
+        self.announce(RevocationEvent::EpochBumped { user, epoch })
+            .await?;
         info!(user = %user, sessions = revoked.len(), "signed out everywhere");
         Ok(revoked.len() as u64)
     }
@@ -465,6 +597,8 @@ impl Tessera {
                 session
             }
             Rotation::ReuseDetected(session) => {
+                self.announce(RevocationEvent::SessionRevoked { session })
+                    .await?;
                 crate::metrics::Counters::bump(&self.counters.reuse_detections);
                 warn!(session = %session, "refresh token reuse detected; family revoked");
                 return Err(AuthError::InvalidGrant);
@@ -516,8 +650,10 @@ impl Tessera {
         Ok((token, ttl.as_secs()))
     }
 
-    /// Verifies an access token and checks that its session is live and its `iat` is not
-    /// before the user's epoch.
+    /// Verifies an access token, then asks whether it was revoked, as the mode says:
+    /// `none` — never (revocation by expiry alone); `cached` — the in-process revocation
+    /// state, no store call; `strict` (and `cached` while its feed is stale) — the store:
+    /// live session, epoch, denylist.
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.verify_token(token).await?;
         let (Some(user_id), Some(session_id)) =
@@ -525,6 +661,38 @@ impl Tessera {
         else {
             return Err(AuthError::Unauthenticated);
         };
+        let session = match self.effective_mode() {
+            RevocationMode::None => None,
+            RevocationMode::Cached => {
+                if self
+                    .cache
+                    .check_token(user_id, session_id, claims.iat, &claims.jti)
+                    .is_some()
+                {
+                    return Err(AuthError::Unauthenticated);
+                }
+                None
+            }
+            RevocationMode::Strict => Some(
+                self.check_token_in_store(&claims, user_id, session_id)
+                    .await?,
+            ),
+        };
+        Ok(Principal {
+            user_id,
+            session_id,
+            roles: claims.roles,
+            presented: Via::Token,
+            session,
+        })
+    }
+
+    async fn check_token_in_store(
+        &self,
+        claims: &Claims,
+        user_id: UserId,
+        session_id: SessionId,
+    ) -> Result<Session, AuthError> {
         let now = Timestamp::now();
         let session = self
             .store
@@ -542,13 +710,7 @@ impl Tessera {
         {
             return Err(AuthError::Unauthenticated);
         }
-        Ok(Principal {
-            user_id,
-            session_id: session.id,
-            roles: claims.roles,
-            presented: Via::Token,
-            session: Some(session),
-        })
+        Ok(session)
     }
 
     /// Signature and claims only, as [`check_token`](Self::check_token), with every failure
@@ -588,12 +750,21 @@ impl Tessera {
     }
 
     /// An access token that is valid *now*: signature, claims, live session, epoch and
-    /// denylist. `None` for anything else (RFC 7662 `active: false`).
+    /// denylist, checked against the store whatever the mode (introspection is the
+    /// authoritative answer). `None` for anything else (RFC 7662 `active: false`).
     pub async fn introspect(&self, token: &str) -> Result<Option<Claims>, AuthError> {
         let Ok(claims) = self.check_token(token).await else {
             return Ok(None);
         };
-        match self.authenticate_bearer(token).await {
+        let (Some(user_id), Some(session_id)) =
+            (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
+        else {
+            return Ok(None);
+        };
+        match self
+            .check_token_in_store(&claims, user_id, session_id)
+            .await
+        {
             Ok(_) => Ok(Some(claims)),
             Err(AuthError::Store(e)) => Err(AuthError::Store(e)),
             Err(_) => Ok(None),
@@ -611,6 +782,11 @@ impl Tessera {
                 self.store
                     .deny_jti(&claims.jti, Timestamp::from_unix(claims.exp))
                     .await?;
+                self.announce(RevocationEvent::JtiDenied {
+                    jti: claims.jti.clone(),
+                    expires_at: Timestamp::from_unix(claims.exp),
+                })
+                .await?;
                 info!(jti = %claims.jti, "access token revoked");
             }
             return Ok(());
@@ -621,6 +797,8 @@ impl Tessera {
             .revoke_family_of(&refresh.to_hash(), Timestamp::now())
             .await?
         {
+            self.announce(RevocationEvent::SessionRevoked { session })
+                .await?;
             info!(session = %session, "refresh family revoked");
         }
         Ok(())
@@ -639,6 +817,9 @@ impl Tessera {
                 )),
         );
         let purged = self.store.purge_dead_sessions(horizon).await?;
+        // Events older than the horizon can change no verdict; a node cut off for longer
+        // reloads its whole state when it reconnects.
+        self.store.prune_events(horizon).await?;
         Ok((pruned, purged))
     }
 
@@ -673,6 +854,8 @@ impl Tessera {
         match self.store.find_live_session(session, now).await? {
             Some(found) if found.user_id == user => {
                 self.store.revoke_session(session, now).await?;
+                self.announce(RevocationEvent::SessionRevoked { session })
+                    .await?;
                 info!(user = %user, session = %session, "device signed out");
                 Ok(())
             }
@@ -690,6 +873,10 @@ impl Tessera {
                 Timestamp::now(),
             )
             .await?;
+        for session in &revoked {
+            self.announce(RevocationEvent::SessionRevoked { session: *session })
+                .await?;
+        }
         info!(user = %principal.user_id, sessions = revoked.len(), "other devices signed out");
         Ok(revoked.len() as u64)
     }
@@ -697,6 +884,8 @@ impl Tessera {
     /// Admin: revoke one session by id, whoever owns it; `NotFound` if it is not live.
     pub async fn revoke_session(&self, session: SessionId) -> Result<(), AuthError> {
         if self.store.revoke_session(session, Timestamp::now()).await? {
+            self.announce(RevocationEvent::SessionRevoked { session })
+                .await?;
             info!(session = %session, "session revoked by an administrator");
             Ok(())
         } else {
@@ -734,6 +923,37 @@ impl Tessera {
             .await?
             .ok_or(AuthError::Unauthenticated)
     }
+}
+
+/// How often a cached session's `last_seen_at` is due a write: every minute, or at half a
+/// short idle timeout, so activity always keeps a session alive.
+fn touch_interval(session: &Session) -> u64 {
+    TOUCH_INTERVAL_SECS.min(u64::try_from(session.idle_timeout_secs / 2).unwrap_or(0))
+}
+
+/// Writes the `last_seen_at` of cached cookie sessions back to the store in batches, off the
+/// request path.
+fn flush_touches(
+    store: Arc<dyn Store>,
+    pending: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
+    cache: Arc<RevocationCache>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TOUCH_FLUSH_INTERVAL);
+        loop {
+            tick.tick().await;
+            let batch: Vec<(SessionId, Timestamp)> = match pending.lock() {
+                Ok(mut pending) => pending.drain().collect(),
+                Err(_) => Vec::new(),
+            };
+            for (session, at) in batch {
+                if let Err(e) = store.touch_session(session, at).await {
+                    tracing::warn!(error = %e, "could not record last_seen_at");
+                }
+            }
+            cache.prune(Timestamp::now());
+        }
+    })
 }
 
 /// Loads the key ring, creating the first key, or rotating when `signing_alg` changed.

@@ -1412,7 +1412,6 @@ pub async fn revocation_log_is_ordered_and_resumable<S: Store + ?Sized>(store: &
     let events = [
         RevocationEvent::SessionRevoked {
             session: SessionId::new(),
-            user,
         },
         RevocationEvent::EpochBumped { user, epoch: at(5) },
         RevocationEvent::JtiDenied {

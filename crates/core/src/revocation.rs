@@ -1,0 +1,387 @@
+//! Instant revocation at the speed of stateless verification (SPEC §5).
+//!
+//! Each node keeps, in process, exactly the revocation state that can still change a verdict:
+//! sessions revoked within the last access-token lifetime, per-user epochs bumped within it,
+//! and denylisted `jti`s until their `exp`. A verification in `cached` mode reads only this
+//! state (three hash lookups under a read lock) and makes no store round trip.
+//!
+//! The state is kept current by a [`RevocationFeed`]. The node that revokes applies the event
+//! to its own cache *before* answering, so the very next request anywhere on that node is
+//! refused; other nodes apply it when their feed delivers it. If the feed has not been heard
+//! within `max_staleness`, the cache is not trusted and verification falls back to `strict`
+//! (the store) until the feed is heard again, so a revoked credential is never accepted for
+//! longer than that bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{RevocationEvent, Session, SessionId, Timestamp, UserId};
+use crate::secret::SecretHash;
+use crate::store::{Store, StoreError};
+
+/// How a node hears about revocations made elsewhere.
+#[async_trait]
+pub trait RevocationFeed: Send + Sync + 'static {
+    /// Announces an event to every node (this one included, which ignores its own echo by
+    /// applying events idempotently).
+    async fn publish(&self, event: &RevocationEvent) -> Result<(), StoreError>;
+    /// The position to start listening from: everything after it is yet to be heard.
+    async fn cursor(&self) -> Result<u64, StoreError>;
+    /// Waits up to about `wait` for events after `cursor`. `Ok` — even empty — means the feed
+    /// is alive and nothing else happened up to the returned events: that is what freshness
+    /// measures.
+    async fn next(
+        &self,
+        cursor: u64,
+        wait: Duration,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError>;
+}
+
+/// The feed over the store's own durable log, polled: in-process for the memory store, and
+/// across processes sharing one SQLite file (so `tessera` admin commands reach a running
+/// server). Push-based feeds (PostgreSQL `NOTIFY`, Redis pub/sub) wake the same loop sooner.
+pub struct StoreFeed {
+    store: Arc<dyn Store>,
+    poll_interval: Duration,
+}
+
+impl StoreFeed {
+    pub fn new(store: Arc<dyn Store>, poll_interval: Duration) -> Self {
+        Self {
+            store,
+            poll_interval,
+        }
+    }
+}
+
+#[async_trait]
+impl RevocationFeed for StoreFeed {
+    async fn publish(&self, event: &RevocationEvent) -> Result<(), StoreError> {
+        self.store
+            .append_event(event, Timestamp::now())
+            .await
+            .map(|_| ())
+    }
+
+    async fn cursor(&self) -> Result<u64, StoreError> {
+        self.store.latest_event().await
+    }
+
+    async fn next(
+        &self,
+        cursor: u64,
+        wait: Duration,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError> {
+        let events = self.store.events_after(cursor, 1_000).await?;
+        if events.is_empty() {
+            tokio::time::sleep(self.poll_interval.min(wait)).await;
+        }
+        Ok(events)
+    }
+}
+
+/// A cookie session held in memory, with the roles it grants.
+#[derive(Debug, Clone)]
+pub struct CachedSession {
+    pub session: Session,
+    pub roles: Vec<String>,
+    /// When it was read from the store; an epoch bump after that makes it stale.
+    pub loaded_at: Timestamp,
+}
+
+#[derive(Default)]
+struct State {
+    /// Revoked sessions and the time after which no token of theirs can be alive.
+    revoked_sessions: HashMap<SessionId, Timestamp>,
+    /// Users' `tokens_valid_after`, for bumps within the last token lifetime.
+    epochs: HashMap<UserId, Timestamp>,
+    /// Denylisted `jti`s and their `exp`.
+    denied: HashMap<String, Timestamp>,
+    cookies: HashMap<SecretHash, CachedSession>,
+    cookie_ids: HashMap<SessionId, SecretHash>,
+}
+
+/// Why the cache refused a token; `None` means it found nothing against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Session,
+    Epoch,
+    Jti,
+}
+
+/// The in-process revocation state of one node.
+pub struct RevocationCache {
+    state: RwLock<State>,
+    /// Unix milliseconds when the feed was last heard; 0 = never (not yet synchronised).
+    last_heard_ms: AtomicI64,
+    /// Milliseconds between the last applied remote event's stamp and its application.
+    last_lag_ms: AtomicU64,
+    /// How long revocation entries can matter: the longest life of an access token.
+    horizon: Duration,
+    /// Cookie sessions held at most; past it, lookups go to the store (bounded memory).
+    cookie_capacity: usize,
+}
+
+pub fn now_millis() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl RevocationCache {
+    pub fn new(horizon: Duration, cookie_capacity: usize) -> Self {
+        Self {
+            state: RwLock::new(State::default()),
+            last_heard_ms: AtomicI64::new(0),
+            last_lag_ms: AtomicU64::new(0),
+            horizon,
+            cookie_capacity,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the state with a snapshot read from the store (at start, and after the feed
+    /// was lost, since events may have been missed).
+    pub async fn load(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        let since = Timestamp::from_unix(now.as_unix() - secs(self.horizon));
+        let revoked = store.revoked_sessions_since(since).await?;
+        let epochs = store.epochs_since(since).await?;
+        let denied = store.denied_jtis(now).await?;
+        let forget_after = |at: Timestamp| at.saturating_add(self.horizon);
+        let mut state = self.write();
+        state.revoked_sessions = revoked
+            .into_iter()
+            .map(|(session, _, at)| (session, forget_after(at)))
+            .collect();
+        state.epochs = epochs.into_iter().collect();
+        state.denied = denied.into_iter().collect();
+        state.cookies.clear();
+        state.cookie_ids.clear();
+        Ok(())
+    }
+
+    /// Applies one event. Idempotent, so a node hearing its own event again changes nothing.
+    pub fn apply(&self, event: &RevocationEvent) {
+        let mut state = self.write();
+        match event {
+            RevocationEvent::SessionRevoked { session, .. } => {
+                let forget_after = Timestamp::now().saturating_add(self.horizon);
+                state.revoked_sessions.insert(*session, forget_after);
+                if let Some(hash) = state.cookie_ids.remove(session) {
+                    state.cookies.remove(&hash);
+                }
+            }
+            RevocationEvent::EpochBumped { user, epoch } => {
+                let entry = state.epochs.entry(*user).or_insert(*epoch);
+                *entry = (*entry).max(*epoch);
+                // Roles may have changed: cached cookie sessions of the user are re-read.
+                let State {
+                    cookies,
+                    cookie_ids,
+                    ..
+                } = &mut *state;
+                cookies.retain(|_, cached| cached.session.user_id != *user);
+                cookie_ids.retain(|_, hash| cookies.contains_key(hash));
+            }
+            RevocationEvent::JtiDenied { jti, expires_at } => {
+                let entry = state.denied.entry(jti.clone()).or_insert(*expires_at);
+                *entry = (*entry).max(*expires_at);
+            }
+        }
+    }
+
+    /// Records that the feed answered; `stamp` is the creation time of the newest event it
+    /// delivered, if any, for the revocation-lag figure.
+    pub fn heard(&self, newest_event: Option<Timestamp>) {
+        let now = now_millis();
+        self.last_heard_ms.store(now, Ordering::Release);
+        if let Some(stamp) = newest_event {
+            let lag = now.saturating_sub(stamp.as_unix().saturating_mul(1000));
+            self.last_lag_ms
+                .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the feed, so the cache is not trusted until it is heard and reloaded.
+    pub fn lost(&self) {
+        self.last_heard_ms.store(0, Ordering::Release);
+    }
+
+    /// Whether the feed was heard within `max_staleness`.
+    pub fn is_fresh(&self, max_staleness: Duration) -> bool {
+        let last = self.last_heard_ms.load(Ordering::Acquire);
+        let limit = i64::try_from(max_staleness.as_millis()).unwrap_or(i64::MAX);
+        last > 0 && now_millis().saturating_sub(last) <= limit
+    }
+
+    pub fn silence_ms(&self) -> u64 {
+        let last = self.last_heard_ms.load(Ordering::Acquire);
+        if last == 0 {
+            return u64::MAX;
+        }
+        u64::try_from(now_millis().saturating_sub(last)).unwrap_or(0)
+    }
+
+    pub fn last_lag_ms(&self) -> u64 {
+        self.last_lag_ms.load(Ordering::Relaxed)
+    }
+
+    /// The cached verdict on a token whose signature and claims are valid: is its session
+    /// revoked, its `iat` before the user's epoch, or its `jti` denylisted?
+    pub fn check_token(
+        &self,
+        user: UserId,
+        session: SessionId,
+        iat: i64,
+        jti: &str,
+    ) -> Option<Revoked> {
+        let state = self.read();
+        if state.revoked_sessions.contains_key(&session) {
+            return Some(Revoked::Session);
+        }
+        if state
+            .epochs
+            .get(&user)
+            .is_some_and(|epoch| iat < epoch.as_unix())
+        {
+            return Some(Revoked::Epoch);
+        }
+        if state.denied.contains_key(jti) {
+            return Some(Revoked::Jti);
+        }
+        None
+    }
+
+    /// A cached cookie session that is still live at `now`.
+    pub fn cookie(&self, hash: &SecretHash, now: Timestamp) -> Option<CachedSession> {
+        let state = self.read();
+        let cached = state.cookies.get(hash)?;
+        let live = cached.session.is_live(now)
+            && !state.revoked_sessions.contains_key(&cached.session.id)
+            && state
+                .epochs
+                .get(&cached.session.user_id)
+                .is_none_or(|epoch| *epoch <= cached.loaded_at);
+        live.then(|| cached.clone())
+    }
+
+    /// Holds a session read from the store, unless a revocation of it was applied meanwhile
+    /// or the cache is full.
+    pub fn insert_cookie(&self, hash: SecretHash, cached: CachedSession) {
+        let mut state = self.write();
+        if state.revoked_sessions.contains_key(&cached.session.id)
+            || state.cookies.len() >= self.cookie_capacity
+        {
+            return;
+        }
+        state.cookie_ids.insert(cached.session.id, hash);
+        state.cookies.insert(hash, cached);
+    }
+
+    /// Moves a cached session's `last_seen_at` forward (the store learns it in batches).
+    pub fn touch_cookie(&self, hash: &SecretHash, at: Timestamp) {
+        if let Some(cached) = self.write().cookies.get_mut(hash) {
+            cached.session.last_seen_at = cached.session.last_seen_at.max(at);
+        }
+    }
+
+    /// Drops what can no longer change a verdict, so memory follows recent activity only.
+    pub fn prune(&self, now: Timestamp) {
+        let mut state = self.write();
+        let horizon_start = Timestamp::from_unix(now.as_unix() - secs(self.horizon));
+        state
+            .revoked_sessions
+            .retain(|_, forget_after| now < *forget_after);
+        state.epochs.retain(|_, epoch| *epoch >= horizon_start);
+        state.denied.retain(|_, exp| now < *exp);
+        let State {
+            cookies,
+            cookie_ids,
+            ..
+        } = &mut *state;
+        cookies.retain(|_, cached| cached.session.is_live(now));
+        cookie_ids.retain(|_, hash| cookies.contains_key(hash));
+    }
+
+    /// Entries held, by kind: revoked sessions, epochs, denied jtis, cookie sessions.
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        let state = self.read();
+        (
+            state.revoked_sessions.len(),
+            state.epochs.len(),
+            state.denied.len(),
+            state.cookies.len(),
+        )
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Follows the feed for as long as the returned task runs: applies events, keeps freshness,
+/// and reloads the whole state after the feed was lost (events may have been pruned).
+pub fn follow(
+    cache: Arc<RevocationCache>,
+    feed: Arc<dyn RevocationFeed>,
+    store: Arc<dyn Store>,
+    retry: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut cursor: Option<u64> = None;
+        loop {
+            let Some(position) = cursor else {
+                // (Re)synchronise: note the position first, so nothing between the snapshot
+                // and the first poll is missed (replaying an event is harmless).
+                match feed.cursor().await {
+                    Ok(position) => match cache.load(store.as_ref()).await {
+                        Ok(()) => {
+                            cursor = Some(position);
+                            cache.heard(None);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation cache could not load");
+                            tokio::time::sleep(retry).await;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation feed unavailable");
+                        tokio::time::sleep(retry).await;
+                    }
+                }
+                continue;
+            };
+            match feed.next(position, retry).await {
+                Ok(events) => {
+                    let newest = events.last().map(|(_, at, _)| *at);
+                    for (seq, _, event) in &events {
+                        cache.apply(event);
+                        cursor = Some(*seq);
+                    }
+                    cache.heard(newest);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
+                    cache.lost();
+                    cursor = None;
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        }
+    })
+}
