@@ -8,6 +8,7 @@ use reqwest::{Client, Response};
 use serde_json::{json, Value};
 use tessera_core::config::{Config, ConfigLayer};
 use tessera_core::keys::MasterKey;
+use tessera_core::revocation::RevocationFeed;
 use tessera_core::service::{KeyPolicy, Tessera};
 
 pub struct TestServer {
@@ -42,6 +43,17 @@ pub async fn start_sqlite(settings: &str) -> TestServer {
 }
 
 async fn start_on(database: &str, settings: &str) -> TestServer {
+    start_node(database, settings, MasterKey::generate(), None).await
+}
+
+/// A node of a cluster: nodes on one database share `master`; `feed` replaces the default
+/// store-backed revocation feed (e.g. with one a test can pause).
+pub async fn start_node(
+    database: &str,
+    settings: &str,
+    master: MasterKey,
+    feed: Option<Arc<dyn RevocationFeed>>,
+) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let text = format!("listen = \"{addr}\"\ndatabase = \"{database}\"\n{settings}");
@@ -50,16 +62,17 @@ async fn start_on(database: &str, settings: &str) -> TestServer {
         .resolve()
         .unwrap();
     let store = tessera_store::open(&config.database).await.unwrap();
-    let tessera = Arc::new(
-        Tessera::start(
-            Arc::new(config.clone()),
-            store,
-            MasterKey::generate(),
-            KeyPolicy::Serve,
-        )
-        .await
-        .unwrap(),
-    );
+    let config = Arc::new(config);
+    let tessera = Arc::new(match feed {
+        Some(feed) => {
+            Tessera::start_with_feed(Arc::clone(&config), store, master, KeyPolicy::Serve, feed)
+                .await
+                .unwrap()
+        }
+        None => Tessera::start(Arc::clone(&config), store, master, KeyPolicy::Serve)
+            .await
+            .unwrap(),
+    });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = Arc::clone(&tessera);
     tokio::spawn(async move {
@@ -76,7 +89,7 @@ async fn start_on(database: &str, settings: &str) -> TestServer {
             .build()
             .unwrap(),
         tessera,
-        config,
+        config: (*config).clone(),
         dir: None,
         shutdown: Some(tx),
     }

@@ -1,0 +1,285 @@
+//! The three verification modes (SPEC §5) on `/v1/verify` and `/v1/session`, feed staleness,
+//! and revocation across two nodes sharing one database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use reqwest::header::COOKIE;
+use serde_json::Value;
+use support::{start, start_node, start_sqlite, unique_email, TestServer};
+use tessera_core::keys::MasterKey;
+use tessera_core::model::{RevocationEvent, Timestamp};
+use tessera_core::revocation::{RevocationFeed, StoreFeed};
+use tessera_core::StoreError;
+
+async fn wait_fresh(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.tessera.revocation_status().fresh {
+        assert!(Instant::now() < deadline, "feed never became fresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn session_with_bearer(server: &TestServer, token: &str) -> u16 {
+    server
+        .client
+        .get(server.url("/v1/session"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn revoke(server: &TestServer, token: &str) {
+    let res = server
+        .client
+        .post(server.url("/oauth2/revoke"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Revokes an access token, its session, and a cookie session from another device, and
+/// reports what the next requests see.
+async fn revoked_credentials_after_revocation(server: &TestServer) -> [u16; 5] {
+    let (email, browser) = server.browser().await;
+    let denied = server.password_grant(&email).await;
+    let denied = denied["access_token"].as_str().unwrap().to_owned();
+    let family = server.password_grant(&email).await;
+    let family_access = family["access_token"].as_str().unwrap().to_owned();
+    for token in [&denied, &family_access] {
+        assert_eq!(server.verify_bearer(token).await.status(), 200);
+    }
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
+
+    revoke(server, &denied).await; // jti denylisted
+    revoke(server, family["refresh_token"].as_str().unwrap()).await; // family revoked
+                                                                     // Another device signs the browser out.
+    let other = server.password_grant(&email).await;
+    let list: Value = server
+        .client
+        .get(server.url("/v1/sessions"))
+        .bearer_auth(other["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cookie_sid = browser.body["session"]["id"].as_str().unwrap();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["id"] == cookie_sid));
+    let res = server
+        .client
+        .delete(server.url(&format!("/v1/sessions/{cookie_sid}")))
+        .bearer_auth(other["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+
+    // The very next requests.
+    [
+        server.verify_bearer(&denied).await.status().as_u16(),
+        session_with_bearer(server, &denied).await,
+        server.verify_bearer(&family_access).await.status().as_u16(),
+        server
+            .verify_cookie(&browser.cookie)
+            .await
+            .status()
+            .as_u16(),
+        server
+            .session_with_cookie(&browser.cookie)
+            .await
+            .status()
+            .as_u16(),
+    ]
+}
+
+#[tokio::test]
+async fn cached_mode_refuses_revoked_credentials_on_the_very_next_request() {
+    for server in [
+        start("revocation_mode = \"cached\"").await,
+        start_sqlite("revocation_mode = \"cached\"").await,
+    ] {
+        wait_fresh(&server).await;
+        assert!(server.tessera.revocation_status().fresh);
+        assert_eq!(
+            revoked_credentials_after_revocation(&server).await,
+            [401; 5]
+        );
+    }
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_revoked_credentials_on_the_very_next_request() {
+    let server = start_sqlite("revocation_mode = \"strict\"").await;
+    assert_eq!(
+        revoked_credentials_after_revocation(&server).await,
+        [401; 5]
+    );
+}
+
+#[tokio::test]
+async fn none_mode_keeps_accepting_revoked_but_unexpired_access_tokens() {
+    let server = start_sqlite("revocation_mode = \"none\"").await;
+    let [denied_verify, denied_session, family_verify, cookie_verify, cookie_session] =
+        revoked_credentials_after_revocation(&server).await;
+    // The documented trade-off: signature and claims only, revocation by expiry alone.
+    assert_eq!([denied_verify, denied_session, family_verify], [200; 3]);
+    // Cookies have no signature to check offline: they are always looked up.
+    assert_eq!([cookie_verify, cookie_session], [401; 2]);
+}
+
+/// A feed a test can silence, as a network partition would.
+struct PausableFeed {
+    inner: StoreFeed,
+    paused: AtomicBool,
+}
+
+#[async_trait]
+impl RevocationFeed for PausableFeed {
+    async fn publish(&self, event: &RevocationEvent) -> Result<(), StoreError> {
+        self.inner.publish(event).await
+    }
+
+    async fn cursor(&self) -> Result<u64, StoreError> {
+        self.inner.cursor().await
+    }
+
+    async fn next(
+        &self,
+        cursor: u64,
+        wait: Duration,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError> {
+        while self.paused.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inner.next(cursor, wait).await
+    }
+}
+
+const KEY: &str = "c2l4dGVlbi1ieXRlcy1vZi1rZXl4c2l4dGVlbi1ieXQ";
+
+/// Two nodes on one SQLite file, one issuer; node A's feed can be paused.
+async fn cluster(settings: &str) -> (TestServer, TestServer, Arc<PausableFeed>, tempfile::TempDir) {
+    let settings = &format!(
+        "issuer = \"http://tessera.test\"\nallowed_origins = \"http://tessera.test\"\n{settings}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("cluster.db").display());
+    let b = start_node(
+        &database,
+        settings,
+        MasterKey::from_base64(KEY).unwrap(),
+        None,
+    )
+    .await;
+    let store = tessera_store::open(&database).await.unwrap();
+    let feed = Arc::new(PausableFeed {
+        inner: StoreFeed::new(store, Duration::from_millis(50)),
+        paused: AtomicBool::new(false),
+    });
+    let a = start_node(
+        &database,
+        settings,
+        MasterKey::from_base64(KEY).unwrap(),
+        Some(feed.clone() as Arc<dyn RevocationFeed>),
+    )
+    .await;
+    wait_fresh(&a).await;
+    wait_fresh(&b).await;
+    (a, b, feed, dir)
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_node_reaches_the_other_through_the_feed() {
+    let (a, b, _feed, _dir) = cluster("revocation_mode = \"cached\"").await;
+    let email = unique_email();
+    b.sign_up(&email).await;
+    let pair = b.password_grant(&email).await; // issued by B
+    let access = pair["access_token"].as_str().unwrap();
+    assert_eq!(
+        a.verify_bearer(access).await.status(),
+        200,
+        "accepted by A (shared keys)"
+    );
+    let browser = a.login(&email).await; // cookie issued by A
+    assert_eq!(
+        b.verify_cookie(&browser.cookie).await.status(),
+        200,
+        "accepted by B"
+    );
+
+    revoke(&b, access).await;
+    let res = b
+        .client
+        .post(b.url("/v1/logout"))
+        .header(COOKIE, &browser.cookie)
+        .header("x-csrf-token", &browser.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204, "B signs out A's cookie session");
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let token = a.verify_bearer(access).await.status();
+        let cookie = a.verify_cookie(&browser.cookie).await.status();
+        if token == 401 && cookie == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A still accepts: token {token}, cookie {cookie}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.tessera.revocation_status().last_lag_ms < 3_000);
+}
+
+#[tokio::test]
+async fn a_stale_feed_falls_back_to_strict_until_it_is_heard_again() {
+    let (a, b, feed, _dir) = cluster("revocation_mode = \"cached\"\nmax_staleness = \"1s\"").await;
+    let email = unique_email();
+    b.sign_up(&email).await;
+    let pair = b.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    assert_eq!(a.verify_bearer(access).await.status(), 200);
+
+    feed.paused.store(true, Ordering::SeqCst);
+    revoke(&b, access).await;
+    // Within max_staleness A may not know yet; past it, A no longer trusts its cache.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(!a.tessera.revocation_status().fresh);
+    let readyz = a.client.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503, "a stale feed is reported");
+    assert_eq!(
+        a.verify_bearer(access).await.status(),
+        401,
+        "strict fallback consults the store"
+    );
+    assert_eq!(session_with_bearer(&a, access).await, 401);
+
+    feed.paused.store(false, Ordering::SeqCst);
+    wait_fresh(&a).await;
+    assert_eq!(
+        a.verify_bearer(access).await.status(),
+        401,
+        "resynchronised cache knows it too"
+    );
+    let readyz = a.client.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 200);
+}
