@@ -10,10 +10,12 @@ use serde::Deserialize;
 use tessera_core::model::{AdminKey, SessionId, UserId};
 use tessera_core::secret::AdminSecret;
 use tessera_core::AuthError;
+use utoipa::ToSchema;
 
 use crate::api::{device_list, UserView};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::ops::ApiErrorBody;
 use crate::AppState;
 
 /// Proof that the caller holds a live admin key.
@@ -43,6 +45,18 @@ fn user_id(text: &str) -> Result<UserId, ApiError> {
 }
 
 /// `GET /v1/admin/users/{id}/sessions`
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users/{id}/sessions",
+    tag = "admin",
+    params(("id" = String, Path, description = "a user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "the user's devices, as `GET /v1/sessions` lists them", body = Vec<Object>),
+        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
+    )
+)]
 pub async fn user_sessions(
     State(state): State<AppState>,
     _admin: Admin,
@@ -54,6 +68,18 @@ pub async fn user_sessions(
 }
 
 /// `DELETE /v1/admin/users/{id}/sessions`: force sign-out everywhere.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/users/{id}/sessions",
+    tag = "admin",
+    params(("id" = String, Path, description = "a user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 204, description = "every session and refresh family revoked, epoch bumped"),
+        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
+    )
+)]
 pub async fn sign_out_user(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -66,6 +92,18 @@ pub async fn sign_out_user(
 }
 
 /// `DELETE /v1/admin/sessions/{id}`
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/sessions/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "a session id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 204, description = "the session is revoked"),
+        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 404, description = "`not_found`", body = ApiErrorBody),
+    )
+)]
 pub async fn revoke_session(
     State(state): State<AppState>,
     _admin: Admin,
@@ -76,13 +114,29 @@ pub async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Roles {
+    /// At most 64, each at most 128 characters and without commas.
+    #[schema(example = json!(["admin"]))]
     roles: Vec<String>,
 }
 
 /// `PUT /v1/admin/users/{id}/roles`: the user's access tokens stop working, their refresh
 /// family does not, and the next refresh carries the new roles.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/users/{id}/roles",
+    tag = "admin",
+    params(("id" = String, Path, description = "a user id")),
+    request_body = Roles,
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "the user: `{id, email, roles, created_at}`", body = Object),
+        (status = 400, description = "`invalid_request`: too many or malformed roles", body = ApiErrorBody),
+        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
+    )
+)]
 pub async fn set_roles(
     State(state): State<AppState>,
     Admin(admin): Admin,

@@ -9,15 +9,20 @@ use tessera_core::model::{Session, SessionId, Timestamp, User, Via};
 use tessera_core::secret::Password;
 use tessera_core::service::Principal;
 use tessera_core::AuthError;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{check_origin, session_cookie, Authenticated, Credential, Device};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, JsonOrForm};
+use crate::ops::ApiErrorBody;
 use crate::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Credentials {
+    #[schema(example = "ada@example.com")]
     email: String,
+    /// 8 to 1024 characters.
+    #[schema(format = Password)]
     password: String,
 }
 
@@ -64,6 +69,17 @@ impl SessionView {
 }
 
 /// `POST /v1/users`
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "signed up: `{id, email, created_at}`", body = Object),
+        (status = 400, description = "`weak_password`, `invalid_email` or `invalid_request`", body = ApiErrorBody),
+        (status = 409, description = "`email_taken`", body = ApiErrorBody),
+    )
+)]
 pub async fn sign_up(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Credentials>,
@@ -84,6 +100,20 @@ pub async fn sign_up(
 /// checking `Origin`/`Referer`/`Sec-Fetch-Site`: a form post must prove it comes from an
 /// allowed origin, and a cross-origin JSON post cannot be sent without a CORS preflight, which
 /// Tessera never approves.
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "users",
+    request_body(content(
+        (Credentials = "application/json"),
+        (Credentials = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "signed in: sets the session cookie; body `{user, session, csrf_token}`", body = Object),
+        (status = 401, description = "`invalid_credentials`, alike for an unknown user and a wrong password", body = ApiErrorBody),
+        (status = 403, description = "`origin_not_allowed` (login CSRF defence)", body = ApiErrorBody),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     Device(device): Device,
@@ -121,13 +151,27 @@ pub async fn login(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogoutQuery {
+    /// Revoke every session of the user and bump the epoch, not only the current one.
     #[serde(default)]
     everywhere: bool,
 }
 
 /// `POST /v1/logout[?everywhere=true]`
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "users",
+    params(LogoutQuery),
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "signed out; the cookie is cleared"),
+        (status = 401, description = "`unauthenticated`", body = ApiErrorBody),
+        (status = 403, description = "`csrf_token_invalid` or `origin_not_allowed`", body = ApiErrorBody),
+    )
+)]
 pub async fn logout(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -147,6 +191,16 @@ pub async fn logout(
 }
 
 /// `GET /v1/session`: who am I.
+#[utoipa::path(
+    get,
+    path = "/v1/session",
+    tag = "users",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "`{user:{id,email,roles}, session:{id, created_at, expires_at, idle_expires_at, via}, csrf_token?}`", body = Object),
+        (status = 401, description = "`unauthenticated`", body = ApiErrorBody),
+    )
+)]
 pub async fn whoami(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -193,6 +247,16 @@ pub fn device_list(sessions: &[Session], current: Option<SessionId>) -> serde_js
 }
 
 /// `GET /v1/sessions`: the caller's devices.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "users",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "`[{id, created_at, last_seen_at, expires_at, idle_expires_at, user_agent, ip, via, current}]`", body = Vec<Object>),
+        (status = 401, description = "`unauthenticated`", body = ApiErrorBody),
+    )
+)]
 pub async fn my_sessions(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -204,6 +268,19 @@ pub async fn my_sessions(
 }
 
 /// `DELETE /v1/sessions/{id}`: sign one of my devices out; 404 if it is not mine.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "a session id from `GET /v1/sessions`")),
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "the device is signed out"),
+        (status = 401, description = "`unauthenticated`", body = ApiErrorBody),
+        (status = 403, description = "`csrf_token_invalid` or `origin_not_allowed`", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such session of the caller", body = ApiErrorBody),
+    )
+)]
 pub async fn revoke_my_session(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -218,6 +295,17 @@ pub async fn revoke_my_session(
 }
 
 /// `DELETE /v1/sessions`: sign out all my other devices.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions",
+    tag = "users",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "every other device is signed out; the current one stays"),
+        (status = 401, description = "`unauthenticated`", body = ApiErrorBody),
+        (status = 403, description = "`csrf_token_invalid` or `origin_not_allowed`", body = ApiErrorBody),
+    )
+)]
 pub async fn revoke_my_other_sessions(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -233,6 +321,23 @@ static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 /// `GET /v1/verify`: forward-auth for reverse proxies. 200 with identity headers or 401 with
 /// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1). Never a CSRF check: the
 /// proxy asks on behalf of a request it will forward, and answers are read-only.
+#[utoipa::path(
+    get,
+    path = "/v1/verify",
+    tag = "verify",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "authenticated; no body", headers(
+            ("X-Auth-User" = String, description = "the user id"),
+            ("X-Auth-Session" = String, description = "the session id"),
+            ("X-Auth-Roles" = String, description = "the user's roles, comma-separated"),
+        )),
+        (status = 401, description = "no valid credential; no body", headers(
+            ("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"),
+        )),
+        (status = 503, description = "`unavailable`: revocation cannot be checked, so no yes (fail closed)", body = ApiErrorBody),
+    )
+)]
 pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let config = state.tessera.config();
     let outcome = match Credential::from_headers(&headers, &config.cookie_name) {

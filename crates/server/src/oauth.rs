@@ -9,21 +9,39 @@ use axum::{Form, Json};
 use serde::Deserialize;
 use tessera_core::secret::{Password, RefreshToken};
 use tessera_core::service::TokenPair;
+use utoipa::ToSchema;
 
 use crate::auth::Device;
 use crate::error::OAuthError;
+use crate::ops::OAuthErrorBody;
 use crate::AppState;
 
 /// RFC 6749 §4.3.2 and §6 parameters; unknown ones are ignored as §3.2 requires.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
+    /// `password` or `refresh_token`.
+    #[schema(example = "password")]
     grant_type: Option<String>,
+    /// The email, for `grant_type=password`.
     username: Option<String>,
+    /// For `grant_type=password`.
+    #[schema(format = Password)]
     password: Option<String>,
+    /// For `grant_type=refresh_token`; the answer carries its replacement (rotation).
     refresh_token: Option<String>,
 }
 
 /// `POST /oauth2/token`
+#[utoipa::path(
+    post,
+    path = "/oauth2/token",
+    tag = "tokens",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`{access_token, token_type: \"Bearer\", expires_in, refresh_token}`", body = Object),
+        (status = 400, description = "`invalid_request`, `invalid_grant` or `unsupported_grant_type`", body = OAuthErrorBody),
+    )
+)]
 pub async fn token(
     State(state): State<AppState>,
     Device(device): Device,
@@ -81,13 +99,24 @@ fn token_response(pair: &TokenPair) -> Response {
 
 /// RFC 7009 §2.1 parameters. `token_type_hint` is accepted and not needed: the token's shape
 /// tells an access JWT from an opaque refresh token.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct TokenParam {
+    /// An access token (JWT) or a refresh token. `token_type_hint` may be sent and is ignored.
     token: Option<String>,
 }
 
 /// `POST /oauth2/revoke`: 200 whatever the token was (RFC 7009 §2.2), so the answer reveals
 /// nothing; only a request without `token` is an error.
+#[utoipa::path(
+    post,
+    path = "/oauth2/revoke",
+    tag = "tokens",
+    request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "revoked, or nothing to revoke (RFC 7009 §2.2); no body"),
+        (status = 400, description = "`invalid_request`: no `token`", body = OAuthErrorBody),
+    )
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     form: Result<Form<TokenParam>, FormRejection>,
@@ -104,6 +133,18 @@ pub async fn revoke(
 }
 
 /// `POST /oauth2/introspect` (RFC 7662) for resource servers holding an admin API key.
+#[utoipa::path(
+    post,
+    path = "/oauth2/introspect",
+    tag = "tokens",
+    request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "`{active: false}`, or `{active: true, sub, exp, iat, jti, sid, aud, iss, scope, roles, token_type}`", body = Object),
+        (status = 400, description = "`invalid_request`: no `token`", body = OAuthErrorBody),
+        (status = 401, description = "`invalid_client`: no valid admin API key", body = OAuthErrorBody),
+    )
+)]
 pub async fn introspect(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -150,6 +191,12 @@ pub async fn introspect(
 /// `GET /.well-known/jwks.json`: every public key whose tokens may still be alive. Cached for
 /// one minute; a new key signs as soon as it is made, so verifiers should also refetch the set
 /// when they meet an unknown `kid` (as `tessera-verify` users and common JOSE libraries do).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "tokens",
+    responses((status = 200, description = "RFC 7517 JWK set of the public keys whose tokens may still be alive", body = Object))
+)]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let ring = state.tessera.key_ring();
     let mut response = (
@@ -168,6 +215,12 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "tokens",
+    responses((status = 200, description = "RFC 8414 authorization server metadata", body = Object))
+)]
 pub async fn metadata(State(state): State<AppState>) -> Response {
     let issuer = &state.tessera.config().issuer;
     let body = serde_json::json!({
