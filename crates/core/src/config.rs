@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::keys::Algorithm;
+use crate::webhooks::{EventType, Webhook, WebhookSecret};
 
 /// One setting: its key and what `--help` says of it.
 pub struct Setting {
@@ -39,6 +40,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "master_key_file", help: "file holding the master key, created 0600 [default: tessera.key beside the database]" },
 ];
 
+/// Keys only the TOML file sets: their values are tables, which have no environment or flag
+/// form. `[[webhooks]]` (SPEC §3): each table has `url`, `secret` and `events`.
+pub const FILE_ONLY: &[&str] = &["webhooks"];
+
 /// Where a value came from, for error messages that tell the user what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -66,19 +71,36 @@ pub struct ConfigError(String);
 
 impl ConfigError {
     fn invalid(key: &str, source: &Source, expected: &str) -> Self {
-        let from = match source {
-            Source::File(path) => format!("in {}", path.display()),
-            Source::Env => format!("from {}", env_name(key)),
-            Source::Flag => format!("from --{}", key.replace('_', "-")),
-        };
         Self(format!(
-            "invalid value for `{key}` ({from}): expected {expected}"
+            "invalid value for `{key}` ({}): expected {expected}",
+            from(key, source)
         ))
+    }
+
+    fn missing(key: &str, source: &Source) -> Self {
+        Self(format!("missing key `{key}` {}", from(key, source)))
+    }
+
+    fn unknown(key: &str, source: &Source) -> Self {
+        Self(format!("unknown key `{key}` {}", from(key, source)))
+    }
+}
+
+/// Where a key's value was read, as an error message names it.
+fn from(key: &str, source: &Source) -> String {
+    match source {
+        Source::File(path) => format!("in {}", path.display()),
+        Source::Env => format!("from {}", env_name(key)),
+        Source::Flag => format!("from --{}", key.replace('_', "-")),
     }
 }
 
 fn known(key: &str) -> Option<&'static str> {
     SETTINGS.iter().map(|s| s.key).find(|k| *k == key)
+}
+
+fn known_in_file(key: &str) -> Option<&'static str> {
+    known(key).or_else(|| FILE_ONLY.iter().copied().find(|k| *k == key))
 }
 
 pub fn env_name(key: &str) -> String {
@@ -98,7 +120,7 @@ impl ConfigLayer {
         })?;
         let mut layer = Self::default();
         for (key, value) in table {
-            let Some(key) = known(&key) else {
+            let Some(key) = known_in_file(&key) else {
                 return Err(ConfigError(format!(
                     "unknown key `{key}` in {}",
                     path.display()
@@ -226,6 +248,98 @@ impl ConfigLayer {
             .ok_or_else(|| ConfigError::invalid("allowed_origins", source, EXPECTED))
     }
 
+    /// The `[[webhooks]]` tables (SPEC §3); none by default. Each error names the table and
+    /// field, `webhooks[1].events`, as they count in the file from 0.
+    fn webhooks(&self) -> Result<Vec<Webhook>, ConfigError> {
+        const FIELDS: [&str; 3] = ["url", "secret", "events"];
+        let Some((source, raw)) = self.values.get("webhooks") else {
+            return Ok(Vec::new());
+        };
+        let Raw::Toml(toml::Value::Array(tables)) = raw else {
+            return Err(ConfigError::invalid(
+                "webhooks",
+                source,
+                "[[webhooks]] tables, each with url, secret and events",
+            ));
+        };
+        let mut webhooks: Vec<Webhook> = Vec::with_capacity(tables.len());
+        for (i, table) in tables.iter().enumerate() {
+            let key = |field: &str| format!("webhooks[{i}].{field}");
+            let Some(table) = table.as_table() else {
+                return Err(ConfigError::invalid(
+                    &format!("webhooks[{i}]"),
+                    source,
+                    "a table with url, secret and events",
+                ));
+            };
+            if let Some(field) = table.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+                return Err(ConfigError::unknown(&key(field), source));
+            }
+            let text = |field: &str| match table.get(field) {
+                None => Err(ConfigError::missing(&key(field), source)),
+                Some(toml::Value::String(text)) => Ok(text.as_str()),
+                Some(_) => Err(ConfigError::invalid(&key(field), source, "a string")),
+            };
+            let url = text("url")?.trim();
+            if origin_of(url).is_none() || url.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    &key("url"),
+                    source,
+                    "an http:// or https:// URL",
+                ));
+            }
+            if webhooks.iter().any(|w| w.url == url) {
+                // The URL names the endpoint in the outbox and finds its secret at delivery.
+                return Err(ConfigError::invalid(
+                    &key("url"),
+                    source,
+                    "a URL no other [[webhooks]] table uses",
+                ));
+            }
+            let secret = text("secret")?;
+            if secret.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    &key("secret"),
+                    source,
+                    "a non-empty string",
+                ));
+            }
+            let names = EventType::ALL.map(EventType::as_str).join(", ");
+            let Some(listed) = table.get("events") else {
+                return Err(ConfigError::missing(&key("events"), source));
+            };
+            let mut events = Vec::new();
+            for item in listed.as_array().map(Vec::as_slice).unwrap_or_default() {
+                let Some(event) = item.as_str().and_then(EventType::parse) else {
+                    let shown = item
+                        .as_str()
+                        .map_or_else(|| item.to_string(), str::to_owned);
+                    return Err(ConfigError::invalid(
+                        &key("events"),
+                        source,
+                        &format!("events among {names} (not `{shown}`)"),
+                    ));
+                };
+                if !events.contains(&event) {
+                    events.push(event);
+                }
+            }
+            if events.is_empty() {
+                return Err(ConfigError::invalid(
+                    &key("events"),
+                    source,
+                    &format!("a non-empty list of events among {names}"),
+                ));
+            }
+            webhooks.push(Webhook {
+                url: url.to_owned(),
+                secret: WebhookSecret::new(secret.to_owned()),
+                events,
+            });
+        }
+        Ok(webhooks)
+    }
+
     /// Applies SPEC §2's defaults to what the layers leave unset.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let listen = self
@@ -326,6 +440,7 @@ impl ConfigLayer {
             cookie_secure,
             allowed_origins,
             master_key_file,
+            webhooks: self.webhooks()?,
         })
     }
 }
@@ -352,6 +467,7 @@ impl fmt::Debug for Config {
             .field("issuer", &self.issuer)
             .field("signing_alg", &self.signing_alg)
             .field("revocation_mode", &self.revocation_mode)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -421,7 +537,8 @@ impl fmt::Display for RevocationMode {
 }
 
 /// The resolved configuration: every key of SPEC §2 with its value in force. Its `Debug`
-/// redacts the database and Redis URLs, which may carry passwords.
+/// redacts the database and Redis URLs, which may carry passwords, and shows of each webhook
+/// only its URL and events, never its secret.
 #[derive(Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -441,6 +558,8 @@ pub struct Config {
     pub cookie_secure: bool,
     pub allowed_origins: Vec<String>,
     pub master_key_file: PathBuf,
+    /// `[[webhooks]]` (SPEC §3), file only; empty unless configured.
+    pub webhooks: Vec<Webhook>,
 }
 
 #[cfg(test)]
@@ -576,6 +695,109 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@cache/0"), "redis://:***@cache/0");
         assert_eq!(redact_url("sqlite://tessera.db"), "sqlite://tessera.db");
         assert_eq!(redact_url("memory"), "memory");
+    }
+
+    #[test]
+    fn webhooks_are_tables_of_the_file_only() {
+        let config = file(
+            "audience = \"a\"\n\
+             [[webhooks]]\n\
+             url = \"https://hooks.example.com/tessera\"\n\
+             secret = \"whsec_one\"\n\
+             events = [\"session.created\", \"session.revoked\", \"session.created\"]\n\
+             [[webhooks]]\n\
+             url = \"http://127.0.0.1:9000/\"\n\
+             secret = \"whsec_two\"\n\
+             events = [\"user.roles_changed\", \"refresh.reuse_detected\", \"user.signed_out_everywhere\"]\n",
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(config.audience, "a");
+        assert_eq!(config.webhooks.len(), 2);
+        let first = &config.webhooks[0];
+        assert_eq!(first.url, "https://hooks.example.com/tessera");
+        assert_eq!(first.secret.expose_secret(), "whsec_one");
+        assert_eq!(
+            first.events,
+            vec![EventType::SessionCreated, EventType::SessionRevoked],
+            "duplicates dropped"
+        );
+        assert_eq!(config.webhooks[1].events.len(), 3);
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("https://hooks.example.com/tessera") && shown.contains("SessionRevoked"),
+            "{shown}"
+        );
+        assert!(!shown.contains("whsec_"), "{shown}");
+
+        assert!(ConfigLayer::default()
+            .resolve()
+            .unwrap()
+            .webhooks
+            .is_empty());
+        assert!(ConfigLayer::from_flags([("webhooks", "x".to_owned())]).is_err());
+        let env = ConfigLayer::from_env(|n| (n == "TESSERA_WEBHOOKS").then(|| "x".into()));
+        assert!(env.resolve().unwrap().webhooks.is_empty());
+    }
+
+    #[test]
+    fn bad_webhooks_name_the_table_and_field() {
+        let table = |body: &str| {
+            format!("[[webhooks]]\nurl = \"https://a.example/h\"\nsecret = \"s\"\nevents = [\"session.created\"]\n[[webhooks]]\n{body}")
+        };
+        let error = |body: &str| {
+            let err = ConfigLayer::from_toml(&table(body), Path::new("tessera.toml"))
+                .and_then(|layer| layer.resolve())
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains('\n'), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+            err
+        };
+        let good =
+            "url = \"https://b.example/h\"\nsecret = \"hunter2\"\nevents = [\"session.revoked\"]\n";
+        assert!(ConfigLayer::from_toml(&table(good), Path::new("t.toml"))
+            .unwrap()
+            .resolve()
+            .is_ok());
+
+        let err = error(&format!("{good}secert = \"x\"\n"));
+        assert_eq!(err, "unknown key `webhooks[1].secert` in tessera.toml");
+        for url in ["ftp://b.example/h", "b.example/h", "https://"] {
+            let err = error(&good.replace("https://b.example/h", url));
+            assert!(
+                err.starts_with("invalid value for `webhooks[1].url`"),
+                "{err}"
+            );
+        }
+        let err = error(&good.replace("https://b.example/h", "https://a.example/h"));
+        assert!(err.contains("`webhooks[1].url`"), "{err}");
+        for secret in ["\"\"", "\"  \"", "42"] {
+            let err = error(&good.replace("\"hunter2\"", secret));
+            assert!(
+                err.starts_with("invalid value for `webhooks[1].secret`"),
+                "{err}"
+            );
+        }
+        let err = error(&good.replace("session.revoked", "session.expired"));
+        assert!(
+            err.starts_with("invalid value for `webhooks[1].events`")
+                && err.contains("session.expired"),
+            "{err}"
+        );
+        let err = error(&good.replace("[\"session.revoked\"]", "[]"));
+        assert!(
+            err.starts_with("invalid value for `webhooks[1].events`"),
+            "{err}"
+        );
+        let err = error("url = \"https://b.example/h\"\nevents = [\"session.revoked\"]\n");
+        assert_eq!(err, "missing key `webhooks[1].secret` in tessera.toml");
+        let err = ConfigLayer::from_toml("webhooks = \"https://a.example\"", Path::new("t.toml"))
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid value for `webhooks`"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod revocation;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod webhooks;
 
 pub use error::AuthError;
 pub use store::{Store, StoreError};

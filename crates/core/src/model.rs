@@ -135,6 +135,15 @@ uuid_id!(
     /// An admin API key's public handle (the key itself is only ever stored hashed).
     AdminKeyId
 );
+uuid_id!(
+    /// One queued webhook delivery: one event for one endpoint (a row of the outbox).
+    OutboxId
+);
+uuid_id!(
+    /// A webhook event's `id`, the same in every endpoint's copy, so a receiver can drop the
+    /// duplicates that at-least-once delivery allows.
+    WebhookEventId
+);
 
 /// An email address in its canonical form (SPEC §1: trimmed, NFKC, lower-cased), so that
 /// `Alice@Example.com ` and `alice@example.com` are one account.

@@ -24,6 +24,7 @@ use crate::revocation::{CachedSession, RevocationCache, RevocationFeed, StoreFee
 use crate::secret::{AdminSecret, Password, RefreshToken, SessionSecret};
 use crate::store::Store;
 use crate::verify::{Claims, VerifyError};
+use crate::webhooks::{self, RevokeReason, WebhookPlan};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -35,6 +36,10 @@ pub const TOUCH_INTERVAL_SECS: u64 = 60;
 /// How often the store-backed feed looks for revocations made by other nodes: the revocation
 /// lag between nodes, and the heartbeat by which freshness is judged.
 const FEED_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long delivered (or abandoned) webhook messages stay in the outbox, for inspection,
+/// before housekeeping deletes them.
+const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// How often cached sessions' `last_seen_at` is written back.
 const TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -235,6 +240,12 @@ impl Tessera {
         &self.cache
     }
 
+    /// `session.revoked` messages with `reason` for the configured webhooks; nothing to queue
+    /// when none subscribes.
+    fn revocation_plan(&self, reason: RevokeReason) -> WebhookPlan {
+        WebhookPlan::session_revoked(&self.config.webhooks, reason)
+    }
+
     /// The mode this request is checked in: `cached` falls back to `strict` while the feed is
     /// stale (SPEC §5), so a silent feed never stretches the revocation bound.
     fn effective_mode(&self) -> RevocationMode {
@@ -327,11 +338,12 @@ impl Tessera {
     /// carries the new roles and the user stays signed in (SPEC §3).
     pub async fn set_roles(&self, id: UserId, roles: Vec<String>) -> Result<User, AuthError> {
         let roles = normalise_roles(roles);
-        if !self.store.set_roles(id, &roles).await? {
+        let outbox = webhooks::roles_changed(&self.config.webhooks, id, &roles, Timestamp::now());
+        if !self.store.set_roles(id, &roles, &outbox).await? {
             return Err(AuthError::NotFound);
         }
         let epoch = next_epoch();
-        self.store.bump_epoch(id, epoch).await?;
+        self.store.bump_epoch(id, epoch, &[]).await?;
         self.announce(RevocationEvent::EpochBumped { user: id, epoch })
             .await?;
         self.user(id).await
@@ -382,7 +394,13 @@ impl Tessera {
                 .find_live_session_by_hash(&previous.to_hash(), now)
                 .await?
             {
-                self.store.revoke_session(old.id, now).await?;
+                self.store
+                    .revoke_session(
+                        old.id,
+                        now,
+                        &self.revocation_plan(RevokeReason::ReplacedByLogin),
+                    )
+                    .await?;
                 self.announce(RevocationEvent::SessionRevoked { session: old.id })
                     .await?;
             }
@@ -401,7 +419,8 @@ impl Tessera {
             ip: device.ip,
             revoked_at: None,
         };
-        self.store.insert_session(&session).await?;
+        let outbox = webhooks::session_created(&self.config.webhooks, &session);
+        self.store.insert_session(&session, &outbox).await?;
         info!(user = %user.id, session = %session.id, via = "cookie", "signed in");
         let csrf_token = self.csrf_token(session.id);
         Ok(CookieLogin {
@@ -504,7 +523,11 @@ impl Tessera {
     /// Revokes the caller's session (its cookie, or its refresh family and access tokens).
     pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
         self.store
-            .revoke_session(principal.session_id, Timestamp::now())
+            .revoke_session(
+                principal.session_id,
+                Timestamp::now(),
+                &self.revocation_plan(RevokeReason::SignedOut),
+            )
             .await?;
         self.announce(RevocationEvent::SessionRevoked {
             session: principal.session_id,
@@ -517,9 +540,15 @@ impl Tessera {
     /// Revokes every session of the user and bumps the epoch so no access token outlives it.
     pub async fn logout_everywhere(&self, user: UserId) -> Result<u64, AuthError> {
         let now = Timestamp::now();
-        let revoked = self.store.revoke_user_sessions(user, None, now).await?;
+        let plan = self.revocation_plan(RevokeReason::SignedOutEverywhere);
+        let revoked = self
+            .store
+            .revoke_user_sessions(user, None, now, &plan)
+            .await?;
         let epoch = next_epoch();
-        self.store.bump_epoch(user, epoch).await?;
+        let outbox =
+            webhooks::signed_out_everywhere(&self.config.webhooks, user, revoked.len(), now);
+        self.store.bump_epoch(user, epoch, &outbox).await?;
         for session in &revoked {
             self.announce(RevocationEvent::SessionRevoked { session: *session })
                 .await?;
@@ -556,7 +585,8 @@ impl Tessera {
             ip: device.ip,
             revoked_at: None,
         };
-        self.store.insert_session(&session).await?;
+        let outbox = webhooks::session_created(&self.config.webhooks, &session);
+        self.store.insert_session(&session, &outbox).await?;
         let refresh_token = RefreshToken::generate();
         self.store
             .insert_refresh(&RefreshRecord {
@@ -589,6 +619,7 @@ impl Tessera {
                 &successor.to_hash(),
                 now,
                 self.config.refresh_grace,
+                &WebhookPlan::reuse_detected(&self.config.webhooks),
             )
             .await?;
         let session = match outcome {
@@ -794,7 +825,11 @@ impl Tessera {
         let refresh = RefreshToken::from_presented(token);
         if let Some(session) = self
             .store
-            .revoke_family_of(&refresh.to_hash(), Timestamp::now())
+            .revoke_family_of(
+                &refresh.to_hash(),
+                Timestamp::now(),
+                &self.revocation_plan(RevokeReason::TokenRevoked),
+            )
             .await?
         {
             self.announce(RevocationEvent::SessionRevoked { session })
@@ -820,6 +855,10 @@ impl Tessera {
         // Events older than the horizon can change no verdict; a node cut off for longer
         // reloads its whole state when it reconnects.
         self.store.prune_events(horizon).await?;
+        // Webhook messages leave the outbox only once delivered or given up; those are kept a
+        // while for inspection.
+        let retention = Timestamp::from_unix(now.as_unix() - duration_secs(OUTBOX_RETENTION));
+        self.store.prune_outbox(retention).await?;
         Ok((pruned, purged))
     }
 
@@ -853,7 +892,8 @@ impl Tessera {
         let now = Timestamp::now();
         match self.store.find_live_session(session, now).await? {
             Some(found) if found.user_id == user => {
-                self.store.revoke_session(session, now).await?;
+                let plan = self.revocation_plan(RevokeReason::SignedOutFromAnotherDevice);
+                self.store.revoke_session(session, now, &plan).await?;
                 self.announce(RevocationEvent::SessionRevoked { session })
                     .await?;
                 info!(user = %user, session = %session, "device signed out");
@@ -871,6 +911,7 @@ impl Tessera {
                 principal.user_id,
                 Some(principal.session_id),
                 Timestamp::now(),
+                &self.revocation_plan(RevokeReason::SignedOutFromAnotherDevice),
             )
             .await?;
         for session in &revoked {
@@ -883,7 +924,12 @@ impl Tessera {
 
     /// Admin: revoke one session by id, whoever owns it; `NotFound` if it is not live.
     pub async fn revoke_session(&self, session: SessionId) -> Result<(), AuthError> {
-        if self.store.revoke_session(session, Timestamp::now()).await? {
+        let plan = self.revocation_plan(RevokeReason::Administrator);
+        if self
+            .store
+            .revoke_session(session, Timestamp::now(), &plan)
+            .await?
+        {
             self.announce(RevocationEvent::SessionRevoked { session })
                 .await?;
             info!(session = %session, "session revoked by an administrator");

@@ -4,16 +4,24 @@
 //!
 //! Every method that takes `now` decides liveness with it rather than the backend's clock, so
 //! all nodes and all backends agree on what "expired" means.
+//!
+//! Methods whose change an event reports (SPEC §3 webhooks) take the messages to queue —
+//! `outbox: &[OutboxMessage]` when the core knows them in advance, a [`WebhookPlan`] when
+//! only the backend knows which sessions the change revoked — and write them in the same
+//! transaction as the change: a change that is not stored queues nothing, and a stored change
+//! never loses its event, whatever crashes in between. An empty outbox or
+//! [`WebhookPlan::none`] writes nothing.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
-    SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
+    Session, SessionId, Timestamp, User, UserId,
 };
 use crate::secret::SecretHash;
+use crate::webhooks::{OutboxMessage, QueuedMessage, WebhookPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,10 +44,22 @@ pub trait UserStore: Send + Sync + 'static {
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// Ordered by creation.
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
-    /// Replaces the roles; `false` if there is no such user.
-    async fn set_roles(&self, id: UserId, roles: &[String]) -> Result<bool, StoreError>;
+    /// Replaces the roles; `false` if there is no such user. `outbox` is queued only when the
+    /// roles actually change (a user who already has exactly these roles queues nothing).
+    async fn set_roles(
+        &self,
+        id: UserId,
+        roles: &[String],
+        outbox: &[OutboxMessage],
+    ) -> Result<bool, StoreError>;
     /// Raises `tokens_valid_after` to `at` (never lowers it); `false` if there is no such user.
-    async fn bump_epoch(&self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
+    /// `outbox` is queued whenever the user exists.
+    async fn bump_epoch(
+        &self,
+        id: UserId,
+        at: Timestamp,
+        outbox: &[OutboxMessage],
+    ) -> Result<bool, StoreError>;
     /// Every user whose `tokens_valid_after` is at or after `since` (inclusive), with that
     /// epoch, in no particular order: for warming a revocation cache (SPEC §5). Only epochs
     /// within the last access-token lifetime can still kill a token, so callers pass
@@ -50,8 +70,13 @@ pub trait UserStore: Send + Sync + 'static {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// `Conflict("session")` if the id or the secret hash is taken.
-    async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// `Conflict("session")` if the id or the secret hash is taken, and then nothing of
+    /// `outbox` is queued either.
+    async fn insert_session(
+        &self,
+        session: &Session,
+        outbox: &[OutboxMessage],
+    ) -> Result<(), StoreError>;
     /// `None` for unknown, expired (idle or absolute) or revoked: callers must not re-check.
     async fn find_live_session(
         &self,
@@ -68,15 +93,23 @@ pub trait SessionStore: Send + Sync + 'static {
     /// session; a session already dead (idle, expired or revoked) is never revived.
     async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
     /// Returns whether a live session was revoked (an expired one is left as it is); idempotent
-    /// so retries after a timeout are safe.
-    async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError>;
+    /// so retries after a timeout are safe. `plan`'s messages are queued for the session only
+    /// when it was revoked by this call.
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        at: Timestamp,
+        plan: &WebhookPlan,
+    ) -> Result<bool, StoreError>;
     /// Revokes every unrevoked session of the user but `keep`; returns their ids (in no
-    /// particular order), so each revocation can be announced to other nodes' caches.
+    /// particular order), so each revocation can be announced to other nodes' caches, and
+    /// queues `plan`'s messages for each of them.
     async fn revoke_user_sessions(
         &self,
         user: UserId,
         keep: Option<SessionId>,
         at: Timestamp,
+        plan: &WebhookPlan,
     ) -> Result<Vec<SessionId>, StoreError>;
     /// The user's live sessions, newest first: their devices.
     async fn list_live_sessions(
@@ -118,13 +151,15 @@ pub trait RefreshStore: Send + Sync + 'static {
     ///   the session → [`Rotation::Rotated`];
     /// - rotated no more than `grace` ago and its successor not yet rotated itself →
     ///   [`Rotation::Replayed`] (nothing changes);
-    /// - otherwise → revoke the session at `now` → [`Rotation::ReuseDetected`].
+    /// - otherwise → revoke the session at `now` → [`Rotation::ReuseDetected`], queueing
+    ///   `on_reuse`'s messages for the session (the only outcome that queues anything).
     async fn rotate_refresh(
         &self,
         presented: &SecretHash,
         successor: &SecretHash,
         now: Timestamp,
         grace: Duration,
+        on_reuse: &WebhookPlan,
     ) -> Result<Rotation, StoreError>;
     /// RFC 7009 revocation of a refresh token: revokes the whole family (the session) of the
     /// token whose hash is `presented`, at `at`. Any token of the family counts, spent
@@ -134,11 +169,13 @@ pub trait RefreshStore: Send + Sync + 'static {
     /// was already revoked (its `revoked_at` is kept, not moved) or has expired (it is then
     /// marked revoked at `at`) — and `None` for an unknown token, which RFC 7009 §2.2 answers
     /// like any other. Idempotent, so retries are safe. It never reports reuse: revoking is
-    /// not presenting the token for rotation.
+    /// not presenting the token for rotation. `plan`'s messages are queued only when this call
+    /// revoked the session (not when it was revoked already).
     async fn revoke_family_of(
         &self,
         presented: &SecretHash,
         at: Timestamp,
+        plan: &WebhookPlan,
     ) -> Result<Option<SessionId>, StoreError>;
 }
 
@@ -184,8 +221,6 @@ pub trait AdminKeyStore: Send + Sync + 'static {
     async fn revoke_admin_key(&self, id: AdminKeyId, at: Timestamp) -> Result<bool, StoreError>;
 }
 
-/// Everything a Tessera node needs from its durable store, as one object the server can hold
-/// as `Arc<dyn Store>` chosen from the `database` setting at start.
 /// The durable log behind the revocation feed: every node appends what it revoked and reads
 /// what the others did, so a node that was cut off catches up from its cursor instead of
 /// silently missing a revocation. Push channels (PostgreSQL `NOTIFY`, Redis pub/sub) only
@@ -207,9 +242,67 @@ pub trait RevocationLog: Send + Sync + 'static {
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// The webhook outbox (SPEC §3): messages queued by the mutating methods above, in the same
+/// transaction as their change, waiting for delivery. Delivery is at-least-once: a message
+/// leaves the queue only when it is delivered or given up, so a crash or restart at any point
+/// sends it again rather than losing it.
+///
+/// Every node may run a delivery worker on one shared store;
+/// [`claim_message`](Self::claim_message) keeps two of them from sending one message at once.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Up to `limit` messages due at `now` — neither delivered nor given up, and
+    /// `next_attempt_at <= now` — earliest `next_attempt_at` first, ties in queueing order.
+    /// Reads only: a worker then claims each message before sending it.
+    async fn due_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError>;
+    /// Takes a due message for one delivery attempt: if it is still due at `now`, moves its
+    /// `next_attempt_at` to `until` and returns `true`; `false` if another worker claimed it
+    /// first, or it is finished or unknown. A worker that dies holding the claim leaves the
+    /// message due again at `until`, so nothing is lost; pick `until` beyond the attempt's
+    /// timeout, or a slow attempt may be duplicated by another worker.
+    async fn claim_message(
+        &self,
+        id: OutboxId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// The endpoint acknowledged the message: it is never due again. `false` if it was unknown
+    /// or already finished (delivered or given up).
+    async fn mark_delivered(&self, id: OutboxId, at: Timestamp) -> Result<bool, StoreError>;
+    /// An attempt failed: records `attempts` (failed attempts so far) and `error` (short; never
+    /// the body), and hides the message until `next_attempt_at`. `false`, changing nothing, if
+    /// it was unknown or already finished.
+    async fn reschedule(
+        &self,
+        id: OutboxId,
+        attempts: u32,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<bool, StoreError>;
+    /// Stops retrying at `at` with `error`: the message is never due again. `false` if it was
+    /// unknown or already finished.
+    async fn give_up(&self, id: OutboxId, at: Timestamp, error: &str) -> Result<bool, StoreError>;
+    /// Deletes every message finished (delivered or given up) strictly before `before`, and
+    /// returns how many; messages still waiting are never touched.
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// Everything a Tessera node needs from its durable store, as one object the server can hold
+/// as `Arc<dyn Store>` chosen from the `database` setting at start.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + RefreshStore + DenylistStore + RevocationLog + KeyStore + AdminKeyStore
+    UserStore
+    + SessionStore
+    + RefreshStore
+    + DenylistStore
+    + RevocationLog
+    + OutboxStore
+    + KeyStore
+    + AdminKeyStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -5,14 +5,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{middleware, Json, Router};
+use tessera_core::config::Config;
 use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod admin;
 pub mod api;
@@ -20,6 +24,8 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod oauth;
+pub mod ops;
+pub mod webhooks;
 
 use error::ApiError;
 
@@ -34,6 +40,10 @@ pub struct AppState {
     pub tessera: Arc<Tessera>,
     /// `; Path=/; HttpOnly; SameSite=Lax[; Secure]`, computed once.
     cookie_attributes: Arc<str>,
+    /// Request metrics, pre-registered for every documented route.
+    metrics: Arc<ops::HttpMetrics>,
+    /// `GET /openapi.json`, rendered once: the document does not change while serving.
+    openapi: Bytes,
 }
 
 impl AppState {
@@ -44,7 +54,10 @@ impl AppState {
             ""
         };
         let cookie_attributes = format!("; Path=/; HttpOnly; SameSite=Lax{secure}").into();
+        let document = openapi_document(tessera.config());
         Self {
+            metrics: Arc::new(ops::HttpMetrics::for_document(&document)),
+            openapi: ops::render_document(&document),
             tessera,
             cookie_attributes,
         }
@@ -61,35 +74,44 @@ impl AppState {
     }
 }
 
-/// The whole API. Everything a request can hit is here, so the OpenAPI document and the
-/// tests can be checked against one list.
+/// Every route of the API, from the handlers' `#[utoipa::path]` attributes: `routes!` mounts
+/// each handler on the path and methods its attribute documents, so the router and the OpenAPI
+/// document are built from one definition and cannot drift. Add routes here, never with
+/// `Router::route` (`tests/ops.rs` walks the router and fails on an undocumented route).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ops::ApiDoc::openapi())
+        .routes(routes!(api::sign_up))
+        .routes(routes!(api::login))
+        .routes(routes!(api::logout))
+        .routes(routes!(api::whoami))
+        .routes(routes!(api::my_sessions, api::revoke_my_other_sessions))
+        .routes(routes!(api::revoke_my_session))
+        .routes(routes!(admin::user_sessions, admin::sign_out_user))
+        .routes(routes!(admin::revoke_session))
+        .routes(routes!(admin::set_roles))
+        .routes(routes!(api::verify))
+        .routes(routes!(oauth::token))
+        .routes(routes!(oauth::revoke))
+        .routes(routes!(oauth::introspect))
+        .routes(routes!(oauth::jwks))
+        .routes(routes!(oauth::metadata))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+}
+
+/// The OpenAPI 3 document of the whole API, as `GET /openapi.json` serves it under `config`.
+pub fn openapi_document(config: &Config) -> utoipa::openapi::OpenApi {
+    ops::finish_document(api().into_openapi(), config)
+}
+
+/// The whole API. Everything a request can hit is mounted by `api()`, so the OpenAPI document
+/// and the tests are checked against one list.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/users", post(api::sign_up))
-        .route("/v1/login", post(api::login))
-        .route("/v1/logout", post(api::logout))
-        .route("/v1/session", get(api::whoami))
-        .route(
-            "/v1/sessions",
-            get(api::my_sessions).delete(api::revoke_my_other_sessions),
-        )
-        .route("/v1/sessions/{id}", delete(api::revoke_my_session))
-        .route(
-            "/v1/admin/users/{id}/sessions",
-            get(admin::user_sessions).delete(admin::sign_out_user),
-        )
-        .route("/v1/admin/sessions/{id}", delete(admin::revoke_session))
-        .route("/v1/admin/users/{id}/roles", put(admin::set_roles))
-        .route("/v1/verify", get(api::verify))
-        .route("/oauth2/token", post(oauth::token))
-        .route("/oauth2/revoke", post(oauth::revoke))
-        .route("/oauth2/introspect", post(oauth::introspect))
-        .route("/.well-known/jwks.json", get(oauth::jwks))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth::metadata),
-        )
-        .route("/healthz", get(healthz))
+    let (routes, _) = api().split_for_parts();
+    let metrics = ops::MetricsLayer::new(Arc::clone(&state.metrics));
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(auth::form_csrf_token))
@@ -97,11 +119,9 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        // Outermost, so the recorded status is the one the client gets.
+        .layer(metrics)
         .with_state(state)
-}
-
-async fn healthz() -> Response {
-    Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -145,6 +165,8 @@ pub async fn serve(
             }
         })
     };
+    // At-least-once webhook delivery from the outbox (SPEC §3).
+    let deliverer = webhooks::spawn(Arc::clone(&tessera));
     let housekeeper = {
         let tessera = Arc::clone(&tessera);
         tokio::spawn(async move {
@@ -167,5 +189,6 @@ pub async fn serve(
         .await;
     reloader.abort();
     housekeeper.abort();
+    deliverer.abort();
     result
 }

@@ -28,10 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
-    SessionId, Timestamp, User, UserId, Via,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
+    Session, SessionId, Timestamp, User, UserId, Via,
 };
 use tessera_core::secret::{SecretHash, SessionSecret};
+use tessera_core::webhooks::{
+    self, EventType, OutboxMessage, QueuedMessage, RevokeReason, Webhook, WebhookPlan,
+    WebhookSecret,
+};
 use tessera_core::{Store, StoreError};
 
 /// Something that holds a store for the duration of one case.
@@ -139,6 +143,14 @@ macro_rules! conformance_suite {
             ping_answers,
             revocation_log_is_ordered_and_resumable,
             revocation_log_prunes_only_old_events,
+            outbox_is_written_with_the_change,
+            revocations_queue_a_message_per_revoked_session,
+            refresh_reuse_and_family_revocation_queue_their_messages,
+            due_messages_come_earliest_first_and_honour_the_limit,
+            claimed_message_is_hidden_until_its_claim_expires,
+            rescheduled_message_waits_until_its_next_attempt,
+            finished_messages_are_never_due_again,
+            prune_outbox_removes_only_long_finished_messages,
         );
     };
 }
@@ -213,7 +225,7 @@ async fn seeded_user<S: Store + ?Sized>(store: &S) -> User {
 async fn seeded_session<S: Store + ?Sized>(store: &S, via: Via) -> Session {
     let user = seeded_user(store).await;
     let session = new_session(&user, via, at(0));
-    store.insert_session(&session).await.unwrap();
+    store.insert_session(&session, &[]).await.unwrap();
     session
 }
 
@@ -309,12 +321,12 @@ pub async fn users_are_listed_in_creation_order<S: Store + ?Sized>(store: &S) {
 pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
     let user = seeded_user(store).await;
     let roles = vec!["admin".to_owned(), "ops".to_owned()];
-    assert!(store.set_roles(user.id, &roles).await.unwrap());
+    assert!(store.set_roles(user.id, &roles, &[]).await.unwrap());
     assert_eq!(
         store.find_user(user.id).await.unwrap().unwrap().roles,
         roles
     );
-    assert!(store.set_roles(user.id, &[]).await.unwrap());
+    assert!(store.set_roles(user.id, &[], &[]).await.unwrap());
     assert!(store
         .find_user(user.id)
         .await
@@ -322,18 +334,18 @@ pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
         .unwrap()
         .roles
         .is_empty());
-    assert!(!store.set_roles(UserId::new(), &roles).await.unwrap());
+    assert!(!store.set_roles(UserId::new(), &roles, &[]).await.unwrap());
 }
 
 pub async fn bump_epoch_never_lowers<S: Store + ?Sized>(store: &S) {
     let user = seeded_user(store).await;
     let epoch = |user: Option<User>| user.unwrap().tokens_valid_after;
-    assert!(store.bump_epoch(user.id, at(100)).await.unwrap());
+    assert!(store.bump_epoch(user.id, at(100), &[]).await.unwrap());
     assert_eq!(epoch(store.find_user(user.id).await.unwrap()), at(100));
     // An older bump (a slow node, a retry) must not resurrect tokens.
-    assert!(store.bump_epoch(user.id, at(50)).await.unwrap());
+    assert!(store.bump_epoch(user.id, at(50), &[]).await.unwrap());
     assert_eq!(epoch(store.find_user(user.id).await.unwrap()), at(100));
-    assert!(!store.bump_epoch(UserId::new(), at(100)).await.unwrap());
+    assert!(!store.bump_epoch(UserId::new(), at(100), &[]).await.unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,12 +370,12 @@ pub async fn duplicate_session_conflicts<S: Store + ?Sized>(store: &S) {
         secret_hash: Some(fresh_hash()),
         ..session.clone()
     };
-    assert_conflict(store.insert_session(&same_id).await, "session");
+    assert_conflict(store.insert_session(&same_id, &[]).await, "session");
     let same_hash = Session {
         id: SessionId::new(),
         ..session.clone()
     };
-    assert_conflict(store.insert_session(&same_hash).await, "session");
+    assert_conflict(store.insert_session(&same_hash, &[]).await, "session");
     assert_eq!(
         store.find_live_session(same_hash.id, at(1)).await.unwrap(),
         None
@@ -384,8 +396,8 @@ pub async fn token_sessions_need_no_secret_hash<S: Store + ?Sized>(store: &S) {
     first.ip = None;
     let second = new_session(&user, Via::Token, at(1));
     assert_eq!(first.secret_hash, None);
-    store.insert_session(&first).await.unwrap();
-    store.insert_session(&second).await.unwrap();
+    store.insert_session(&first, &[]).await.unwrap();
+    store.insert_session(&second, &[]).await.unwrap();
     assert_eq!(
         store.find_live_session(first.id, at(2)).await.unwrap(),
         Some(first)
@@ -398,7 +410,7 @@ pub async fn token_sessions_need_no_secret_hash<S: Store + ?Sized>(store: &S) {
 
 pub async fn session_of_unknown_user_is_refused<S: Store + ?Sized>(store: &S) {
     let session = new_session(&new_user(at(0)), Via::Cookie, at(0));
-    assert!(store.insert_session(&session).await.is_err());
+    assert!(store.insert_session(&session, &[]).await.is_err());
     assert_eq!(
         store.find_live_session(session.id, at(1)).await.unwrap(),
         None
@@ -416,7 +428,10 @@ pub async fn unknown_session_is_none<S: Store + ?Sized>(store: &S) {
         None
     );
     store.touch_session(id, at(0)).await.unwrap();
-    assert!(!store.revoke_session(id, at(0)).await.unwrap());
+    assert!(!store
+        .revoke_session(id, at(0), &WebhookPlan::none())
+        .await
+        .unwrap());
 }
 
 pub async fn session_dies_when_idle<S: Store + ?Sized>(store: &S) {
@@ -459,7 +474,7 @@ pub async fn session_dies_at_absolute_expiry<S: Store + ?Sized>(store: &S) {
         expires_at: at(5_000),
         ..new_session(&user, Via::Cookie, at(0))
     };
-    store.insert_session(&session).await.unwrap();
+    store.insert_session(&session, &[]).await.unwrap();
     // Activity keeps the idle expiry ahead, but not past the absolute end.
     store.touch_session(session.id, at(3_000)).await.unwrap();
     store.touch_session(session.id, at(4_900)).await.unwrap();
@@ -486,7 +501,10 @@ pub async fn session_dies_at_absolute_expiry<S: Store + ?Sized>(store: &S) {
 
 pub async fn revoked_session_is_not_found<S: Store + ?Sized>(store: &S) {
     let session = seeded_session(store, Via::Cookie).await;
-    assert!(store.revoke_session(session.id, at(10)).await.unwrap());
+    assert!(store
+        .revoke_session(session.id, at(10), &WebhookPlan::none())
+        .await
+        .unwrap());
     assert_eq!(
         store.find_live_session(session.id, at(11)).await.unwrap(),
         None
@@ -554,7 +572,10 @@ pub async fn touch_does_not_revive_a_dead_session<S: Store + ?Sized>(store: &S) 
     );
 
     let revoked = seeded_session(store, Via::Cookie).await;
-    assert!(store.revoke_session(revoked.id, at(10)).await.unwrap());
+    assert!(store
+        .revoke_session(revoked.id, at(10), &WebhookPlan::none())
+        .await
+        .unwrap());
     store.touch_session(revoked.id, at(20)).await.unwrap();
     assert_eq!(
         store.find_live_session(revoked.id, at(21)).await.unwrap(),
@@ -564,17 +585,23 @@ pub async fn touch_does_not_revive_a_dead_session<S: Store + ?Sized>(store: &S) 
 
 pub async fn revoke_session_is_idempotent<S: Store + ?Sized>(store: &S) {
     let session = seeded_session(store, Via::Cookie).await;
-    assert!(store.revoke_session(session.id, at(10)).await.unwrap());
+    assert!(store
+        .revoke_session(session.id, at(10), &WebhookPlan::none())
+        .await
+        .unwrap());
     // The retry after a timeout: nothing left to revoke, no error.
-    assert!(!store.revoke_session(session.id, at(11)).await.unwrap());
     assert!(!store
-        .revoke_session(SessionId::new(), at(11))
+        .revoke_session(session.id, at(11), &WebhookPlan::none())
+        .await
+        .unwrap());
+    assert!(!store
+        .revoke_session(SessionId::new(), at(11), &WebhookPlan::none())
         .await
         .unwrap());
     // A session that already died of inactivity was not live: nothing was revoked.
     let expired = seeded_session(store, Via::Cookie).await;
     assert!(!store
-        .revoke_session(expired.id, at(IDLE_SECS))
+        .revoke_session(expired.id, at(IDLE_SECS), &WebhookPlan::none())
         .await
         .unwrap());
 }
@@ -586,13 +613,16 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
     let already = new_session(&user, Via::Cookie, at(2));
     let stranger = seeded_session(store, Via::Cookie).await;
     for session in [&current, &other, &already] {
-        store.insert_session(session).await.unwrap();
+        store.insert_session(session, &[]).await.unwrap();
     }
-    assert!(store.revoke_session(already.id, at(5)).await.unwrap());
+    assert!(store
+        .revoke_session(already.id, at(5), &WebhookPlan::none())
+        .await
+        .unwrap());
 
     // Only `other`: `already` was revoked before and `current` is kept.
     let revoked = store
-        .revoke_user_sessions(user.id, Some(current.id), at(10))
+        .revoke_user_sessions(user.id, Some(current.id), at(10), &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(revoked, vec![other.id]);
@@ -613,7 +643,7 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
 
     assert_eq!(
         store
-            .revoke_user_sessions(user.id, None, at(20))
+            .revoke_user_sessions(user.id, None, at(20), &WebhookPlan::none())
             .await
             .unwrap(),
         vec![current.id]
@@ -628,12 +658,12 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
         .unwrap()
         .is_empty());
     assert!(store
-        .revoke_user_sessions(user.id, None, at(30))
+        .revoke_user_sessions(user.id, None, at(30), &WebhookPlan::none())
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .revoke_user_sessions(UserId::new(), None, at(30))
+        .revoke_user_sessions(UserId::new(), None, at(30), &WebhookPlan::none())
         .await
         .unwrap()
         .is_empty());
@@ -655,10 +685,13 @@ pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>
     };
     // Inserted out of order: the order is `created_at`, not insertion.
     for session in [&middle, &revoked, &old, &idle, &new, &ended] {
-        store.insert_session(session).await.unwrap();
+        store.insert_session(session, &[]).await.unwrap();
     }
     let stranger = seeded_session(store, Via::Cookie).await;
-    assert!(store.revoke_session(revoked.id, at(160)).await.unwrap());
+    assert!(store
+        .revoke_session(revoked.id, at(160), &WebhookPlan::none())
+        .await
+        .unwrap());
 
     let listed = store.list_live_sessions(user.id, at(300)).await.unwrap();
     assert_eq!(listed, vec![new, middle, old]);
@@ -696,7 +729,13 @@ pub async fn refresh_insert_rules<S: Store + ?Sized>(store: &S) {
     };
     assert!(store.insert_refresh(&orphan).await.is_err());
     let rotation = store
-        .rotate_refresh(&orphan.hash, &fresh_hash(), at(2), GRACE)
+        .rotate_refresh(
+            &orphan.hash,
+            &fresh_hash(),
+            at(2),
+            GRACE,
+            &WebhookPlan::none(),
+        )
         .await;
     assert_eq!(rotation.unwrap(), Rotation::Invalid);
 }
@@ -706,7 +745,7 @@ pub async fn rotation_spends_the_token_and_touches_the_session<S: Store + ?Sized
     let (second, third) = (fresh_hash(), fresh_hash());
 
     let rotation = store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&session, at(100))));
@@ -717,7 +756,7 @@ pub async fn rotation_spends_the_token_and_touches_the_session<S: Store + ?Sized
 
     // The successor is a full member of the family.
     let rotation = store
-        .rotate_refresh(&second, &third, at(200), GRACE)
+        .rotate_refresh(&second, &third, at(200), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&session, at(200))));
@@ -732,14 +771,14 @@ pub async fn replay_within_grace_is_replayed<S: Store + ?Sized>(store: &S) {
     let second = fresh_hash();
     let after_rotation = touched(&session, at(100));
     store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
 
     // Two tabs refreshing at once; up to and including `grace` seconds later.
     for now in [at(100), at(105), at(110)] {
         let rotation = store
-            .rotate_refresh(&first, &second, now, GRACE)
+            .rotate_refresh(&first, &second, now, GRACE, &WebhookPlan::none())
             .await
             .unwrap();
         assert_eq!(rotation, Rotation::Replayed(after_rotation.clone()));
@@ -750,7 +789,7 @@ pub async fn replay_within_grace_is_replayed<S: Store + ?Sized>(store: &S) {
         Some(after_rotation)
     );
     let rotation = store
-        .rotate_refresh(&second, &fresh_hash(), at(111), GRACE)
+        .rotate_refresh(&second, &fresh_hash(), at(111), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&session, at(111))));
@@ -760,12 +799,12 @@ pub async fn replay_after_grace_revokes_the_family<S: Store + ?Sized>(store: &S)
     let (session, first) = seeded_family(store).await;
     let second = fresh_hash();
     store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
 
     let rotation = store
-        .rotate_refresh(&first, &second, at(111), GRACE)
+        .rotate_refresh(&first, &second, at(111), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::ReuseDetected(session.id));
@@ -775,12 +814,12 @@ pub async fn replay_after_grace_revokes_the_family<S: Store + ?Sized>(store: &S)
     );
     // The thief's and the victim's tokens are both dead now.
     let rotation = store
-        .rotate_refresh(&second, &fresh_hash(), at(112), GRACE)
+        .rotate_refresh(&second, &fresh_hash(), at(112), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Invalid);
     let rotation = store
-        .rotate_refresh(&first, &second, at(113), GRACE)
+        .rotate_refresh(&first, &second, at(113), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Invalid);
@@ -790,23 +829,23 @@ pub async fn replay_of_an_older_token_revokes_the_family<S: Store + ?Sized>(stor
     let (session, first) = seeded_family(store).await;
     let (second, third) = (fresh_hash(), fresh_hash());
     store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     store
-        .rotate_refresh(&second, &third, at(101), GRACE)
+        .rotate_refresh(&second, &third, at(101), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
 
     // The parent of the current token is still within grace …
     let rotation = store
-        .rotate_refresh(&second, &third, at(102), GRACE)
+        .rotate_refresh(&second, &third, at(102), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Replayed(touched(&session, at(101))));
     // … but the grand-parent's successor was already used: theft, even within grace.
     let rotation = store
-        .rotate_refresh(&first, &second, at(103), GRACE)
+        .rotate_refresh(&first, &second, at(103), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::ReuseDetected(session.id));
@@ -815,7 +854,7 @@ pub async fn replay_of_an_older_token_revokes_the_family<S: Store + ?Sized>(stor
         None
     );
     let rotation = store
-        .rotate_refresh(&third, &fresh_hash(), at(104), GRACE)
+        .rotate_refresh(&third, &fresh_hash(), at(104), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Invalid);
@@ -823,7 +862,13 @@ pub async fn replay_of_an_older_token_revokes_the_family<S: Store + ?Sized>(stor
 
 pub async fn unknown_refresh_token_is_invalid<S: Store + ?Sized>(store: &S) {
     let rotation = store
-        .rotate_refresh(&fresh_hash(), &fresh_hash(), at(0), GRACE)
+        .rotate_refresh(
+            &fresh_hash(),
+            &fresh_hash(),
+            at(0),
+            GRACE,
+            &WebhookPlan::none(),
+        )
         .await;
     assert_eq!(rotation.unwrap(), Rotation::Invalid);
 }
@@ -833,13 +878,22 @@ pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) 
     let (revoked, first) = seeded_family(store).await;
     let second = fresh_hash();
     store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
-    assert!(store.revoke_session(revoked.id, at(101)).await.unwrap());
+    assert!(store
+        .revoke_session(revoked.id, at(101), &WebhookPlan::none())
+        .await
+        .unwrap());
     for presented in [&second, &first] {
         let rotation = store
-            .rotate_refresh(presented, &fresh_hash(), at(102), GRACE)
+            .rotate_refresh(
+                presented,
+                &fresh_hash(),
+                at(102),
+                GRACE,
+                &WebhookPlan::none(),
+            )
             .await;
         assert_eq!(rotation.unwrap(), Rotation::Invalid);
     }
@@ -847,7 +901,13 @@ pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) 
     // Idle-expired.
     let (idle, first) = seeded_family(store).await;
     let rotation = store
-        .rotate_refresh(&first, &fresh_hash(), at(IDLE_SECS), GRACE)
+        .rotate_refresh(
+            &first,
+            &fresh_hash(),
+            at(IDLE_SECS),
+            GRACE,
+            &WebhookPlan::none(),
+        )
         .await;
     assert_eq!(rotation.unwrap(), Rotation::Invalid);
     assert_eq!(
@@ -864,16 +924,16 @@ pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) 
         expires_at: at(500),
         ..new_session(&user, Via::Token, at(0))
     };
-    store.insert_session(&ended).await.unwrap();
+    store.insert_session(&ended, &[]).await.unwrap();
     let first = family_of(store, &ended).await;
     let second = fresh_hash();
     let rotation = store
-        .rotate_refresh(&first, &second, at(499), GRACE)
+        .rotate_refresh(&first, &second, at(499), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&ended, at(499))));
     let rotation = store
-        .rotate_refresh(&second, &fresh_hash(), at(500), GRACE)
+        .rotate_refresh(&second, &fresh_hash(), at(500), GRACE, &WebhookPlan::none())
         .await;
     assert_eq!(rotation.unwrap(), Rotation::Invalid);
 }
@@ -881,9 +941,10 @@ pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) 
 pub async fn concurrent_rotations_rotate_once<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let second = fresh_hash();
+    let none = WebhookPlan::none();
     let (a, b) = tokio::join!(
-        store.rotate_refresh(&first, &second, at(100), GRACE),
-        store.rotate_refresh(&first, &second, at(100), GRACE),
+        store.rotate_refresh(&first, &second, at(100), GRACE, &none),
+        store.rotate_refresh(&first, &second, at(100), GRACE, &none),
     );
     let mut outcomes = [a.unwrap(), b.unwrap()];
     outcomes.sort_by_key(|r| matches!(r, Rotation::Replayed(_)));
@@ -921,11 +982,14 @@ pub async fn revoke_family_of_the_current_token<S: Store + ?Sized>(store: &S) {
         Via::Token,
         at(0),
     );
-    store.insert_session(&sibling).await.unwrap();
+    store.insert_session(&sibling, &[]).await.unwrap();
     let sibling_token = family_of(store, &sibling).await;
 
     assert_eq!(
-        store.revoke_family_of(&first, at(50)).await.unwrap(),
+        store
+            .revoke_family_of(&first, at(50), &WebhookPlan::none())
+            .await
+            .unwrap(),
         Some(session.id)
     );
     assert_eq!(
@@ -934,21 +998,30 @@ pub async fn revoke_family_of_the_current_token<S: Store + ?Sized>(store: &S) {
     );
     assert_eq!(revoked_at_of(store, &session).await, Some(at(50)));
     let rotation = store
-        .rotate_refresh(&first, &fresh_hash(), at(51), GRACE)
+        .rotate_refresh(&first, &fresh_hash(), at(51), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Invalid);
 
     // Idempotent: a retry answers alike and keeps the first revocation's time.
     assert_eq!(
-        store.revoke_family_of(&first, at(60)).await.unwrap(),
+        store
+            .revoke_family_of(&first, at(60), &WebhookPlan::none())
+            .await
+            .unwrap(),
         Some(session.id)
     );
     assert_eq!(revoked_at_of(store, &session).await, Some(at(50)));
 
     assert_eq!(revoked_at_of(store, &sibling).await, None);
     let rotation = store
-        .rotate_refresh(&sibling_token, &fresh_hash(), at(70), GRACE)
+        .rotate_refresh(
+            &sibling_token,
+            &fresh_hash(),
+            at(70),
+            GRACE,
+            &WebhookPlan::none(),
+        )
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&sibling, at(70))));
@@ -958,17 +1031,20 @@ pub async fn revoke_family_of_a_spent_token<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let (second, third) = (fresh_hash(), fresh_hash());
     store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     store
-        .rotate_refresh(&second, &third, at(200), GRACE)
+        .rotate_refresh(&second, &third, at(200), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
 
     // A stale copy of the family still signs the device out, and is not taken for theft.
     assert_eq!(
-        store.revoke_family_of(&first, at(300)).await.unwrap(),
+        store
+            .revoke_family_of(&first, at(300), &WebhookPlan::none())
+            .await
+            .unwrap(),
         Some(session.id)
     );
     assert_eq!(revoked_at_of(store, &session).await, Some(at(300)));
@@ -978,13 +1054,13 @@ pub async fn revoke_family_of_a_spent_token<S: Store + ?Sized>(store: &S) {
     );
     // The family's head is dead too.
     let rotation = store
-        .rotate_refresh(&third, &fresh_hash(), at(301), GRACE)
+        .rotate_refresh(&third, &fresh_hash(), at(301), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Invalid);
     // So is the replay the grace window would otherwise have allowed.
     let rotation = store
-        .rotate_refresh(&second, &third, at(205), GRACE)
+        .rotate_refresh(&second, &third, at(205), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Invalid);
@@ -993,13 +1069,16 @@ pub async fn revoke_family_of_a_spent_token<S: Store + ?Sized>(store: &S) {
 pub async fn revoke_family_of_an_unknown_token_is_none<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     assert_eq!(
-        store.revoke_family_of(&fresh_hash(), at(10)).await.unwrap(),
+        store
+            .revoke_family_of(&fresh_hash(), at(10), &WebhookPlan::none())
+            .await
+            .unwrap(),
         None
     );
     // Nothing else was touched.
     assert_eq!(revoked_at_of(store, &session).await, None);
     let rotation = store
-        .rotate_refresh(&first, &fresh_hash(), at(11), GRACE)
+        .rotate_refresh(&first, &fresh_hash(), at(11), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&session, at(11))));
@@ -1008,9 +1087,15 @@ pub async fn revoke_family_of_an_unknown_token_is_none<S: Store + ?Sized>(store:
 pub async fn revoke_family_of_a_dead_session_keeps_it_as_it_is<S: Store + ?Sized>(store: &S) {
     // Already revoked: the token is still known, and the first revocation's time stays.
     let (revoked, first) = seeded_family(store).await;
-    assert!(store.revoke_session(revoked.id, at(10)).await.unwrap());
+    assert!(store
+        .revoke_session(revoked.id, at(10), &WebhookPlan::none())
+        .await
+        .unwrap());
     assert_eq!(
-        store.revoke_family_of(&first, at(20)).await.unwrap(),
+        store
+            .revoke_family_of(&first, at(20), &WebhookPlan::none())
+            .await
+            .unwrap(),
         Some(revoked.id)
     );
     assert_eq!(revoked_at_of(store, &revoked).await, Some(at(10)));
@@ -1019,16 +1104,19 @@ pub async fn revoke_family_of_a_dead_session_keeps_it_as_it_is<S: Store + ?Sized
     let (stolen, first) = seeded_family(store).await;
     let second = fresh_hash();
     store
-        .rotate_refresh(&first, &second, at(100), GRACE)
+        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     let rotation = store
-        .rotate_refresh(&first, &second, at(200), GRACE)
+        .rotate_refresh(&first, &second, at(200), GRACE, &WebhookPlan::none())
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::ReuseDetected(stolen.id));
     assert_eq!(
-        store.revoke_family_of(&second, at(300)).await.unwrap(),
+        store
+            .revoke_family_of(&second, at(300), &WebhookPlan::none())
+            .await
+            .unwrap(),
         Some(stolen.id)
     );
     assert_eq!(revoked_at_of(store, &stolen).await, Some(at(200)));
@@ -1037,7 +1125,7 @@ pub async fn revoke_family_of_a_dead_session_keeps_it_as_it_is<S: Store + ?Sized
     let (idle, first) = seeded_family(store).await;
     assert_eq!(
         store
-            .revoke_family_of(&first, at(IDLE_SECS + 10))
+            .revoke_family_of(&first, at(IDLE_SECS + 10), &WebhookPlan::none())
             .await
             .unwrap(),
         Some(idle.id)
@@ -1061,12 +1149,21 @@ pub async fn revoked_sessions_since_filters_by_time<S: Store + ?Sized>(store: &S
     let late = new_session(&user, Via::Token, at(0));
     let never = new_session(&user, Via::Cookie, at(0));
     for session in [&early, &late, &never] {
-        store.insert_session(session).await.unwrap();
+        store.insert_session(session, &[]).await.unwrap();
     }
     let other = seeded_session(store, Via::Token).await;
-    assert!(store.revoke_session(early.id, at(100)).await.unwrap());
-    assert!(store.revoke_session(late.id, at(200)).await.unwrap());
-    assert!(store.revoke_session(other.id, at(300)).await.unwrap());
+    assert!(store
+        .revoke_session(early.id, at(100), &WebhookPlan::none())
+        .await
+        .unwrap());
+    assert!(store
+        .revoke_session(late.id, at(200), &WebhookPlan::none())
+        .await
+        .unwrap());
+    assert!(store
+        .revoke_session(other.id, at(300), &WebhookPlan::none())
+        .await
+        .unwrap());
 
     let ours = |since: Timestamp| async move {
         let ids = [early.id, late.id, never.id, other.id];
@@ -1098,8 +1195,8 @@ pub async fn epochs_since_filters_by_time<S: Store + ?Sized>(store: &S) {
     let quiet = seeded_user(store).await;
     let bumped = seeded_user(store).await;
     let later = seeded_user(store).await;
-    assert!(store.bump_epoch(bumped.id, at(500)).await.unwrap());
-    assert!(store.bump_epoch(later.id, at(900)).await.unwrap());
+    assert!(store.bump_epoch(bumped.id, at(500), &[]).await.unwrap());
+    assert!(store.bump_epoch(later.id, at(900), &[]).await.unwrap());
     let ours = |since: Timestamp| async move {
         let ids = [quiet.id, bumped.id, later.id];
         let mut listed: Vec<(UserId, Timestamp)> = store
@@ -1152,12 +1249,15 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
     let all = [&live, &revoked, &revoked_later, &ended, &idle, &boundary];
     let mut tokens = Vec::new();
     for s in all {
-        store.insert_session(s).await.unwrap();
+        store.insert_session(s, &[]).await.unwrap();
         tokens.push(family_of(store, s).await);
     }
-    assert!(store.revoke_session(revoked.id, past(100)).await.unwrap());
     assert!(store
-        .revoke_session(revoked_later.id, past(1_000))
+        .revoke_session(revoked.id, past(100), &WebhookPlan::none())
+        .await
+        .unwrap());
+    assert!(store
+        .revoke_session(revoked_later.id, past(1_000), &WebhookPlan::none())
         .await
         .unwrap());
 
@@ -1172,7 +1272,13 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
         vec![boundary.clone(), live.clone()]
     );
     let rotation = store
-        .rotate_refresh(&tokens[0], &fresh_hash(), past(600), GRACE)
+        .rotate_refresh(
+            &tokens[0],
+            &fresh_hash(),
+            past(600),
+            GRACE,
+            &WebhookPlan::none(),
+        )
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated(touched(&live, past(600))));
@@ -1185,7 +1291,10 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
     assert_eq!(revoked_at_of(store, &revoked).await, None);
     for (s, token) in all.iter().zip(&tokens) {
         let kept = [live.id, revoked_later.id, boundary.id].contains(&s.id);
-        let family = store.revoke_family_of(token, past(2_000)).await.unwrap();
+        let family = store
+            .revoke_family_of(token, past(2_000), &WebhookPlan::none())
+            .await
+            .unwrap();
         assert_eq!(family, kept.then_some(s.id), "session {:?}", s.id);
     }
 }
@@ -1475,4 +1584,374 @@ pub async fn revocation_log_prunes_only_old_events<S: Store + ?Sized>(store: &S)
     // Sequence numbers are never reused after pruning.
     let next = store.append_event(&old, past(101)).await.unwrap();
     assert!(next > young_seq);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook outbox. Each case sends to an endpoint of its own and looks only at that endpoint's
+// messages, so cases sharing one outbox do not see each other's.
+
+/// An endpoint no other case uses.
+fn fresh_endpoint() -> String {
+    format!("https://hooks.example.test/{}", UserId::new())
+}
+
+/// An endpoint subscribed to every event.
+fn hook(endpoint: &str) -> Webhook {
+    Webhook {
+        url: endpoint.to_owned(),
+        secret: WebhookSecret::new("conformance".to_owned()),
+        events: EventType::ALL.to_vec(),
+    }
+}
+
+/// The messages for `endpoint` due at `now`, in the store's order.
+async fn due_for<S: Store + ?Sized>(
+    store: &S,
+    endpoint: &str,
+    now: Timestamp,
+) -> Vec<QueuedMessage> {
+    store
+        .due_messages(now, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|queued| queued.message.endpoint == endpoint)
+        .collect()
+}
+
+fn ids(queued: &[QueuedMessage]) -> Vec<OutboxId> {
+    queued.iter().map(|q| q.message.id).collect()
+}
+
+fn data(queued: &QueuedMessage) -> serde_json::Value {
+    let body: serde_json::Value = serde_json::from_str(&queued.message.body).unwrap();
+    assert_eq!(body["type"], queued.message.event_type.as_str());
+    assert_eq!(body["id"], queued.message.event_id.to_string());
+    body["data"].clone()
+}
+
+/// One message for `endpoint`, queued at `created_at` with a user's epoch bump.
+async fn queued_one<S: Store + ?Sized>(
+    store: &S,
+    endpoint: &str,
+    created_at: Timestamp,
+) -> OutboxId {
+    let user = seeded_user(store).await;
+    let outbox = webhooks::signed_out_everywhere(&[hook(endpoint)], user.id, 0, created_at);
+    assert!(store
+        .bump_epoch(user.id, created_at, &outbox)
+        .await
+        .unwrap());
+    outbox[0].id
+}
+
+pub async fn outbox_is_written_with_the_change<S: Store + ?Sized>(store: &S) {
+    let endpoint = fresh_endpoint();
+    let hooks = [hook(&endpoint)];
+    let user = seeded_user(store).await;
+    let session = new_session(&user, Via::Cookie, at(0));
+    let created = webhooks::session_created(&hooks, &session);
+    assert_eq!(created.len(), 1);
+    store.insert_session(&session, &created).await.unwrap();
+
+    // A change refused is an event never queued.
+    let again = webhooks::session_created(&hooks, &session);
+    assert_conflict(store.insert_session(&session, &again).await, "session");
+    let orphan = new_session(&new_user(at(0)), Via::Token, at(0));
+    let orphaned = webhooks::session_created(&hooks, &orphan);
+    assert!(store.insert_session(&orphan, &orphaned).await.is_err());
+
+    let roles = vec!["admin".to_owned()];
+    let changed = webhooks::roles_changed(&hooks, user.id, &roles, at(5));
+    assert!(store.set_roles(user.id, &roles, &changed).await.unwrap());
+    // The same roles again change nothing, so nothing is announced.
+    let unchanged = webhooks::roles_changed(&hooks, user.id, &roles, at(6));
+    assert!(store.set_roles(user.id, &roles, &unchanged).await.unwrap());
+    let stranger = UserId::new();
+    let nobody = webhooks::roles_changed(&hooks, stranger, &roles, at(6));
+    assert!(!store.set_roles(stranger, &roles, &nobody).await.unwrap());
+
+    let everywhere = webhooks::signed_out_everywhere(&hooks, user.id, 1, at(7));
+    assert!(store.bump_epoch(user.id, at(7), &everywhere).await.unwrap());
+    let nobody = webhooks::signed_out_everywhere(&hooks, stranger, 0, at(7));
+    assert!(!store.bump_epoch(stranger, at(7), &nobody).await.unwrap());
+
+    let due = due_for(store, &endpoint, at(10)).await;
+    let expected: Vec<OutboxMessage> = [created, changed, everywhere].concat();
+    let stored: Vec<OutboxMessage> = due.iter().map(|q| q.message.clone()).collect();
+    assert_eq!(stored, expected, "intact, earliest first, and nothing else");
+    for queued in &due {
+        assert_eq!(queued.attempts, 0);
+        assert_eq!(queued.last_error, None);
+        assert_eq!(queued.next_attempt_at, queued.message.created_at);
+    }
+    assert_eq!(data(&due[0])["session_id"], session.id.to_string());
+    assert_eq!(data(&due[1])["roles"], serde_json::json!(["admin"]));
+    // Due from the time of their change, not before.
+    assert_eq!(ids(&due_for(store, &endpoint, at(6)).await), ids(&due[..2]));
+}
+
+pub async fn revocations_queue_a_message_per_revoked_session<S: Store + ?Sized>(store: &S) {
+    let endpoint = fresh_endpoint();
+    let plan = WebhookPlan::session_revoked(&[hook(&endpoint)], RevokeReason::Administrator);
+    let user = seeded_user(store).await;
+    let sessions: Vec<Session> = (0..4)
+        .map(|_| new_session(&user, Via::Cookie, at(0)))
+        .collect();
+    for session in &sessions {
+        store.insert_session(session, &[]).await.unwrap();
+    }
+    let (first, keep) = (&sessions[0], &sessions[3]);
+
+    assert!(store.revoke_session(first.id, at(10), &plan).await.unwrap());
+    // Revoking nothing queues nothing: already revoked, unknown, or dead of inactivity.
+    assert!(!store.revoke_session(first.id, at(11), &plan).await.unwrap());
+    assert!(!store
+        .revoke_session(SessionId::new(), at(11), &plan)
+        .await
+        .unwrap());
+    let idle = new_session(&user, Via::Token, at(0));
+    store.insert_session(&idle, &[]).await.unwrap();
+    assert!(!store
+        .revoke_session(idle.id, at(IDLE_SECS), &plan)
+        .await
+        .unwrap());
+    assert_eq!(due_for(store, &endpoint, at(100)).await.len(), 1);
+
+    let mut revoked = store
+        .revoke_user_sessions(user.id, Some(keep.id), at(20), &plan)
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 3, "the two others and the idle one");
+    assert!(store
+        .revoke_user_sessions(user.id, Some(keep.id), at(21), &plan)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .revoke_user_sessions(UserId::new(), None, at(21), &plan)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let due = due_for(store, &endpoint, at(100)).await;
+    revoked.insert(0, first.id);
+    let mut announced: Vec<String> = Vec::new();
+    for queued in &due {
+        assert_eq!(queued.message.event_type, EventType::SessionRevoked);
+        let data = data(queued);
+        assert_eq!(data["user_id"], user.id.to_string());
+        assert_eq!(data["reason"], "administrator");
+        announced.push(data["session_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(announced[0], first.id.to_string(), "earliest first");
+    let mut expected: Vec<String> = revoked.iter().map(ToString::to_string).collect();
+    expected.sort();
+    announced.sort();
+    assert_eq!(announced, expected, "one message per revoked session");
+    assert_eq!(due[0].message.created_at, at(10));
+    assert!(due[1..].iter().all(|q| q.message.created_at == at(20)));
+}
+
+pub async fn refresh_reuse_and_family_revocation_queue_their_messages<S: Store + ?Sized>(
+    store: &S,
+) {
+    let endpoint = fresh_endpoint();
+    let plan = WebhookPlan::reuse_detected(&[hook(&endpoint)]);
+    let (session, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    // Rotation and a replay within grace are no events.
+    assert!(matches!(
+        store
+            .rotate_refresh(&first, &second, at(100), GRACE, &plan)
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh(&first, &second, at(101), GRACE, &plan)
+            .await
+            .unwrap(),
+        Rotation::Replayed(_)
+    ));
+    assert!(due_for(store, &endpoint, at(1_000)).await.is_empty());
+
+    assert_eq!(
+        store
+            .rotate_refresh(&first, &fresh_hash(), at(200), GRACE, &plan)
+            .await
+            .unwrap(),
+        Rotation::ReuseDetected(session.id)
+    );
+    // The family is dead now: presenting it again is no new event.
+    assert_eq!(
+        store
+            .rotate_refresh(&first, &fresh_hash(), at(201), GRACE, &plan)
+            .await
+            .unwrap(),
+        Rotation::Invalid
+    );
+    let due = due_for(store, &endpoint, at(1_000)).await;
+    let types: Vec<EventType> = due.iter().map(|q| q.message.event_type).collect();
+    assert_eq!(
+        types,
+        [EventType::RefreshReuseDetected, EventType::SessionRevoked]
+    );
+    for queued in &due {
+        assert_eq!(data(queued)["session_id"], session.id.to_string());
+        assert_eq!(data(queued)["user_id"], session.user_id.to_string());
+        assert_eq!(queued.message.created_at, at(200));
+    }
+    assert_eq!(data(&due[1])["reason"], "refresh_reuse_detected");
+
+    // RFC 7009: one message when the family is revoked, none when it already was.
+    let endpoint = fresh_endpoint();
+    let plan = WebhookPlan::session_revoked(&[hook(&endpoint)], RevokeReason::TokenRevoked);
+    let (family, token) = seeded_family(store).await;
+    for revoked_at in [at(50), at(60)] {
+        assert_eq!(
+            store
+                .revoke_family_of(&token, revoked_at, &plan)
+                .await
+                .unwrap(),
+            Some(family.id)
+        );
+    }
+    assert_eq!(
+        store
+            .revoke_family_of(&fresh_hash(), at(60), &plan)
+            .await
+            .unwrap(),
+        None
+    );
+    let due = due_for(store, &endpoint, at(1_000)).await;
+    assert_eq!(due.len(), 1);
+    assert_eq!(data(&due[0])["session_id"], family.id.to_string());
+    assert_eq!(data(&due[0])["reason"], "token_revoked");
+    assert_eq!(due[0].message.created_at, at(50));
+}
+
+pub async fn due_messages_come_earliest_first_and_honour_the_limit<S: Store + ?Sized>(store: &S) {
+    let endpoint = fresh_endpoint();
+    let hooks = [hook(&endpoint)];
+    let user = seeded_user(store).await;
+    // Queued out of time order: due order is by time, then by queueing order.
+    let roles = vec!["writer".to_owned()];
+    let late = webhooks::roles_changed(&hooks, user.id, &roles, at(30));
+    let early = webhooks::signed_out_everywhere(&hooks, user.id, 0, at(10));
+    let tie = webhooks::signed_out_everywhere(&hooks, user.id, 1, at(10));
+    assert!(store.set_roles(user.id, &roles, &late).await.unwrap());
+    assert!(store.bump_epoch(user.id, at(10), &early).await.unwrap());
+    assert!(store.bump_epoch(user.id, at(10), &tie).await.unwrap());
+
+    let order = vec![early[0].id, tie[0].id, late[0].id];
+    assert_eq!(ids(&due_for(store, &endpoint, at(40)).await), order);
+    assert_eq!(ids(&due_for(store, &endpoint, at(29)).await), order[..2]);
+    assert!(due_for(store, &endpoint, at(9)).await.is_empty());
+
+    let all = store.due_messages(at(40), 100_000).await.unwrap();
+    assert!(all
+        .windows(2)
+        .all(|w| w[0].next_attempt_at <= w[1].next_attempt_at));
+    assert!(all.iter().all(|q| q.next_attempt_at <= at(40)));
+    assert_eq!(store.due_messages(at(40), 1).await.unwrap().len(), 1);
+    assert_eq!(store.due_messages(at(40), 3).await.unwrap().len(), 3);
+}
+
+pub async fn claimed_message_is_hidden_until_its_claim_expires<S: Store + ?Sized>(store: &S) {
+    let endpoint = fresh_endpoint();
+    let id = queued_one(store, &endpoint, at(0)).await;
+    // Not yet due: nothing to claim.
+    assert!(!store.claim_message(id, at(-1), at(59)).await.unwrap());
+    assert!(store.claim_message(id, at(1), at(61)).await.unwrap());
+    // A second worker loses the race.
+    assert!(!store.claim_message(id, at(2), at(62)).await.unwrap());
+    assert!(due_for(store, &endpoint, at(60)).await.is_empty());
+    // The claimant never reported back (it died): the message is due again, attempts unchanged.
+    let due = due_for(store, &endpoint, at(61)).await;
+    assert_eq!(ids(&due), [id]);
+    assert_eq!(due[0].attempts, 0);
+    assert!(store.claim_message(id, at(61), at(121)).await.unwrap());
+    assert!(!store
+        .claim_message(OutboxId::new(), at(61), at(121))
+        .await
+        .unwrap());
+}
+
+pub async fn rescheduled_message_waits_until_its_next_attempt<S: Store + ?Sized>(store: &S) {
+    let endpoint = fresh_endpoint();
+    let id = queued_one(store, &endpoint, at(0)).await;
+    assert!(store.claim_message(id, at(0), at(60)).await.unwrap());
+    // The attempt's outcome replaces the claim.
+    assert!(store.reschedule(id, 1, at(5), "HTTP 500").await.unwrap());
+    assert!(due_for(store, &endpoint, at(4)).await.is_empty());
+    let due = due_for(store, &endpoint, at(5)).await;
+    assert_eq!(ids(&due), [id]);
+    assert_eq!((due[0].attempts, due[0].next_attempt_at), (1, at(5)));
+    assert_eq!(due[0].last_error.as_deref(), Some("HTTP 500"));
+    assert!(store.reschedule(id, 2, at(20), "timed out").await.unwrap());
+    assert!(due_for(store, &endpoint, at(19)).await.is_empty());
+    let due = due_for(store, &endpoint, at(20)).await;
+    assert_eq!(
+        (due[0].attempts, due[0].last_error.as_deref()),
+        (2, Some("timed out"))
+    );
+    assert!(!store
+        .reschedule(OutboxId::new(), 1, at(5), "HTTP 500")
+        .await
+        .unwrap());
+}
+
+pub async fn finished_messages_are_never_due_again<S: Store + ?Sized>(store: &S) {
+    let (one, two) = (fresh_endpoint(), fresh_endpoint());
+    let user = seeded_user(store).await;
+    // One event for two endpoints: two messages, one body.
+    let outbox = webhooks::signed_out_everywhere(&[hook(&one), hook(&two)], user.id, 0, at(0));
+    assert_eq!(outbox.len(), 2);
+    assert_eq!(outbox[0].body, outbox[1].body);
+    assert!(store.bump_epoch(user.id, at(0), &outbox).await.unwrap());
+    let (delivered, abandoned) = (outbox[0].id, outbox[1].id);
+
+    assert!(store.mark_delivered(delivered, at(1)).await.unwrap());
+    assert!(store
+        .give_up(abandoned, at(2), "endpoint no longer configured")
+        .await
+        .unwrap());
+    for id in [delivered, abandoned] {
+        assert!(!store.mark_delivered(id, at(3)).await.unwrap());
+        assert!(!store.give_up(id, at(3), "again").await.unwrap());
+        assert!(!store.reschedule(id, 1, at(3), "HTTP 500").await.unwrap());
+        assert!(!store.claim_message(id, at(3), at(60)).await.unwrap());
+    }
+    assert!(!store.mark_delivered(OutboxId::new(), at(3)).await.unwrap());
+    assert!(!store.give_up(OutboxId::new(), at(3), "x").await.unwrap());
+    let forever = at(1_000_000_000);
+    assert!(due_for(store, &one, forever).await.is_empty());
+    assert!(due_for(store, &two, forever).await.is_empty());
+}
+
+/// The one case that deletes outbox rows by time: its era is [`past`].
+pub async fn prune_outbox_removes_only_long_finished_messages<S: Store + ?Sized>(store: &S) {
+    let endpoint = fresh_endpoint();
+    let delivered = queued_one(store, &endpoint, past(0)).await;
+    let abandoned = queued_one(store, &endpoint, past(0)).await;
+    let waiting = queued_one(store, &endpoint, past(0)).await;
+    assert!(store.mark_delivered(delivered, past(10)).await.unwrap());
+    assert!(store
+        .give_up(abandoned, past(20), "HTTP 410")
+        .await
+        .unwrap());
+
+    assert_eq!(
+        store.prune_outbox(past(10)).await.unwrap(),
+        0,
+        "strictly before"
+    );
+    assert_eq!(store.prune_outbox(past(15)).await.unwrap(), 1);
+    assert_eq!(store.prune_outbox(past(15)).await.unwrap(), 0);
+    assert_eq!(store.prune_outbox(past(25)).await.unwrap(), 1);
+    // A waiting message is never pruned, however old.
+    assert_eq!(ids(&due_for(store, &endpoint, past(30)).await), [waiting]);
+    assert!(!store.mark_delivered(delivered, past(30)).await.unwrap());
 }

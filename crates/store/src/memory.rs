@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
-    SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
+    Session, SessionId, Timestamp, User, UserId,
 };
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, RevocationLog, SessionStore, UserStore,
+    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RefreshStore, RevocationLog, SessionStore,
+    UserStore,
 };
+use tessera_core::webhooks::{OutboxMessage, QueuedMessage, WebhookPlan};
 use tessera_core::{Store, StoreError};
 
 /// Everything in process memory; see the module documentation.
@@ -56,15 +58,58 @@ struct State {
     /// The revocation log, oldest first, and the last sequence number handed out.
     events: std::collections::VecDeque<(u64, Timestamp, RevocationEvent)>,
     last_event: u64,
+    /// The webhook outbox; `Sequenced` keeps queueing order for ties in `next_attempt_at`.
+    outbox: HashMap<OutboxId, Sequenced<OutboxEntry>>,
     signing_keys: HashMap<String, Sequenced<SealedKey>>,
     admin_keys: HashMap<AdminKeyId, AdminKey>,
     admin_keys_by_hash: HashMap<SecretHash, AdminKeyId>,
+}
+
+#[derive(Debug)]
+struct OutboxEntry {
+    queued: QueuedMessage,
+    /// When it was delivered or given up; it is never due again.
+    finished_at: Option<Timestamp>,
 }
 
 impl State {
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+
+    /// As the SQL primary key would: refuses the whole change before anything is written.
+    fn check_outbox(&self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
+        if messages.iter().any(|m| self.outbox.contains_key(&m.id)) {
+            return Err(StoreError::Conflict("outbox"));
+        }
+        Ok(())
+    }
+
+    /// Queues messages; callers hold the write lock of the change they report.
+    fn enqueue(&mut self, messages: impl IntoIterator<Item = OutboxMessage>) {
+        for message in messages {
+            let seq = self.next_seq();
+            let entry = OutboxEntry {
+                queued: QueuedMessage {
+                    next_attempt_at: message.created_at,
+                    message,
+                    attempts: 0,
+                    last_error: None,
+                },
+                finished_at: None,
+            };
+            self.outbox
+                .insert(entry.queued.message.id, Sequenced { seq, value: entry });
+        }
+    }
+
+    /// The entry if it is still waiting (neither delivered nor given up).
+    fn waiting(&mut self, id: OutboxId) -> Option<&mut OutboxEntry> {
+        self.outbox
+            .get_mut(&id)
+            .map(|entry| &mut entry.value)
+            .filter(|entry| entry.finished_at.is_none())
     }
 
     fn live_session(&self, id: SessionId, now: Timestamp) -> Option<&Session> {
@@ -137,21 +182,37 @@ impl UserStore for MemoryStore {
         Ok(users.into_iter().map(|u| u.value.clone()).collect())
     }
 
-    async fn set_roles(&self, id: UserId, roles: &[String]) -> Result<bool, StoreError> {
+    async fn set_roles(
+        &self,
+        id: UserId,
+        roles: &[String],
+        outbox: &[OutboxMessage],
+    ) -> Result<bool, StoreError> {
         let mut state = self.write()?;
+        state.check_outbox(outbox)?;
         let Some(user) = state.users.get_mut(&id) else {
             return Ok(false);
         };
-        user.value.roles = roles.to_vec();
+        if user.value.roles != roles {
+            user.value.roles = roles.to_vec();
+            state.enqueue(outbox.iter().cloned());
+        }
         Ok(true)
     }
 
-    async fn bump_epoch(&self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+    async fn bump_epoch(
+        &self,
+        id: UserId,
+        at: Timestamp,
+        outbox: &[OutboxMessage],
+    ) -> Result<bool, StoreError> {
         let mut state = self.write()?;
+        state.check_outbox(outbox)?;
         let Some(user) = state.users.get_mut(&id) else {
             return Ok(false);
         };
         user.value.tokens_valid_after = user.value.tokens_valid_after.max(at);
+        state.enqueue(outbox.iter().cloned());
         Ok(true)
     }
 
@@ -168,8 +229,13 @@ impl UserStore for MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+    async fn insert_session(
+        &self,
+        session: &Session,
+        outbox: &[OutboxMessage],
+    ) -> Result<(), StoreError> {
         let mut state = self.write()?;
+        state.check_outbox(outbox)?;
         let hash_taken = session
             .secret_hash
             .is_some_and(|hash| state.sessions_by_hash.contains_key(&hash));
@@ -198,6 +264,7 @@ impl SessionStore for MemoryStore {
                 value: session.clone(),
             },
         );
+        state.enqueue(outbox.iter().cloned());
         Ok(())
     }
 
@@ -233,11 +300,18 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError> {
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        at: Timestamp,
+        plan: &WebhookPlan,
+    ) -> Result<bool, StoreError> {
         let mut state = self.write()?;
         match state.sessions.get_mut(&id) {
             Some(session) if session.value.is_live(at) => {
                 session.value.revoked_at = Some(at);
+                let user = session.value.user_id;
+                state.enqueue(plan.messages(id, user, at));
                 Ok(true)
             }
             _ => Ok(false),
@@ -249,6 +323,7 @@ impl SessionStore for MemoryStore {
         user: UserId,
         keep: Option<SessionId>,
         at: Timestamp,
+        plan: &WebhookPlan,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut state = self.write()?;
         let State {
@@ -267,6 +342,9 @@ impl SessionStore for MemoryStore {
                     revoked.push(*id);
                 }
             }
+        }
+        for id in &revoked {
+            state.enqueue(plan.messages(*id, user, at));
         }
         Ok(revoked)
     }
@@ -371,6 +449,7 @@ impl RefreshStore for MemoryStore {
         successor: &SecretHash,
         now: Timestamp,
         grace: Duration,
+        on_reuse: &WebhookPlan,
     ) -> Result<Rotation, StoreError> {
         // One write lock for the whole decision: two rotations of one token cannot interleave.
         let mut state = self.write()?;
@@ -421,6 +500,7 @@ impl RefreshStore for MemoryStore {
         if let Some(stored) = state.sessions.get_mut(&session_id) {
             stored.value.revoked_at = Some(now);
         }
+        state.enqueue(on_reuse.messages(session_id, session.user_id, now));
         Ok(Rotation::ReuseDetected(session_id))
     }
 
@@ -428,13 +508,21 @@ impl RefreshStore for MemoryStore {
         &self,
         presented: &SecretHash,
         at: Timestamp,
+        plan: &WebhookPlan,
     ) -> Result<Option<SessionId>, StoreError> {
         let mut state = self.write()?;
         let Some(session_id) = state.refresh.get(presented).map(|e| e.record.session_id) else {
             return Ok(None);
         };
+        let mut revoked_now = None;
         if let Some(stored) = state.sessions.get_mut(&session_id) {
-            stored.value.revoked_at.get_or_insert(at);
+            if stored.value.revoked_at.is_none() {
+                stored.value.revoked_at = Some(at);
+                revoked_now = Some(stored.value.user_id);
+            }
+        }
+        if let Some(user) = revoked_now {
+            state.enqueue(plan.messages(session_id, user, at));
         }
         Ok(Some(session_id))
     }
@@ -518,6 +606,89 @@ impl RevocationLog for MemoryStore {
         let len = state.events.len();
         state.events.retain(|(_, at, _)| *at >= before);
         Ok(u64::try_from(len - state.events.len()).unwrap_or(u64::MAX))
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
+    async fn due_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let state = self.read()?;
+        let mut due: Vec<&Sequenced<OutboxEntry>> = state
+            .outbox
+            .values()
+            .filter(|e| e.value.finished_at.is_none() && e.value.queued.next_attempt_at <= now)
+            .collect();
+        due.sort_by_key(|e| (e.value.queued.next_attempt_at, e.seq));
+        Ok(due
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|e| e.value.queued.clone())
+            .collect())
+    }
+
+    async fn claim_message(
+        &self,
+        id: OutboxId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        match state.waiting(id) {
+            Some(entry) if entry.queued.next_attempt_at <= now => {
+                entry.queued.next_attempt_at = until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn mark_delivered(&self, id: OutboxId, at: Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        let Some(entry) = state.waiting(id) else {
+            return Ok(false);
+        };
+        entry.finished_at = Some(at);
+        Ok(true)
+    }
+
+    async fn reschedule(
+        &self,
+        id: OutboxId,
+        attempts: u32,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        let Some(entry) = state.waiting(id) else {
+            return Ok(false);
+        };
+        entry.queued.attempts = attempts;
+        entry.queued.next_attempt_at = next_attempt_at;
+        entry.queued.last_error = Some(error.to_owned());
+        Ok(true)
+    }
+
+    async fn give_up(&self, id: OutboxId, at: Timestamp, error: &str) -> Result<bool, StoreError> {
+        let mut state = self.write()?;
+        let Some(entry) = state.waiting(id) else {
+            return Ok(false);
+        };
+        entry.finished_at = Some(at);
+        entry.queued.last_error = Some(error.to_owned());
+        Ok(true)
+    }
+
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.write()?;
+        let len = state.outbox.len();
+        state
+            .outbox
+            .retain(|_, e| e.value.finished_at.is_none_or(|at| at >= before));
+        Ok(u64::try_from(len - state.outbox.len()).unwrap_or(u64::MAX))
     }
 }
 

@@ -10,6 +10,9 @@
 //! Read-modify-write sequences (refresh rotation) run in `BEGIN IMMEDIATE` transactions,
 //! which take the write lock up front: another process on the same file then waits in
 //! `busy_timeout` rather than deadlocking on a lock upgrade.
+//!
+//! Webhook messages (SPEC §3) are inserted into `webhook_outbox` inside the transaction of
+//! the change they report, so the change and its event commit or vanish together.
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -17,18 +20,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::Row as _;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, RefreshRecord, RevocationEvent, Rotation, SealedKey, Session,
-    SessionId, Timestamp, User, UserId, Via,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
+    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, RefreshStore, RevocationLog, SessionStore, UserStore,
+    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RefreshStore, RevocationLog, SessionStore,
+    UserStore,
 };
+use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage, WebhookPlan};
 use tessera_core::{Store, StoreError};
 
 /// How long a connection waits for another process's write lock before giving up.
@@ -53,6 +58,12 @@ const SESSION_LIVE: &str = "revoked_at IS NULL \
 const SESSION_ENDED_BEFORE: &str = "(revoked_at < ?1 \
      OR MIN(last_seen_at + idle_timeout_secs, expires_at) < ?1)";
 
+const OUTBOX_COLUMNS: &str = "id, event_id, endpoint, event_type, body, attempts, \
+     next_attempt_at, created_at, last_error";
+
+/// A `webhook_outbox` row still waiting for delivery (the partial index's condition).
+const OUTBOX_WAITING: &str = "delivered_at IS NULL AND given_up_at IS NULL";
+
 /// A SQLite-backed [`Store`]; see the module documentation. Cloning shares the pools.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -61,6 +72,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// A write transaction that holds the write lock from its first statement (see the module
+    /// documentation). Dropping it without `commit` rolls it back.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)
+    }
+
     /// Opens (creating it if missing) the database at `url_or_path` — `sqlite://PATH`,
     /// `sqlite:PATH` or a plain file path — and brings its schema up to date.
     ///
@@ -241,6 +261,49 @@ fn admin_key_from_row(row: &SqliteRow) -> Result<AdminKey, StoreError> {
     })
 }
 
+fn queued_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
+    let event_type: String = get(row, "event_type")?;
+    let attempts: i64 = get(row, "attempts")?;
+    Ok(QueuedMessage {
+        message: OutboxMessage {
+            id: id(row, "id", OutboxId::parse)?,
+            event_id: id(row, "event_id", WebhookEventId::parse)?,
+            endpoint: get(row, "endpoint")?,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| corrupt("event_type", format!("{event_type:?}")))?,
+            body: get(row, "body")?,
+            created_at: timestamp(row, "created_at")?,
+        },
+        attempts: u32::try_from(attempts).map_err(|err| corrupt("attempts", err))?,
+        next_attempt_at: timestamp(row, "next_attempt_at")?,
+        last_error: get(row, "last_error")?,
+    })
+}
+
+/// Queues `messages` on `conn`, which is inside the transaction of the change they report.
+async fn enqueue(
+    conn: &mut SqliteConnection,
+    messages: impl IntoIterator<Item = OutboxMessage>,
+) -> Result<(), StoreError> {
+    for message in messages {
+        sqlx::query(
+            "INSERT INTO webhook_outbox \
+             (id, event_id, endpoint, event_type, body, next_attempt_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        )
+        .bind(message.id.to_string())
+        .bind(message.event_id.to_string())
+        .bind(&message.endpoint)
+        .bind(message.event_type.as_str())
+        .bind(&message.body)
+        .bind(message.created_at.as_unix())
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| insert_failed(err, |_| "outbox"))?;
+    }
+    Ok(())
+}
+
 fn roles_json(roles: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(roles).map_err(|err| StoreError::Unavailable(err.to_string()))
 }
@@ -304,27 +367,58 @@ impl UserStore for SqliteStore {
             .collect()
     }
 
-    async fn set_roles(&self, id: UserId, roles: &[String]) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET roles = ?1 WHERE id = ?2")
-            .bind(roles_json(roles)?)
+    async fn set_roles(
+        &self,
+        id: UserId,
+        roles: &[String],
+        outbox: &[OutboxMessage],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let Some(stored) = sqlx::query_scalar::<_, String>("SELECT roles FROM users WHERE id = ?1")
             .bind(id.to_string())
-            .execute(&self.writer)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
+            .map_err(unavailable)?
+        else {
+            return Ok(false);
+        };
+        let stored: Vec<String> =
+            serde_json::from_str(&stored).map_err(|err| corrupt("roles", err))?;
+        if stored != roles {
+            sqlx::query("UPDATE users SET roles = ?1 WHERE id = ?2")
+                .bind(roles_json(roles)?)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            enqueue(&mut tx, outbox.iter().cloned()).await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
     }
 
-    async fn bump_epoch(&self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+    async fn bump_epoch(
+        &self,
+        id: UserId,
+        at: Timestamp,
+        outbox: &[OutboxMessage],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         // SQLite counts every row the WHERE matched, changed or not: `true` means "exists".
         let done = sqlx::query(
             "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after, ?1) WHERE id = ?2",
         )
         .bind(at.as_unix())
         .bind(id.to_string())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        enqueue(&mut tx, outbox.iter().cloned()).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
     }
 
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
@@ -346,7 +440,12 @@ impl UserStore for SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+    async fn insert_session(
+        &self,
+        session: &Session,
+        outbox: &[OutboxMessage],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(&format!(
             "INSERT INTO sessions ({SESSION_COLUMNS}) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
@@ -362,9 +461,11 @@ impl SessionStore for SqliteStore {
         .bind(session.user_agent.as_deref())
         .bind(session.ip.as_deref())
         .bind(session.revoked_at.map(Timestamp::as_unix))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(|err| insert_failed(err, |_| "session"))?;
+        enqueue(&mut tx, outbox.iter().cloned()).await?;
+        tx.commit().await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -418,16 +519,29 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    async fn revoke_session(&self, id: SessionId, at: Timestamp) -> Result<bool, StoreError> {
-        let done = sqlx::query(&format!(
-            "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND {SESSION_LIVE}"
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        at: Timestamp,
+        plan: &WebhookPlan,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let Some(row) = sqlx::query(&format!(
+            "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND {SESSION_LIVE} \
+             RETURNING user_id"
         ))
         .bind(at.as_unix())
         .bind(id.to_string())
-        .execute(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
+        .map_err(unavailable)?
+        else {
+            return Ok(false);
+        };
+        let user = self::id(&row, "user_id", UserId::parse)?;
+        enqueue(&mut tx, plan.messages(id, user, at)).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
     }
 
     async fn revoke_user_sessions(
@@ -435,8 +549,10 @@ impl SessionStore for SqliteStore {
         user: UserId,
         keep: Option<SessionId>,
         at: Timestamp,
+        plan: &WebhookPlan,
     ) -> Result<Vec<SessionId>, StoreError> {
-        let rows = sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let revoked = sqlx::query(
             "UPDATE sessions SET revoked_at = ?1 \
              WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
              RETURNING id",
@@ -444,15 +560,17 @@ impl SessionStore for SqliteStore {
         .bind(at.as_unix())
         .bind(user.to_string())
         .bind(keep.map(|id| id.to_string()))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id").map_err(unavailable)?;
-                SessionId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))
-            })
-            .collect()
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| id(row, "id", SessionId::parse))
+        .collect::<Result<Vec<_>, _>>()?;
+        for session in &revoked {
+            enqueue(&mut tx, plan.messages(*session, user, at)).await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(revoked)
     }
 
     async fn list_live_sessions(
@@ -547,6 +665,7 @@ impl RefreshStore for SqliteStore {
         successor: &SecretHash,
         now: Timestamp,
         grace: Duration,
+        on_reuse: &WebhookPlan,
     ) -> Result<Rotation, StoreError> {
         // IMMEDIATE takes the write lock before the first read, so the decision and its
         // effect are one step even against another process on the same file. Dropping the
@@ -598,6 +717,7 @@ impl RefreshStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
+            enqueue(&mut tx, on_reuse.messages(session_id, session.user_id, now)).await?;
             Rotation::ReuseDetected(session_id)
         } else {
             sqlx::query(
@@ -635,14 +755,11 @@ impl RefreshStore for SqliteStore {
         &self,
         presented: &SecretHash,
         at: Timestamp,
+        plan: &WebhookPlan,
     ) -> Result<Option<SessionId>, StoreError> {
         // Lookup and revocation in one transaction, so a concurrent purge cannot slip between
         // them; `revoked_at IS NULL` keeps the first revocation's time.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
+        let mut tx = self.write_tx().await?;
         let Some(token) = sqlx::query("SELECT session_id FROM refresh_tokens WHERE hash = ?1")
             .bind(presented.as_bytes().as_slice())
             .fetch_optional(&mut *tx)
@@ -652,12 +769,19 @@ impl RefreshStore for SqliteStore {
             return Ok(None);
         };
         let session_id = id(&token, "session_id", SessionId::parse)?;
-        sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL")
-            .bind(at.as_unix())
-            .bind(session_id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL \
+             RETURNING user_id",
+        )
+        .bind(at.as_unix())
+        .bind(session_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(row) = revoked {
+            let user = id(&row, "user_id", UserId::parse)?;
+            enqueue(&mut tx, plan.messages(session_id, user, at)).await?;
+        }
         tx.commit().await.map_err(unavailable)?;
         Ok(Some(session_id))
     }
@@ -770,6 +894,107 @@ impl RevocationLog for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn due_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        // A reader: an idle outbox costs a worker's poll no write lock.
+        sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM webhook_outbox \
+             WHERE {OUTBOX_WAITING} AND next_attempt_at <= ?1 \
+             ORDER BY next_attempt_at, rowid LIMIT ?2"
+        ))
+        .bind(now.as_unix())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(queued_from_row)
+        .collect()
+    }
+
+    async fn claim_message(
+        &self,
+        id: OutboxId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // One statement: the check and the claim cannot interleave with another worker's.
+        let done = sqlx::query(&format!(
+            "UPDATE webhook_outbox SET next_attempt_at = ?3 \
+             WHERE id = ?1 AND {OUTBOX_WAITING} AND next_attempt_at <= ?2"
+        ))
+        .bind(id.to_string())
+        .bind(now.as_unix())
+        .bind(until.as_unix())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn mark_delivered(&self, id: OutboxId, at: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE webhook_outbox SET delivered_at = ?2 WHERE id = ?1 AND {OUTBOX_WAITING}"
+        ))
+        .bind(id.to_string())
+        .bind(at.as_unix())
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn reschedule(
+        &self,
+        id: OutboxId,
+        attempts: u32,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE webhook_outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 \
+             WHERE id = ?1 AND {OUTBOX_WAITING}"
+        ))
+        .bind(id.to_string())
+        .bind(i64::from(attempts))
+        .bind(next_attempt_at.as_unix())
+        .bind(error)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn give_up(&self, id: OutboxId, at: Timestamp, error: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE webhook_outbox SET given_up_at = ?2, last_error = ?3 \
+             WHERE id = ?1 AND {OUTBOX_WAITING}"
+        ))
+        .bind(id.to_string())
+        .bind(at.as_unix())
+        .bind(error)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM webhook_outbox WHERE delivered_at < ?1 OR given_up_at < ?1")
+                .bind(before.as_unix())
+                .execute(&self.writer)
+                .await
+                .map_err(unavailable)?;
         Ok(done.rows_affected())
     }
 }

@@ -10,6 +10,7 @@ use tessera_core::model::{
 };
 use tessera_core::secret::SessionSecret;
 use tessera_core::store::{RefreshStore as _, SessionStore as _, UserStore as _};
+use tessera_core::webhooks::WebhookPlan;
 use tessera_store::SqliteStore;
 
 /// The store first, so it is dropped before its directory.
@@ -59,7 +60,7 @@ async fn data_survives_reopening() {
 
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
     store.insert_user(&user).await.unwrap();
-    store.insert_session(&session).await.unwrap();
+    store.insert_session(&session, &[]).await.unwrap();
     store.close().await;
     drop(store);
 
@@ -73,7 +74,10 @@ async fn data_survives_reopening() {
         Some(session.clone())
     );
     // Dropped without `close`, as a crashing process would leave it.
-    assert!(store.revoke_session(session.id, now).await.unwrap());
+    assert!(store
+        .revoke_session(session.id, now, &WebhookPlan::none())
+        .await
+        .unwrap());
     drop(store);
     let store = tessera_store::open(&format!("sqlite://{}", path.display()))
         .await
@@ -136,7 +140,7 @@ async fn two_stores_share_one_file() {
     // One refresh token rotated through both stores at once: exactly one rotation wins.
     let owner = &users[0];
     let device = session(owner, Via::Token, now);
-    a.insert_session(&device).await.unwrap();
+    a.insert_session(&device, &[]).await.unwrap();
     let first = SessionSecret::generate().to_hash();
     let record = RefreshRecord {
         hash: first,
@@ -150,11 +154,17 @@ async fn two_stores_share_one_file() {
     let (x, y) = tokio::join!(
         tokio::spawn({
             let a = a.clone();
-            async move { a.rotate_refresh(&first, &second, now, grace).await }
+            async move {
+                a.rotate_refresh(&first, &second, now, grace, &WebhookPlan::none())
+                    .await
+            }
         }),
         tokio::spawn({
             let b = b.clone();
-            async move { b.rotate_refresh(&first, &second, now, grace).await }
+            async move {
+                b.rotate_refresh(&first, &second, now, grace, &WebhookPlan::none())
+                    .await
+            }
         }),
     );
     let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];

@@ -1,0 +1,307 @@
+//! Webhook delivery (SPEC §3): a worker that sends what the outbox holds.
+//!
+//! The store queues each message in the transaction of the change it reports; this worker
+//! polls for due messages, claims each one (so several nodes on one database do not send it
+//! at the same time), POSTs its body signed with the endpoint's secret, and records the
+//! outcome: delivered on a 2xx, otherwise retried with exponential backoff until
+//! [`MAX_ATTEMPTS`]. A message leaves the queue only once delivered or given up, so a crash
+//! or restart at any point sends it again rather than losing it: delivery is at-least-once,
+//! and receivers drop duplicates by the body's `id`.
+//!
+//! Secrets are looked up in the configuration by endpoint URL at each attempt, never stored
+//! with the message. Neither secrets nor bodies are logged, and endpoints appear in logs by
+//! origin only, since a URL's path may itself be a credential.
+//!
+//! Wiring: `let webhooks = webhooks::spawn(Arc::clone(&tessera));` when the server starts,
+//! `webhooks.abort()` when it stops.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tessera_core::config::origin_of;
+use tessera_core::model::Timestamp;
+use tessera_core::service::Tessera;
+use tessera_core::webhooks::{signature_header, QueuedMessage, Webhook, SIGNATURE_HEADER};
+use tessera_core::StoreError;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How often the outbox is polled: the usual delay between a change and its first attempt.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long one attempt may take, connection included; a slower endpoint counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts before a message is given up: with [`backoff`], about nine hours of retries.
+pub const MAX_ATTEMPTS: u32 = 20;
+
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+
+/// Messages claimed per poll and sent concurrently, so one slow endpoint delays the rest of
+/// the queue by at most one timeout.
+const BATCH: u32 = 32;
+
+/// How long a claim hides a message from other workers. Longer than an attempt can take, so a
+/// slow attempt is not duplicated; if the worker dies holding it, the message is sent again
+/// once it expires.
+const CLAIM: Duration = Duration::from_secs(60);
+
+/// How long a message may wait for an endpoint this node does not know before it is given
+/// up. Nodes sharing a database may briefly disagree on `[[webhooks]]` during a rolling
+/// restart; a node that lacks the endpoint leaves the message to one that has it.
+const UNKNOWN_ENDPOINT_GRACE: Duration = Duration::from_secs(600);
+
+/// The longest `last_error` kept: enough to tell a timeout from a 500.
+const MAX_ERROR_LEN: usize = 200;
+
+/// Starts the delivery worker; it runs until the handle is aborted.
+pub fn spawn(tessera: Arc<Tessera>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let worker = match Worker::new(tessera) {
+            Ok(worker) => worker,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks will not be delivered");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // A full batch that was sent means a backlog: take the next one without waiting.
+            loop {
+                match worker.pass().await {
+                    Ok((due, sent)) if due >= BATCH as usize && sent > 0 => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the webhook outbox");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Sends due outbox messages; [`spawn`] runs one in a loop.
+pub struct Worker {
+    tessera: Arc<Tessera>,
+    client: reqwest::Client,
+}
+
+impl Worker {
+    pub fn new(tessera: Arc<Tessera>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            // A redirect is not an acknowledgement: the endpoint's URL is the one configured.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Tessera-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { tessera, client })
+    }
+
+    /// One pass: every message due now (up to a batch) gets one attempt, concurrently; returns
+    /// how many were sent (whatever the answer). Waits for all of them, so passes never
+    /// overlap.
+    pub async fn deliver_due(&self) -> Result<usize, StoreError> {
+        Ok(self.pass().await?.1)
+    }
+
+    /// [`deliver_due`](Self::deliver_due), also returning how many messages were due.
+    async fn pass(&self) -> Result<(usize, usize), StoreError> {
+        let due = self
+            .tessera
+            .store()
+            .due_messages(Timestamp::now(), BATCH)
+            .await?;
+        let taken = due.len();
+        let mut attempts = JoinSet::new();
+        for queued in due {
+            let (tessera, client) = (Arc::clone(&self.tessera), self.client.clone());
+            attempts.spawn(async move { attempt(&tessera, &client, queued).await });
+        }
+        let mut attempted = 0;
+        while let Some(outcome) = attempts.join_next().await {
+            match outcome {
+                Ok(Ok(true)) => attempted += 1,
+                Ok(Ok(false)) => {}
+                // The claim expires and another attempt follows: nothing is lost.
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot record a webhook attempt"),
+                Err(e) => tracing::error!(error = %e, "webhook attempt task failed"),
+            }
+        }
+        Ok((taken, attempted))
+    }
+}
+
+/// Claims `queued`, sends it and records the outcome; `false` if another worker had it or it
+/// was not sent.
+async fn attempt(
+    tessera: &Tessera,
+    client: &reqwest::Client,
+    queued: QueuedMessage,
+) -> Result<bool, StoreError> {
+    let store = tessera.store();
+    let message = &queued.message;
+    let endpoint = origin_of(&message.endpoint).unwrap_or_default();
+    let now = Timestamp::now();
+    let Some(webhook) = tessera
+        .config()
+        .webhooks
+        .iter()
+        .find(|w| w.url == message.endpoint)
+    else {
+        let waited = Duration::from_secs(now.seconds_since(message.created_at));
+        if waited < UNKNOWN_ENDPOINT_GRACE {
+            // Another node may know it; look again after a claim's length.
+            if store
+                .claim_message(message.id, now, now.saturating_add(CLAIM))
+                .await?
+            {
+                tracing::debug!(message = %message.id, %endpoint,
+                    "webhook endpoint not configured on this node; message left for another");
+            }
+            return Ok(false);
+        }
+        if store
+            .give_up(message.id, now, "endpoint no longer configured")
+            .await?
+        {
+            tracing::warn!(message = %message.id, event = %message.event_type, %endpoint,
+                "webhook endpoint no longer configured; message given up");
+        }
+        return Ok(false);
+    };
+    if !store
+        .claim_message(message.id, now, now.saturating_add(CLAIM))
+        .await?
+    {
+        return Ok(false);
+    }
+    let outcome = post(client, webhook, &message.body).await;
+    let at = Timestamp::now();
+    match outcome {
+        Ok(()) => {
+            store.mark_delivered(message.id, at).await?;
+            tracing::debug!(message = %message.id, event = %message.event_type, %endpoint, "webhook delivered");
+        }
+        Err(error) => {
+            let attempts = queued.attempts.saturating_add(1);
+            if attempts >= MAX_ATTEMPTS {
+                store.give_up(message.id, at, &error).await?;
+                tracing::warn!(message = %message.id, event = %message.event_type, %endpoint,
+                    attempts, %error, "webhook given up");
+            } else {
+                let next = retry_at(attempts);
+                store.reschedule(message.id, attempts, next, &error).await?;
+                tracing::info!(message = %message.id, event = %message.event_type, %endpoint,
+                    attempts, %error, retry_at = %next.to_rfc3339(), "webhook attempt failed");
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// POSTs `body` to the endpoint, signed now; `Err` says briefly why it was not acknowledged.
+async fn post(client: &reqwest::Client, webhook: &Webhook, body: &str) -> Result<(), String> {
+    let signature = signature_header(&webhook.secret, Timestamp::now(), body.as_bytes());
+    let response = client
+        .post(&webhook.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", status.as_u16()))
+    }
+}
+
+/// A failed request in a few words. `reqwest`'s own message names the URL, which may carry a
+/// credential, so the innermost cause (refused, DNS, TLS …) is used instead.
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut cause = std::error::Error::source(error);
+    let mut root = None;
+    while let Some(next) = cause {
+        root = Some(next);
+        cause = next.source();
+    }
+    let text = match root {
+        Some(root) => format!("{kind}: {root}"),
+        None => kind.to_owned(),
+    };
+    truncate(text, MAX_ERROR_LEN)
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The wait before attempt `attempts + 1`, after `attempts` failures: 1 s, 2 s, 4 s … doubling
+/// up to [`MAX_BACKOFF`].
+pub fn backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(63);
+    Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF)
+}
+
+/// When the next attempt is due: [`backoff`] from now, rounded up to the next whole second
+/// (the outbox's resolution), so no retry ever comes sooner than its backoff.
+fn retry_at(attempts: u32) -> Timestamp {
+    let due = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(backoff(attempts));
+    let seconds = due.as_secs() + u64::from(due.subsec_nanos() > 0);
+    Timestamp::from_unix(i64::try_from(seconds).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_an_hour() {
+        let waits: Vec<u64> = (1..=14).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+        let total: u64 = (1..MAX_ATTEMPTS).map(|n| backoff(n).as_secs()).sum();
+        assert!((8 * 3_600..12 * 3_600).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn retries_are_never_early() {
+        let before = Timestamp::now();
+        let at = retry_at(1);
+        assert!(at.as_unix() > before.as_unix());
+        assert!(at.as_unix() <= before.as_unix() + 2);
+    }
+
+    #[test]
+    fn errors_are_cut_at_a_char_boundary() {
+        let text = truncate("é".repeat(150), MAX_ERROR_LEN);
+        assert!(text.len() <= MAX_ERROR_LEN);
+        assert_eq!(truncate("short".to_owned(), 10), "short");
+    }
+}
