@@ -20,7 +20,7 @@ use crate::model::{
     Timestamp, User, UserId, Via,
 };
 use crate::password::{check_policy, PasswordHasher};
-use crate::revocation::{CachedSession, RevocationCache, RevocationFeed, StoreFeed};
+use crate::revocation::{CachedSession, RevocationCache, RevocationFeed, Revoked, StoreFeed};
 use crate::secret::{AdminSecret, Password, RefreshToken, SessionSecret};
 use crate::store::Store;
 use crate::verify::{Claims, VerifyError};
@@ -82,6 +82,40 @@ pub struct Principal {
     /// checked against the revocation cache alone (the hot path reads no record). Use
     /// [`Tessera::session_of`] to get it either way.
     pub session: Option<Session>,
+}
+
+/// A refused credential: the error the caller gets, and the reason, a short code for metrics
+/// and logs (`expired`, `session_revoked`, `jti_denied` …) that never reaches a response body.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: &'static str,
+    pub error: AuthError,
+}
+
+impl Refused {
+    fn because(reason: &'static str) -> Self {
+        Self {
+            reason,
+            error: AuthError::Unauthenticated,
+        }
+    }
+
+    fn from_error(error: AuthError) -> Self {
+        let reason = match error {
+            AuthError::Store(_) => "unavailable",
+            _ => "unauthenticated",
+        };
+        Self { reason, error }
+    }
+}
+
+impl From<crate::StoreError> for Refused {
+    fn from(e: crate::StoreError) -> Self {
+        Self {
+            reason: "unavailable",
+            error: AuthError::Store(e),
+        }
+    }
 }
 
 /// A successful cookie login: the secret goes into `Set-Cookie` and nowhere else.
@@ -439,6 +473,13 @@ impl Tessera {
         &self,
         secret: &SessionSecret,
     ) -> Result<Principal, AuthError> {
+        self.check_cookie(secret)
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// As [`authenticate_cookie`](Self::authenticate_cookie), saying why a cookie was refused.
+    pub async fn check_cookie(&self, secret: &SessionSecret) -> Result<Principal, Refused> {
         let now = Timestamp::now();
         let hash = secret.to_hash();
         let cached_mode = self.effective_mode() == RevocationMode::Cached;
@@ -464,13 +505,16 @@ impl Tessera {
             .store
             .find_live_session_by_hash(&hash, now)
             .await?
-            .ok_or(AuthError::Unauthenticated)?;
+            .ok_or(Refused::because("session_not_live"))?;
         let user = self
             .store
             .find_user(session.user_id)
             .await?
-            .ok_or(AuthError::Unauthenticated)?;
-        let session = self.touch(session, now).await?;
+            .ok_or(Refused::because("session_not_live"))?;
+        let session = self
+            .touch(session, now)
+            .await
+            .map_err(Refused::from_error)?;
         if cached_mode {
             self.cache.insert_cookie(
                 hash,
@@ -686,21 +730,34 @@ impl Tessera {
     /// state, no store call; `strict` (and `cached` while its feed is stale) — the store:
     /// live session, epoch, denylist.
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims = self.verify_token(token).await?;
+        self.check_bearer(token)
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// As [`authenticate_bearer`](Self::authenticate_bearer), saying why a token was refused.
+    pub async fn check_bearer(&self, token: &str) -> Result<Principal, Refused> {
+        let claims = self
+            .check_token(token)
+            .await
+            .map_err(|e| Refused::because(e.reason()))?;
         let (Some(user_id), Some(session_id)) =
             (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
         else {
-            return Err(AuthError::Unauthenticated);
+            return Err(Refused::because("invalid_claims"));
         };
         let session = match self.effective_mode() {
             RevocationMode::None => None,
             RevocationMode::Cached => {
-                if self
-                    .cache
-                    .check_token(user_id, session_id, claims.iat, &claims.jti)
-                    .is_some()
+                if let Some(revoked) =
+                    self.cache
+                        .check_token(user_id, session_id, claims.iat, &claims.jti)
                 {
-                    return Err(AuthError::Unauthenticated);
+                    return Err(Refused::because(match revoked {
+                        Revoked::Session => "session_revoked",
+                        Revoked::Epoch => "epoch_passed",
+                        Revoked::Jti => "jti_denied",
+                    }));
                 }
                 None
             }
@@ -723,23 +780,24 @@ impl Tessera {
         claims: &Claims,
         user_id: UserId,
         session_id: SessionId,
-    ) -> Result<Session, AuthError> {
+    ) -> Result<Session, Refused> {
         let now = Timestamp::now();
         let session = self
             .store
             .find_live_session(session_id, now)
             .await?
             .filter(|s| s.user_id == user_id)
-            .ok_or(AuthError::Unauthenticated)?;
+            .ok_or(Refused::because("session_not_live"))?;
         let user = self
             .store
             .find_user(user_id)
             .await?
-            .ok_or(AuthError::Unauthenticated)?;
-        if claims.iat < user.tokens_valid_after.as_unix()
-            || self.store.is_jti_denied(&claims.jti, now).await?
-        {
-            return Err(AuthError::Unauthenticated);
+            .ok_or(Refused::because("session_not_live"))?;
+        if claims.iat < user.tokens_valid_after.as_unix() {
+            return Err(Refused::because("epoch_passed"));
+        }
+        if self.store.is_jti_denied(&claims.jti, now).await? {
+            return Err(Refused::because("jti_denied"));
         }
         Ok(session)
     }
@@ -797,7 +855,10 @@ impl Tessera {
             .await
         {
             Ok(_) => Ok(Some(claims)),
-            Err(AuthError::Store(e)) => Err(AuthError::Store(e)),
+            Err(Refused {
+                error: AuthError::Store(e),
+                ..
+            }) => Err(AuthError::Store(e)),
             Err(_) => Ok(None),
         }
     }

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tessera_core::model::{Session, SessionId, Timestamp, User, Via};
 use tessera_core::secret::Password;
-use tessera_core::service::Principal;
+use tessera_core::service::{Principal, Refused};
 use tessera_core::AuthError;
 use utoipa::{IntoParams, ToSchema};
 
@@ -341,22 +341,33 @@ static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let config = state.tessera.config();
     let outcome = match Credential::from_headers(&headers, &config.cookie_name) {
-        Some(Credential::Bearer(token)) => state.tessera.authenticate_bearer(token).await,
-        Some(Credential::Cookie(secret)) => state.tessera.authenticate_cookie(&secret).await,
-        None => Err(AuthError::Unauthenticated),
+        Some(Credential::Bearer(token)) => state.tessera.check_bearer(token).await,
+        Some(Credential::Cookie(secret)) => state.tessera.check_cookie(&secret).await,
+        None => Err(Refused {
+            reason: "missing_credential",
+            error: AuthError::Unauthenticated,
+        }),
     };
-    match outcome {
-        Ok(principal) => identity_response(&principal),
-        Err(AuthError::Store(e)) => ApiError::Auth(AuthError::Store(e)).into_response(),
-        Err(_) => {
+    let (mut response, reason) = match outcome {
+        Ok(principal) => (identity_response(&principal), "ok"),
+        Err(Refused {
+            reason,
+            error: AuthError::Store(e),
+        }) => (ApiError::Auth(AuthError::Store(e)).into_response(), reason),
+        Err(Refused { reason, .. }) => {
             let mut response = StatusCode::UNAUTHORIZED.into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
-            response
+            (response, reason)
         }
-    }
+    };
+    // For `tessera_verify_total{outcome}`; never sent to the client.
+    response
+        .extensions_mut()
+        .insert(crate::ops::VerifyReason(reason));
+    response
 }
 
 fn identity_response(principal: &Principal) -> Response {

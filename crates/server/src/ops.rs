@@ -412,8 +412,35 @@ impl RouteRow {
     }
 }
 
-/// Outcome slots of `tessera_verify_total`.
-const VERIFY_OUTCOMES: [&str; 3] = ["ok", "unauthenticated", "unavailable"];
+/// Outcome slots of `tessera_verify_total`: `ok`, or why the credential was refused (the
+/// reasons of `tessera_core::service::Refused` and `tessera_verify::VerifyError::reason`).
+/// A fixed list, so the label set is bounded and counting needs no allocation.
+const VERIFY_OUTCOMES: [&str; 19] = [
+    "ok",
+    "missing_credential",
+    "too_large",
+    "malformed",
+    "wrong_type",
+    "unknown_key",
+    "algorithm_mismatch",
+    "invalid_signature",
+    "expired",
+    "wrong_issuer",
+    "wrong_audience",
+    "invalid_claims",
+    "invalid_key",
+    "session_revoked",
+    "epoch_passed",
+    "jti_denied",
+    "session_not_live",
+    "unauthenticated",
+    "unavailable",
+];
+
+/// Why `/v1/verify` answered as it did, left in the response's extensions by the handler for
+/// the metrics layer.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyReason(pub &'static str);
 
 /// Request metrics for every documented route, filled by [`MetricsLayer`] and rendered by
 /// `GET /metrics`.
@@ -461,7 +488,14 @@ impl HttpMetrics {
         }
     }
 
-    fn record(&self, row: usize, method: usize, status: StatusCode, elapsed: Duration) {
+    fn record(
+        &self,
+        row: usize,
+        method: usize,
+        status: StatusCode,
+        elapsed: Duration,
+        reason: Option<&'static str>,
+    ) {
         let Some(series) = self.rows.get(row).and_then(|r| r.series.get(method)) else {
             return;
         };
@@ -479,12 +513,16 @@ impl HttpMetrics {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if Some(row) == self.verify_row && method == 0 {
-            let outcome = match status.as_u16() {
-                200..=299 => Some(0),
-                401 => Some(1),
-                500..=599 => Some(2),
-                _ => None,
+            let by_status = match status.as_u16() {
+                200..=299 => "ok",
+                401 => "unauthenticated",
+                _ => "unavailable",
             };
+            let reason = reason.unwrap_or(by_status);
+            let outcome = VERIFY_OUTCOMES
+                .iter()
+                .position(|known| *known == reason)
+                .or_else(|| VERIFY_OUTCOMES.iter().position(|known| *known == by_status));
             if let Some(counter) = outcome.and_then(|i| self.verify.get(i)) {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -782,6 +820,7 @@ where
                 this.method,
                 response.status(),
                 this.start.elapsed(),
+                response.extensions().get::<VerifyReason>().map(|r| r.0),
             );
         }
         Poll::Ready(result)
@@ -843,10 +882,10 @@ mod tests {
         let metrics = metrics();
         let verify = metrics.index["/v1/verify"];
         let ms = Duration::from_millis;
-        metrics.record(verify, 0, StatusCode::OK, Duration::from_micros(50));
-        metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(3));
-        metrics.record(verify, 0, StatusCode::SERVICE_UNAVAILABLE, ms(20_000));
-        metrics.record(verify, 2, StatusCode::METHOD_NOT_ALLOWED, ms(1));
+        metrics.record(verify, 0, StatusCode::OK, Duration::from_micros(50), None);
+        metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(3), None);
+        metrics.record(verify, 0, StatusCode::SERVICE_UNAVAILABLE, ms(20_000), None);
+        metrics.record(verify, 2, StatusCode::METHOD_NOT_ALLOWED, ms(1), None);
         let text = metrics.render(&Counters::default(), status(true));
         let bucket = |le: &str| {
             format!("tessera_http_request_duration_seconds_bucket{{route=\"/v1/verify\",method=\"GET\",le=\"{le}\"}} ")
@@ -862,6 +901,17 @@ mod tests {
         assert!(text.contains("tessera_verify_total{outcome=\"ok\"} 1\n"));
         assert!(text.contains("tessera_verify_total{outcome=\"unauthenticated\"} 1\n"));
         assert!(text.contains("tessera_verify_total{outcome=\"unavailable\"} 1\n"));
+        // A reason left by the handler wins over the status.
+        metrics.record(
+            verify,
+            0,
+            StatusCode::UNAUTHORIZED,
+            ms(1),
+            Some("jti_denied"),
+        );
+        let text = metrics.render(&Counters::default(), status(true));
+        assert!(text.contains("tessera_verify_total{outcome=\"jti_denied\"} 1\n"));
+        assert!(text.contains("tessera_verify_total{outcome=\"unauthenticated\"} 1\n"));
         assert!(text.contains(
             "tessera_http_requests_total{route=\"/v1/verify\",method=\"POST\",status=\"405\"} 1\n"
         ));

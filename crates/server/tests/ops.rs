@@ -243,7 +243,8 @@ async fn metrics_count_verify_outcomes_logins_refreshes_and_reuse() {
         assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
     };
     expect(r#"tessera_verify_total{outcome="ok"}"#, 1.0);
-    expect(r#"tessera_verify_total{outcome="unauthenticated"}"#, 2.0);
+    expect(r#"tessera_verify_total{outcome="missing_credential"}"#, 1.0);
+    expect(r#"tessera_verify_total{outcome="malformed"}"#, 1.0);
     expect(r#"tessera_verify_total{outcome="unavailable"}"#, 0.0);
     // The cookie login and the password grant both check a password.
     expect(r#"tessera_logins_total{result="ok"}"#, 2.0);
