@@ -63,8 +63,8 @@ pub trait UserStore: Send + Sync + 'static {
     /// Every user whose `tokens_valid_after` is at or after `since` (inclusive), with that
     /// epoch, in no particular order: for warming a revocation cache (SPEC §5). Only epochs
     /// within the last access-token lifetime can still kill a token, so callers pass
-    /// `now - access_token_ttl`. A new user's epoch is its `created_at`, so recent sign-ups
-    /// are listed too; that is harmless, as no token of theirs predates it.
+    /// `now - access_token_ttl`. A new user starts at epoch 0 (the Unix epoch), so only users
+    /// whose epoch was bumped (sign-out everywhere, role change) are listed.
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
 }
 
