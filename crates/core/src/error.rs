@@ -14,6 +14,8 @@ pub enum AuthError {
     WeakPassword,
     #[error("not a valid email address")]
     InvalidEmail,
+    #[error("roles: at most 64, each 1 to 128 of A-Z a-z 0-9 . _ : -")]
+    InvalidRoles,
     /// Missing, malformed, expired or revoked credential on a request.
     #[error("not signed in")]
     Unauthenticated,

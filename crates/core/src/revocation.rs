@@ -116,8 +116,10 @@ pub enum Revoked {
 /// The in-process revocation state of one node.
 pub struct RevocationCache {
     state: RwLock<State>,
-    /// Unix milliseconds when the feed was last heard; 0 = never (not yet synchronised).
+    /// Milliseconds after `origin` when the feed was last heard; 0 = never (not yet
+    /// synchronised, or lost). Monotonic: a wall-clock step cannot make a dead feed look fresh.
     last_heard_ms: AtomicI64,
+    origin: std::time::Instant,
     /// Milliseconds between the last applied remote event's stamp and its application.
     last_lag_ms: AtomicU64,
     /// How long revocation entries can matter: the longest life of an access token.
@@ -136,6 +138,7 @@ impl RevocationCache {
         Self {
             state: RwLock::new(State::default()),
             last_heard_ms: AtomicI64::new(0),
+            origin: std::time::Instant::now(),
             last_lag_ms: AtomicU64::new(0),
             horizon,
             cookie_capacity,
@@ -154,8 +157,17 @@ impl RevocationCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Replaces the state with a snapshot read from the store (at start, and after the feed
-    /// was lost, since events may have been missed).
+    /// Monotonic milliseconds since this cache was made, never 0.
+    fn elapsed_ms(&self) -> i64 {
+        i64::try_from(self.origin.elapsed().as_millis())
+            .unwrap_or(i64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Merges a snapshot read from the store into the state (at start, and after the feed was
+    /// lost, since events may have been missed). Merging, not replacing: a revocation applied
+    /// locally while the snapshot was read must not be dropped; extra entries only refuse what
+    /// is already revoked, and are pruned in time.
     pub async fn load(&self, store: &dyn Store) -> Result<(), StoreError> {
         let now = Timestamp::now();
         let since = Timestamp::from_unix(now.as_unix() - secs(self.horizon));
@@ -164,12 +176,20 @@ impl RevocationCache {
         let denied = store.denied_jtis(now).await?;
         let forget_after = |at: Timestamp| at.saturating_add(self.horizon);
         let mut state = self.write();
-        state.revoked_sessions = revoked
-            .into_iter()
-            .map(|(session, _, at)| (session, forget_after(at)))
-            .collect();
-        state.epochs = epochs.into_iter().collect();
-        state.denied = denied.into_iter().collect();
+        for (session, _, at) in revoked {
+            let until = forget_after(at);
+            let entry = state.revoked_sessions.entry(session).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+        for (user, epoch) in epochs {
+            let entry = state.epochs.entry(user).or_insert(epoch);
+            *entry = (*entry).max(epoch);
+        }
+        for (jti, exp) in denied {
+            let entry = state.denied.entry(jti).or_insert(exp);
+            *entry = (*entry).max(exp);
+        }
+        // Cookie sessions may have been revoked while the feed was away: re-read them.
         state.cookies.clear();
         state.cookie_ids.clear();
         Ok(())
@@ -208,10 +228,10 @@ impl RevocationCache {
     /// Records that the feed answered; `stamp` is the creation time of the newest event it
     /// delivered, if any, for the revocation-lag figure.
     pub fn heard(&self, newest_event: Option<Timestamp>) {
-        let now = now_millis();
-        self.last_heard_ms.store(now, Ordering::Release);
+        self.last_heard_ms
+            .store(self.elapsed_ms(), Ordering::Release);
         if let Some(stamp) = newest_event {
-            let lag = now.saturating_sub(stamp.as_unix().saturating_mul(1000));
+            let lag = now_millis().saturating_sub(stamp.as_unix().saturating_mul(1000));
             self.last_lag_ms
                 .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
         }
@@ -226,7 +246,7 @@ impl RevocationCache {
     pub fn is_fresh(&self, max_staleness: Duration) -> bool {
         let last = self.last_heard_ms.load(Ordering::Acquire);
         let limit = i64::try_from(max_staleness.as_millis()).unwrap_or(i64::MAX);
-        last > 0 && now_millis().saturating_sub(last) <= limit
+        last > 0 && self.elapsed_ms().saturating_sub(last) <= limit
     }
 
     pub fn silence_ms(&self) -> u64 {
@@ -234,7 +254,7 @@ impl RevocationCache {
         if last == 0 {
             return u64::MAX;
         }
-        u64::try_from(now_millis().saturating_sub(last)).unwrap_or(0)
+        u64::try_from(self.elapsed_ms().saturating_sub(last)).unwrap_or(0)
     }
 
     pub fn last_lag_ms(&self) -> u64 {
@@ -384,4 +404,137 @@ pub fn follow(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const HORIZON: Duration = Duration::from_secs(960);
+
+    #[test]
+    fn events_refuse_exactly_what_they_name() {
+        let cache = RevocationCache::new(HORIZON, 10);
+        let (user, other) = (UserId::new(), UserId::new());
+        let (session, live) = (SessionId::new(), SessionId::new());
+        let now = Timestamp::now().as_unix();
+        assert_eq!(cache.check_token(user, session, now, "j1"), None);
+
+        cache.apply(&RevocationEvent::SessionRevoked { session });
+        assert_eq!(
+            cache.check_token(user, session, now, "j1"),
+            Some(Revoked::Session)
+        );
+        assert_eq!(cache.check_token(user, live, now, "j1"), None);
+
+        cache.apply(&RevocationEvent::EpochBumped {
+            user,
+            epoch: Timestamp::from_unix(now),
+        });
+        assert_eq!(
+            cache.check_token(user, live, now - 1, "j1"),
+            Some(Revoked::Epoch)
+        );
+        assert_eq!(
+            cache.check_token(user, live, now, "j1"),
+            None,
+            "iat at the epoch lives"
+        );
+        assert_eq!(cache.check_token(other, live, now - 1, "j1"), None);
+
+        cache.apply(&RevocationEvent::JtiDenied {
+            jti: "j2".into(),
+            expires_at: Timestamp::from_unix(now + 60),
+        });
+        assert_eq!(
+            cache.check_token(other, live, now, "j2"),
+            Some(Revoked::Jti)
+        );
+    }
+
+    #[test]
+    fn prune_keeps_memory_to_what_can_still_matter() {
+        let cache = RevocationCache::new(HORIZON, 10);
+        let now = Timestamp::now();
+        for i in 0..1_000 {
+            cache.apply(&RevocationEvent::JtiDenied {
+                jti: format!("expired-{i}"),
+                expires_at: Timestamp::from_unix(now.as_unix() + 1),
+            });
+        }
+        cache.apply(&RevocationEvent::JtiDenied {
+            jti: "live".into(),
+            expires_at: Timestamp::from_unix(now.as_unix() + 600),
+        });
+        cache.apply(&RevocationEvent::EpochBumped {
+            user: UserId::new(),
+            epoch: Timestamp::from_unix(now.as_unix() - 10_000),
+        });
+        assert_eq!(cache.sizes().2, 1_001);
+        cache.prune(Timestamp::from_unix(now.as_unix() + 2));
+        let (_, epochs, denied, _) = cache.sizes();
+        assert_eq!(denied, 1, "expired jtis are gone, the live one stays");
+        assert_eq!(epochs, 0, "epochs older than the horizon can kill no token");
+        // Sessions revoked now are forgotten once no token of theirs can be alive.
+        cache.apply(&RevocationEvent::SessionRevoked {
+            session: SessionId::new(),
+        });
+        cache.prune(
+            now.saturating_add(HORIZON)
+                .saturating_add(Duration::from_secs(1)),
+        );
+        assert_eq!(cache.sizes().0, 0);
+    }
+
+    #[test]
+    fn freshness_follows_the_feed() {
+        let cache = RevocationCache::new(HORIZON, 10);
+        assert!(!cache.is_fresh(Duration::from_secs(5)), "never heard");
+        cache.heard(None);
+        assert!(cache.is_fresh(Duration::from_secs(5)));
+        cache.lost();
+        assert!(!cache.is_fresh(Duration::from_secs(5)));
+        cache.heard(None);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !cache.is_fresh(Duration::from_millis(10)),
+            "silent past the bound"
+        );
+    }
+
+    #[test]
+    fn a_full_cookie_cache_reads_the_store_instead_of_growing() {
+        let cache = RevocationCache::new(HORIZON, 2);
+        let now = Timestamp::now();
+        let mut hashes = Vec::new();
+        for i in 0..3u8 {
+            let hash = SecretHash::from_bytes([i; 32]);
+            let session = Session {
+                id: SessionId::new(),
+                user_id: UserId::new(),
+                secret_hash: Some(hash),
+                via: crate::model::Via::Cookie,
+                created_at: now,
+                last_seen_at: now,
+                idle_timeout_secs: 3_600,
+                expires_at: now.saturating_add(Duration::from_secs(3_600)),
+                user_agent: None,
+                ip: None,
+                revoked_at: None,
+            };
+            cache.insert_cookie(
+                hash,
+                CachedSession {
+                    session,
+                    roles: vec![],
+                    loaded_at: now,
+                },
+            );
+            hashes.push(hash);
+        }
+        assert_eq!(cache.sizes().3, 2);
+        assert!(cache.cookie(&hashes[0], now).is_some());
+        assert!(cache.cookie(&hashes[2], now).is_none());
+    }
 }

@@ -294,9 +294,37 @@ impl Tessera {
     /// Makes a revocation take effect: on this node at once (before the caller hears back),
     /// and on every other node through the feed.
     async fn announce(&self, event: RevocationEvent) -> Result<(), AuthError> {
-        self.cache.apply(&event);
-        self.feed.publish(&event).await?;
+        self.announce_all(vec![event]).await
+    }
+
+    /// Applies every event locally first (nothing fallible in between), then publishes them.
+    /// If publishing fails, this node stops trusting its cache (it verifies against the store
+    /// until the feed reloads it) and the caller hears an error, so a retry re-announces.
+    async fn announce_all(&self, events: Vec<RevocationEvent>) -> Result<(), AuthError> {
+        // Only `cached` nodes keep (and prune) the state; others would only accumulate it.
+        if self.config.revocation_mode == RevocationMode::Cached {
+            for event in &events {
+                self.cache.apply(event);
+            }
+        }
+        for event in &events {
+            if let Err(e) = self.feed.publish(event).await {
+                self.cache.lost();
+                return Err(e.into());
+            }
+        }
         Ok(())
+    }
+
+    /// The next epoch for a user: the next whole second, and always past the current one, so
+    /// two changes within one second still kill the tokens minted between them.
+    async fn next_epoch_of(&self, user: UserId) -> Result<Timestamp, AuthError> {
+        let current = self
+            .store
+            .find_user(user)
+            .await?
+            .map_or(Timestamp::from_unix(0), |u| u.tokens_valid_after);
+        Ok(next_epoch().max(Timestamp::from_unix(current.as_unix() + 1)))
     }
 
     /// The key ring in force; cheap (an `Arc` clone) so the verify path can call it per request.
@@ -349,7 +377,7 @@ impl Tessera {
             id: UserId::new(),
             email,
             password_hash: self.hasher.hash(password).await?,
-            roles: normalise_roles(roles),
+            roles: normalise_roles(roles)?,
             created_at: now,
             tokens_valid_after: Timestamp::from_unix(0),
         };
@@ -371,12 +399,12 @@ impl Tessera {
     /// old roles stop verifying, while the refresh family stays valid so the next refresh
     /// carries the new roles and the user stays signed in (SPEC §3).
     pub async fn set_roles(&self, id: UserId, roles: Vec<String>) -> Result<User, AuthError> {
-        let roles = normalise_roles(roles);
+        let roles = normalise_roles(roles)?;
         let outbox = webhooks::roles_changed(&self.config.webhooks, id, &roles, Timestamp::now());
         if !self.store.set_roles(id, &roles, &outbox).await? {
             return Err(AuthError::NotFound);
         }
-        let epoch = next_epoch();
+        let epoch = self.next_epoch_of(id).await?;
         self.store.bump_epoch(id, epoch, &[]).await?;
         self.announce(RevocationEvent::EpochBumped { user: id, epoch })
             .await?;
@@ -589,14 +617,17 @@ impl Tessera {
             .store
             .revoke_user_sessions(user, None, now, &plan)
             .await?;
-        let epoch = next_epoch();
+        self.announce_all(
+            revoked
+                .iter()
+                .map(|session| RevocationEvent::SessionRevoked { session: *session })
+                .collect(),
+        )
+        .await?;
+        let epoch = self.next_epoch_of(user).await?;
         let outbox =
             webhooks::signed_out_everywhere(&self.config.webhooks, user, revoked.len(), now);
         self.store.bump_epoch(user, epoch, &outbox).await?;
-        for session in &revoked {
-            self.announce(RevocationEvent::SessionRevoked { session: *session })
-                .await?;
-        }
         self.announce(RevocationEvent::EpochBumped { user, epoch })
             .await?;
         info!(user = %user, sessions = revoked.len(), "signed out everywhere");
@@ -975,10 +1006,13 @@ impl Tessera {
                 &self.revocation_plan(RevokeReason::SignedOutFromAnotherDevice),
             )
             .await?;
-        for session in &revoked {
-            self.announce(RevocationEvent::SessionRevoked { session: *session })
-                .await?;
-        }
+        self.announce_all(
+            revoked
+                .iter()
+                .map(|session| RevocationEvent::SessionRevoked { session: *session })
+                .collect(),
+        )
+        .await?;
         info!(user = %principal.user_id, sessions = revoked.len(), "other devices signed out");
         Ok(revoked.len() as u64)
     }
@@ -1153,15 +1187,25 @@ fn duration_secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-fn normalise_roles(roles: Vec<String>) -> Vec<String> {
+/// Trims, sorts and de-duplicates roles, and refuses names that could not travel as a
+/// comma-separated `X-Auth-Roles` header value: 1 to 128 of `A-Z a-z 0-9 . _ : -`, at most 64.
+fn normalise_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
     let mut roles: Vec<String> = roles
         .into_iter()
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty())
         .collect();
+    let valid = |r: &String| {
+        r.len() <= 128
+            && r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    };
+    if roles.len() > 64 || !roles.iter().all(valid) {
+        return Err(AuthError::InvalidRoles);
+    }
     roles.sort();
     roles.dedup();
-    roles
+    Ok(roles)
 }
 
 fn truncate(mut text: String, max: usize) -> String {

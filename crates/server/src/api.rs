@@ -5,6 +5,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tessera_core::config::RevocationMode;
 use tessera_core::model::{Session, SessionId, Timestamp, User, Via};
 use tessera_core::secret::Password;
 use tessera_core::service::{Principal, Refused};
@@ -213,9 +214,20 @@ pub async fn whoami(
             AuthError::NotFound => AuthError::Unauthenticated,
             other => other,
         })?;
+    let session = match state.tessera.session_of(&principal).await {
+        Ok(session) => serde_json::to_value(SessionView::of(&session)).unwrap_or_default(),
+        // `none` trusts a valid token without asking whether its session lives (the documented
+        // trade-off), so the record may be gone: answer with what the token itself says.
+        Err(AuthError::Unauthenticated)
+            if state.tessera.config().revocation_mode == RevocationMode::None =>
+        {
+            serde_json::json!({ "id": principal.session_id.to_string(), "via": principal.presented })
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut body = serde_json::json!({
         "user": { "id": user.id.to_string(), "email": user.email.as_str(), "roles": principal.roles },
-        "session": SessionView::of(&state.tessera.session_of(&principal).await?),
+        "session": session,
     });
     if principal.presented == Via::Cookie {
         body["csrf_token"] = state.tessera.csrf_token(principal.session_id).into();

@@ -86,6 +86,7 @@ impl ApiError {
                     AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
                     AuthError::WeakPassword => (StatusCode::BAD_REQUEST, "weak_password"),
                     AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "invalid_email"),
+                    AuthError::InvalidRoles => (StatusCode::BAD_REQUEST, "invalid_roles"),
                     AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
                     AuthError::CsrfRejected => (StatusCode::FORBIDDEN, "csrf_token_invalid"),
                     AuthError::OriginRejected => (StatusCode::FORBIDDEN, "origin_not_allowed"),

@@ -437,4 +437,23 @@ async fn role_change_kills_access_tokens_but_not_the_refresh_family() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
+    for bad in [
+        serde_json::json!(["a,b"]),
+        serde_json::json!(["x y"]),
+        serde_json::json!(["é"]),
+    ] {
+        let res = server
+            .client
+            .put(server.url(&format!(
+                "/v1/admin/users/{}/roles",
+                user["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "roles": bad }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_roles");
+    }
 }

@@ -50,7 +50,7 @@ async fn revoke(server: &TestServer, token: &str) {
 
 /// Revokes an access token, its session, and a cookie session from another device, and
 /// reports what the next requests see.
-async fn revoked_credentials_after_revocation(server: &TestServer) -> [u16; 5] {
+async fn revoked_credentials_after_revocation(server: &TestServer) -> [u16; 6] {
     let (email, browser) = server.browser().await;
     let denied = server.password_grant(&email).await;
     let denied = denied["access_token"].as_str().unwrap().to_owned();
@@ -95,6 +95,7 @@ async fn revoked_credentials_after_revocation(server: &TestServer) -> [u16; 5] {
         server.verify_bearer(&denied).await.status().as_u16(),
         session_with_bearer(server, &denied).await,
         server.verify_bearer(&family_access).await.status().as_u16(),
+        session_with_bearer(server, &family_access).await,
         server
             .verify_cookie(&browser.cookie)
             .await
@@ -118,7 +119,7 @@ async fn cached_mode_refuses_revoked_credentials_on_the_very_next_request() {
         assert!(server.tessera.revocation_status().fresh);
         assert_eq!(
             revoked_credentials_after_revocation(&server).await,
-            [401; 5]
+            [401; 6]
         );
     }
 }
@@ -128,17 +129,20 @@ async fn strict_mode_refuses_revoked_credentials_on_the_very_next_request() {
     let server = start_sqlite("revocation_mode = \"strict\"").await;
     assert_eq!(
         revoked_credentials_after_revocation(&server).await,
-        [401; 5]
+        [401; 6]
     );
 }
 
 #[tokio::test]
 async fn none_mode_keeps_accepting_revoked_but_unexpired_access_tokens() {
     let server = start_sqlite("revocation_mode = \"none\"").await;
-    let [denied_verify, denied_session, family_verify, cookie_verify, cookie_session] =
+    let [denied_verify, denied_session, family_verify, family_session, cookie_verify, cookie_session] =
         revoked_credentials_after_revocation(&server).await;
     // The documented trade-off: signature and claims only, revocation by expiry alone.
-    assert_eq!([denied_verify, denied_session, family_verify], [200; 3]);
+    assert_eq!(
+        [denied_verify, denied_session, family_verify, family_session],
+        [200; 4]
+    );
     // Cookies have no signature to check offline: they are always looked up.
     assert_eq!([cookie_verify, cookie_session], [401; 2]);
 }
