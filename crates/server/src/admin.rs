@@ -1,7 +1,7 @@
 //! `/v1/admin/*`: operations on any user, authorised by an admin API key created with
 //! `tessera admin-key create`. A user's access token is never an admin credential.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::api::{device_list, UserView};
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::ops::ApiErrorBody;
 use crate::AppState;
 
@@ -60,7 +60,7 @@ fn user_id(text: &str) -> Result<UserId, ApiError> {
 pub async fn user_sessions(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let user = state.tessera.user(user_id(&id)?).await?;
     let sessions = state.tessera.sessions_of(user.id).await?;
@@ -83,7 +83,7 @@ pub async fn user_sessions(
 pub async fn sign_out_user(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user = state.tessera.user(user_id(&id)?).await?;
     state.tessera.logout_everywhere(user.id).await?;
@@ -107,7 +107,7 @@ pub async fn sign_out_user(
 pub async fn revoke_session(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
     state.tessera.revoke_session(id).await?;
@@ -140,7 +140,7 @@ pub struct Roles {
 pub async fn set_roles(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Roles>,
 ) -> Result<Response, ApiError> {
     let user = state.tessera.set_roles(user_id(&id)?, body.roles).await?;

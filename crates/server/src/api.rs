@@ -296,7 +296,7 @@ pub async fn my_sessions(
 pub async fn revoke_my_session(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
     state

@@ -457,3 +457,32 @@ async fn role_change_kills_access_tokens_but_not_the_refresh_family() {
         assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_roles");
     }
 }
+
+#[tokio::test]
+async fn malformed_path_ids_get_our_error_shape() {
+    let server = start_sqlite("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let pair = server.password_grant(&email).await;
+    let access = pair["access_token"].as_str().unwrap();
+    let key = admin_key(&server).await;
+    for (path, credential) in [
+        ("/v1/sessions/%FF", access.to_owned()),
+        ("/v1/admin/sessions/%FF%FE", key.clone()),
+        ("/v1/admin/users/%C0/sessions", key.clone()),
+    ] {
+        let res = server
+            .client
+            .delete(server.url(path))
+            .bearer_auth(credential)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{path}: {}", res.status());
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            body["error"].as_str().is_some() && body["message"].as_str().is_some(),
+            "{path}: {body}"
+        );
+    }
+}
