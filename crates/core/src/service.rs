@@ -42,7 +42,7 @@ const FEED_POLL_INTERVAL: Duration = Duration::from_millis(200);
 const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// How often cached sessions' `last_seen_at` is written back.
-const TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+const TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Cookie sessions one node holds in memory at most (~0.5 KiB each); beyond it, lookups go
 /// to the store, so memory stays bounded whatever the number of users.
@@ -902,6 +902,15 @@ impl Tessera {
         // decides and `token_type_hint` is not needed.
         if token.matches('.').count() == 2 {
             if let Ok(claims) = self.check_token(token).await {
+                // Already denied: nothing changes, so nothing is announced (a client replaying
+                // its revocation cannot flood every node's feed).
+                if self
+                    .store
+                    .is_jti_denied(&claims.jti, Timestamp::now())
+                    .await?
+                {
+                    return Ok(());
+                }
                 self.store
                     .deny_jti(&claims.jti, Timestamp::from_unix(claims.exp))
                     .await?;

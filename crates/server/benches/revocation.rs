@@ -311,6 +311,17 @@ fn print_ratios() {
                 median.as_secs_f64() / none
             );
         }
+        if bearer {
+            // The goal: `cached` within 15 % of `none` for bearer tokens.
+            let cached = f.targets.iter().position(|t| t.name == "cached");
+            if let Some(ratio) = cached
+                .and_then(|i| medians.get(i))
+                .map(|m| m.as_secs_f64() / none)
+            {
+                let verdict = if ratio <= 1.15 { "within" } else { "OUTSIDE" };
+                println!("bearer cached/none = {ratio:.3}: {verdict} the 15 % goal");
+            }
+        }
     }
 }
 

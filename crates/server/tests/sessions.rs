@@ -438,7 +438,8 @@ async fn idle_and_absolute_expiry_are_enforced() {
     );
 
     // Activity keeps a short idle timeout alive: requests every second for three seconds.
-    let server = start_sqlite("session_idle_timeout = \"2s\"").await;
+    // (Strict: every request reads the store; the cached write-back has its own test.)
+    let server = start_sqlite("revocation_mode = \"strict\"\nsession_idle_timeout = \"2s\"").await;
     let (_, browser) = server.browser().await;
     for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -564,4 +565,52 @@ async fn last_seen_is_written_at_most_once_a_minute() {
         touched.last_seen_at.as_unix() >= now.as_unix(),
         "stale last_seen_at written back"
     );
+}
+
+#[tokio::test]
+async fn cached_sessions_write_last_seen_back_in_batches() {
+    use tessera_core::model::{SessionId, Timestamp};
+
+    // Idle timeout 4 s: last_seen_at is due every 2 s; the cache answers, the store learns later.
+    let server = start_sqlite("revocation_mode = \"cached\"\nsession_idle_timeout = \"4s\"").await;
+    let (_, browser) = server.browser().await;
+    let signed_in = std::time::Instant::now();
+    let id = SessionId::parse(browser.body["session"]["id"].as_str().unwrap()).unwrap();
+    let store = server.tessera.store();
+    let created = store
+        .find_live_session(id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seen_at;
+    // Wait for the feed, so the cookie is served from the cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.tessera.revocation_status().fresh {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    assert_eq!(
+        server.verify_cookie(&browser.cookie).await.status(),
+        200,
+        "seen again: due a write"
+    );
+    // The batch reaches the store within a flush interval.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stored = store.find_live_session(id, Timestamp::now()).await.unwrap();
+        if stored.is_some_and(|s| s.last_seen_at > created) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_seen_at never written back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And the session is still alive past its first idle deadline (sign-in + 4 s), thanks to
+    // the activity at sign-in + 2 s.
+    tokio::time::sleep_until((signed_in + std::time::Duration::from_millis(4_600)).into()).await;
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
 }
