@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::password::{check_policy, PasswordHasher};
 use crate::revocation::{CachedSession, RevocationCache, RevocationFeed, Revoked, StoreFeed};
-use crate::secret::{AdminSecret, Password, RefreshToken, SessionSecret};
+use crate::secret::{AdminSecret, Password, RefreshToken, SecretHash, SessionSecret};
 use crate::store::Store;
 use crate::verify::{Claims, VerifyError};
 use crate::webhooks::{self, RevokeReason, WebhookPlan};
@@ -468,21 +468,9 @@ impl Tessera {
             }
         }
         let secret = SessionSecret::generate();
-        let session = Session {
-            id: SessionId::new(),
-            user_id: user.id,
-            secret_hash: Some(secret.to_hash()),
-            via: Via::Cookie,
-            created_at: now,
-            last_seen_at: now,
-            idle_timeout_secs: duration_secs(self.config.session_idle_timeout),
-            expires_at: now.saturating_add(self.config.session_absolute_timeout),
-            user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
-            ip: device.ip,
-            revoked_at: None,
-        };
-        let outbox = webhooks::session_created(&self.config.webhooks, &session);
-        self.store.insert_session(&session, &outbox).await?;
+        let session = self
+            .open_session(&user, Some(secret.to_hash()), device, now)
+            .await?;
         info!(user = %user.id, session = %session.id, via = "cookie", "signed in");
         let csrf_token = self.csrf_token(session.id);
         Ok(CookieLogin {
@@ -570,6 +558,46 @@ impl Tessera {
         Ok(session)
     }
 
+    /// Records a new device session: a cookie session when `secret_hash` is given (idle and
+    /// absolute timeouts from the config), else a refresh family, which has one absolute
+    /// lifetime, `refresh_token_ttl`, that is also its idle bound.
+    async fn open_session(
+        &self,
+        user: &User,
+        secret_hash: Option<SecretHash>,
+        device: DeviceInfo,
+        now: Timestamp,
+    ) -> Result<Session, AuthError> {
+        let (via, idle, lifetime) = match secret_hash {
+            Some(_) => (
+                Via::Cookie,
+                self.config.session_idle_timeout,
+                self.config.session_absolute_timeout,
+            ),
+            None => (
+                Via::Token,
+                self.config.refresh_token_ttl,
+                self.config.refresh_token_ttl,
+            ),
+        };
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            secret_hash,
+            via,
+            created_at: now,
+            last_seen_at: now,
+            idle_timeout_secs: duration_secs(idle),
+            expires_at: now.saturating_add(lifetime),
+            user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
+            ip: device.ip,
+            revoked_at: None,
+        };
+        let outbox = webhooks::session_created(&self.config.webhooks, &session);
+        self.store.insert_session(&session, &outbox).await?;
+        Ok(session)
+    }
+
     /// The session-bound CSRF token: HMAC-SHA256 of the session id under a server secret, so
     /// it is useless for any other session and needs no storage.
     pub fn csrf_token(&self, session: SessionId) -> String {
@@ -646,22 +674,7 @@ impl Tessera {
     ) -> Result<TokenPair, AuthError> {
         let user = self.check_credentials(email, password).await?;
         let now = Timestamp::now();
-        let session = Session {
-            id: SessionId::new(),
-            user_id: user.id,
-            secret_hash: None,
-            via: Via::Token,
-            created_at: now,
-            last_seen_at: now,
-            // A refresh family has one absolute lifetime; its idle bound is the same.
-            idle_timeout_secs: duration_secs(self.config.refresh_token_ttl),
-            expires_at: now.saturating_add(self.config.refresh_token_ttl),
-            user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
-            ip: device.ip,
-            revoked_at: None,
-        };
-        let outbox = webhooks::session_created(&self.config.webhooks, &session);
-        self.store.insert_session(&session, &outbox).await?;
+        let session = self.open_session(&user, None, device, now).await?;
         let refresh_token = RefreshToken::generate();
         self.store
             .insert_refresh(&RefreshRecord {
