@@ -155,9 +155,7 @@ async fn signing_out_one_device_and_all_others() {
 #[tokio::test]
 async fn rfc7009_revocation_of_access_and_refresh_tokens() {
     let server = start_sqlite("").await;
-    let email = unique_email();
-    server.sign_up(&email).await;
-    let pair = server.password_grant(&email).await;
+    let (_, pair) = server.user_with_tokens().await;
     let access = pair["access_token"].as_str().unwrap();
     let revoke = |token: String| {
         server
@@ -218,18 +216,13 @@ async fn rfc7009_revocation_of_access_and_refresh_tokens() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "invalid_request"
-    );
+    assert_eq!(support::error_code(res).await, "invalid_request");
 }
 
 #[tokio::test]
 async fn rfc7662_introspection_needs_an_admin_key() {
     let server = start_sqlite("").await;
-    let email = unique_email();
-    server.sign_up(&email).await;
-    let pair = server.password_grant(&email).await;
+    let (_, pair) = server.user_with_tokens().await;
     let access = pair["access_token"].as_str().unwrap();
     let introspect = |credential: Option<String>, token: &str| {
         let mut request = server
@@ -454,16 +447,14 @@ async fn role_change_kills_access_tokens_but_not_the_refresh_family() {
             .await
             .unwrap();
         assert_eq!(res.status(), 400, "{bad}");
-        assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_roles");
+        assert_eq!(support::error_code(res).await, "invalid_roles");
     }
 }
 
 #[tokio::test]
 async fn malformed_path_ids_get_our_error_shape() {
     let server = start_sqlite("").await;
-    let email = unique_email();
-    server.sign_up(&email).await;
-    let pair = server.password_grant(&email).await;
+    let (_, pair) = server.user_with_tokens().await;
     let access = pair["access_token"].as_str().unwrap();
     let key = admin_key(&server).await;
     for (path, credential) in [

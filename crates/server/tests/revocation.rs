@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use reqwest::header::COOKIE;
 use serde_json::Value;
-use support::{start, start_node, start_sqlite, unique_email, TestServer};
+use support::{start, start_node, start_sqlite, TestServer};
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{RevocationEvent, Timestamp};
 use tessera_core::revocation::{RevocationFeed, StoreFeed};
@@ -211,9 +211,7 @@ async fn cluster(settings: &str) -> (TestServer, TestServer, Arc<PausableFeed>, 
 #[tokio::test]
 async fn a_revocation_on_one_node_reaches_the_other_through_the_feed() {
     let (a, b, _feed, _dir) = cluster("revocation_mode = \"cached\"").await;
-    let email = unique_email();
-    b.sign_up(&email).await;
-    let pair = b.password_grant(&email).await; // issued by B
+    let (email, pair) = b.user_with_tokens().await; // issued by B
     let access = pair["access_token"].as_str().unwrap();
     assert_eq!(
         a.verify_bearer(access).await.status(),
@@ -257,9 +255,7 @@ async fn a_revocation_on_one_node_reaches_the_other_through_the_feed() {
 #[tokio::test]
 async fn a_stale_feed_falls_back_to_strict_until_it_is_heard_again() {
     let (a, b, feed, _dir) = cluster("revocation_mode = \"cached\"\nmax_staleness = \"1s\"").await;
-    let email = unique_email();
-    b.sign_up(&email).await;
-    let pair = b.password_grant(&email).await;
+    let (_, pair) = b.user_with_tokens().await;
     let access = pair["access_token"].as_str().unwrap();
     assert_eq!(a.verify_bearer(access).await.status(), 200);
 

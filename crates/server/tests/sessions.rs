@@ -71,17 +71,11 @@ async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_in_our_shape() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "invalid_request"
-    );
+    assert_eq!(support::error_code(res).await, "invalid_request");
 
     let res = send(b"email=a@b.c".to_vec(), "text/plain").await.unwrap();
     assert_eq!(res.status(), 415);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "unsupported_media_type"
-    );
+    assert_eq!(support::error_code(res).await, "unsupported_media_type");
 
     let huge = format!(
         "{{\"email\":\"{}\",\"password\":\"x\"}}",
@@ -89,10 +83,7 @@ async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_in_our_shape() {
     );
     let res = send(huge.into_bytes(), "application/json").await.unwrap();
     assert_eq!(res.status(), 413);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "payload_too_large"
-    );
+    assert_eq!(support::error_code(res).await, "payload_too_large");
 
     let res = send(vec![0xff, 0xfe, 0x00], "application/json")
         .await
@@ -106,7 +97,7 @@ async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_in_our_shape() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+    assert_eq!(support::error_code(res).await, "not_found");
     let res = server
         .client
         .delete(server.url("/v1/login"))
@@ -114,10 +105,7 @@ async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_in_our_shape() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "method_not_allowed"
-    );
+    assert_eq!(support::error_code(res).await, "method_not_allowed");
 }
 
 #[tokio::test]
@@ -236,10 +224,7 @@ async fn logout_requires_csrf_for_cookie_callers_and_clears_the_cookie() {
 
     let res = logout().send().await.unwrap();
     assert_eq!(res.status(), 403, "no CSRF token");
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "csrf_token_invalid"
-    );
+    assert_eq!(support::error_code(res).await, "csrf_token_invalid");
 
     let res = logout()
         .header("x-csrf-token", "bm90LXRoZS10b2tlbg")
@@ -263,10 +248,7 @@ async fn logout_requires_csrf_for_cookie_callers_and_clears_the_cookie() {
         .await
         .unwrap();
     assert_eq!(res.status(), 403, "foreign Origin");
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "origin_not_allowed"
-    );
+    assert_eq!(support::error_code(res).await, "origin_not_allowed");
 
     assert_eq!(
         server.session_with_cookie(&browser.cookie).await.status(),
@@ -368,9 +350,7 @@ async fn login_csrf_is_refused() {
 #[tokio::test]
 async fn bearer_requests_need_no_csrf_token() {
     let server = start("").await;
-    let email = unique_email();
-    server.sign_up(&email).await;
-    let pair = server.password_grant(&email).await;
+    let (_, pair) = server.user_with_tokens().await;
     let access = pair["access_token"].as_str().unwrap();
     let res = server
         .client
@@ -412,10 +392,7 @@ async fn session_without_credentials_is_401() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "unauthenticated"
-    );
+    assert_eq!(support::error_code(res).await, "unauthenticated");
     let res = server
         .session_with_cookie("__Host-tessera_session=forged")
         .await;

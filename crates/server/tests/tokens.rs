@@ -276,10 +276,7 @@ async fn token_endpoint_speaks_rfc6749_errors() {
         .await
         .unwrap();
     assert_eq!(res.status(), 415);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "invalid_request"
-    );
+    assert_eq!(support::error_code(res).await, "invalid_request");
 }
 
 #[tokio::test]

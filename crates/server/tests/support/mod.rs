@@ -166,6 +166,14 @@ impl TestServer {
         }
     }
 
+    /// Signs up a fresh user and signs in with the password grant: `(email, token pair)`.
+    pub async fn user_with_tokens(&self) -> (String, Value) {
+        let email = unique_email();
+        self.sign_up(&email).await;
+        let pair = self.password_grant(&email).await;
+        (email, pair)
+    }
+
     pub async fn password_grant(&self, email: &str) -> Value {
         let res = self
             .client
@@ -238,4 +246,9 @@ pub fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
 
 pub fn form_content_type() -> (reqwest::header::HeaderName, &'static str) {
     (CONTENT_TYPE, "application/x-www-form-urlencoded")
+}
+
+/// The `error` code of a JSON error response.
+pub async fn error_code(res: Response) -> Value {
+    res.json::<Value>().await.unwrap()["error"].clone()
 }
