@@ -10,38 +10,56 @@ use uuid::Uuid;
 
 use crate::secret::SecretHash;
 
-/// Whole seconds since the Unix epoch: the resolution of JWT `iat`/`exp` (RFC 7519 §2), so one
-/// clock serves sessions, tokens and revocation epochs without rounding surprises.
+/// Milliseconds since the Unix epoch, UTC. Sessions expire, refresh grace windows close and
+/// epochs move at this resolution, so a one-second timeout means one second and two changes
+/// within one second stay ordered. JWT `iat`/`exp` are whole seconds (RFC 7519 §2):
+/// [`as_unix`](Self::as_unix) and [`from_unix`](Self::from_unix) convert at that boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// Whole Unix seconds, as in a JWT claim.
     pub const fn from_unix(seconds: i64) -> Self {
-        Self(seconds)
+        Self(seconds.saturating_mul(1000))
+    }
+
+    pub const fn from_unix_millis(millis: i64) -> Self {
+        Self(millis)
     }
 
     pub fn now() -> Self {
-        Self(OffsetDateTime::now_utc().unix_timestamp())
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        Self(i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX))
     }
 
+    /// Whole Unix seconds, rounded down: the `iat`/`exp` form.
     pub const fn as_unix(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    pub const fn as_unix_millis(self) -> i64 {
         self.0
     }
 
     #[must_use]
     pub fn saturating_add(self, duration: Duration) -> Self {
-        let secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
-        Self(self.0.saturating_add(secs))
+        Self(self.0.saturating_add(duration_millis(duration)))
     }
 
-    /// Seconds from `earlier` to `self`, zero if `earlier` is later.
-    pub fn seconds_since(self, earlier: Self) -> u64 {
-        u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0)
+    #[must_use]
+    pub fn saturating_sub(self, duration: Duration) -> Self {
+        Self(self.0.saturating_sub(duration_millis(duration)))
     }
 
-    /// RFC 3339 in UTC, the form every JSON timestamp of the API takes.
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Self) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+
+    /// RFC 3339 in UTC with milliseconds when there are any, the form every JSON timestamp of
+    /// the API takes.
     pub fn to_rfc3339(self) -> String {
-        OffsetDateTime::from_unix_timestamp(self.0)
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
             .ok()
             .and_then(|t| {
                 t.format(&time::format_description::well_known::Rfc3339)
@@ -51,13 +69,20 @@ impl Timestamp {
     }
 }
 
+/// Whole milliseconds of `duration`, saturating: durations come from configuration and are
+/// far below `i64::MAX` milliseconds (292 million years).
+pub fn duration_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_rfc3339())
     }
 }
 
-/// Reads back what [`Serialize`] writes (RFC 3339), and Unix seconds as well.
+/// Reads back what [`Serialize`] writes (RFC 3339, to the millisecond), and whole Unix seconds
+/// as well.
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -67,15 +92,21 @@ impl<'de> Deserialize<'de> for Timestamp {
                 f.write_str("an RFC 3339 time or Unix seconds")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
-                Ok(Timestamp(v))
+                Ok(Timestamp::from_unix(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                i64::try_from(v).map(Timestamp).map_err(E::custom)
+                i64::try_from(v)
+                    .map(Timestamp::from_unix)
+                    .map_err(E::custom)
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
                 OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                    .map(|t| Timestamp(t.unix_timestamp()))
                     .map_err(E::custom)
+                    .and_then(|t| {
+                        i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+                            .map(Timestamp)
+                            .map_err(E::custom)
+                    })
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -257,8 +288,8 @@ pub struct Session {
     pub via: Via,
     pub created_at: Timestamp,
     pub last_seen_at: Timestamp,
-    /// Seconds of inactivity after which the session dies.
-    pub idle_timeout_secs: i64,
+    /// Inactivity after which the session dies.
+    pub idle_timeout: Duration,
     /// The absolute end, whatever the activity.
     pub expires_at: Timestamp,
     pub user_agent: Option<String>,
@@ -268,12 +299,9 @@ pub struct Session {
 
 impl Session {
     pub fn idle_expires_at(&self) -> Timestamp {
-        let idle = Timestamp::from_unix(
-            self.last_seen_at
-                .as_unix()
-                .saturating_add(self.idle_timeout_secs),
-        );
-        idle.min(self.expires_at)
+        self.last_seen_at
+            .saturating_add(self.idle_timeout)
+            .min(self.expires_at)
     }
 
     /// The one definition of "alive" that every backend's queries mirror.

@@ -128,11 +128,6 @@ pub struct RevocationCache {
     cookie_capacity: usize,
 }
 
-pub fn now_millis() -> i64 {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
-}
-
 impl RevocationCache {
     pub fn new(horizon: Duration, cookie_capacity: usize) -> Self {
         Self {
@@ -170,7 +165,7 @@ impl RevocationCache {
     /// is already revoked, and are pruned in time.
     pub async fn load(&self, store: &dyn Store) -> Result<(), StoreError> {
         let now = Timestamp::now();
-        let since = Timestamp::from_unix(now.as_unix() - secs(self.horizon));
+        let since = now.saturating_sub(self.horizon);
         let revoked = store.revoked_sessions_since(since).await?;
         let epochs = store.epochs_since(since).await?;
         let denied = store.denied_jtis(now).await?;
@@ -231,7 +226,7 @@ impl RevocationCache {
         self.last_heard_ms
             .store(self.elapsed_ms(), Ordering::Release);
         if let Some(stamp) = newest_event {
-            let lag = now_millis().saturating_sub(stamp.as_unix().saturating_mul(1000));
+            let lag = Timestamp::now().since(stamp).as_millis();
             self.last_lag_ms
                 .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
         }
@@ -262,12 +257,14 @@ impl RevocationCache {
     }
 
     /// The cached verdict on a token whose signature and claims are valid: is its session
-    /// revoked, its `iat` before the user's epoch, or its `jti` denylisted?
+    /// revoked, was it issued before the user's epoch, or is its `jti` denylisted?
+    /// `issued_at` is the token's issuance to the millisecond (see
+    /// [`issued_at`](crate::service::issued_at)).
     pub fn check_token(
         &self,
         user: UserId,
         session: SessionId,
-        iat: i64,
+        issued_at: Timestamp,
         jti: &str,
     ) -> Option<Revoked> {
         let state = self.read();
@@ -277,7 +274,7 @@ impl RevocationCache {
         if state
             .epochs
             .get(&user)
-            .is_some_and(|epoch| iat < epoch.as_unix())
+            .is_some_and(|epoch| issued_at < *epoch)
         {
             return Some(Revoked::Epoch);
         }
@@ -323,7 +320,7 @@ impl RevocationCache {
     /// Drops what can no longer change a verdict, so memory follows recent activity only.
     pub fn prune(&self, now: Timestamp) {
         let mut state = self.write();
-        let horizon_start = Timestamp::from_unix(now.as_unix() - secs(self.horizon));
+        let horizon_start = now.saturating_sub(self.horizon);
         state
             .revoked_sessions
             .retain(|_, forget_after| now < *forget_after);
@@ -348,10 +345,6 @@ impl RevocationCache {
             state.cookies.len(),
         )
     }
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Follows the feed for as long as the returned task runs: applies events, keeps freshness,
@@ -418,7 +411,8 @@ mod tests {
         let cache = RevocationCache::new(HORIZON, 10);
         let (user, other) = (UserId::new(), UserId::new());
         let (session, live) = (SessionId::new(), SessionId::new());
-        let now = Timestamp::now().as_unix();
+        let now = Timestamp::now();
+        let just_before = Timestamp::from_unix_millis(now.as_unix_millis() - 1);
         assert_eq!(cache.check_token(user, session, now, "j1"), None);
 
         cache.apply(&RevocationEvent::SessionRevoked { session });
@@ -428,24 +422,22 @@ mod tests {
         );
         assert_eq!(cache.check_token(user, live, now, "j1"), None);
 
-        cache.apply(&RevocationEvent::EpochBumped {
-            user,
-            epoch: Timestamp::from_unix(now),
-        });
+        cache.apply(&RevocationEvent::EpochBumped { user, epoch: now });
         assert_eq!(
-            cache.check_token(user, live, now - 1, "j1"),
-            Some(Revoked::Epoch)
+            cache.check_token(user, live, just_before, "j1"),
+            Some(Revoked::Epoch),
+            "issued one millisecond before the epoch"
         );
         assert_eq!(
             cache.check_token(user, live, now, "j1"),
             None,
-            "iat at the epoch lives"
+            "issued at the epoch lives"
         );
-        assert_eq!(cache.check_token(other, live, now - 1, "j1"), None);
+        assert_eq!(cache.check_token(other, live, just_before, "j1"), None);
 
         cache.apply(&RevocationEvent::JtiDenied {
             jti: "j2".into(),
-            expires_at: Timestamp::from_unix(now + 60),
+            expires_at: now.saturating_add(Duration::from_secs(60)),
         });
         assert_eq!(
             cache.check_token(other, live, now, "j2"),
@@ -517,7 +509,7 @@ mod tests {
                 via: crate::model::Via::Cookie,
                 created_at: now,
                 last_seen_at: now,
-                idle_timeout_secs: 3_600,
+                idle_timeout: Duration::from_secs(3_600),
                 expires_at: now.saturating_add(Duration::from_secs(3_600)),
                 user_agent: None,
                 ip: None,

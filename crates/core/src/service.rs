@@ -31,7 +31,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// `last_seen_at` is written at most this often per session: fresh enough for a device list,
 /// and it keeps verification from becoming a write per request. Short idle timeouts are
 /// touched at half their length, so activity always keeps a session alive.
-pub const TOUCH_INTERVAL_SECS: u64 = 60;
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often the store-backed feed looks for revocations made by other nodes: the revocation
 /// lag between nodes, and the heartbeat by which freshness is judged.
@@ -316,15 +316,16 @@ impl Tessera {
         Ok(())
     }
 
-    /// The next epoch for a user: the next whole second, and always past the current one, so
-    /// two changes within one second still kill the tokens minted between them.
+    /// The next epoch for a user: one millisecond past now, so every token issued up to and
+    /// including this millisecond is dead, and always past the current epoch, so two changes
+    /// within one millisecond still kill the tokens minted between them.
     async fn next_epoch_of(&self, user: UserId) -> Result<Timestamp, AuthError> {
         let current = self
             .store
             .find_user(user)
             .await?
             .map_or(Timestamp::from_unix(0), |u| u.tokens_valid_after);
-        Ok(next_epoch().max(Timestamp::from_unix(current.as_unix() + 1)))
+        Ok(later_by_a_millisecond(Timestamp::now()).max(later_by_a_millisecond(current)))
     }
 
     /// The key ring in force; cheap (an `Arc` clone) so the verify path can call it per request.
@@ -501,8 +502,7 @@ impl Tessera {
         let cached_mode = self.effective_mode() == RevocationMode::Cached;
         if cached_mode {
             if let Some(cached) = self.cache.cookie(&hash, now) {
-                if now.seconds_since(cached.session.last_seen_at) >= touch_interval(&cached.session)
-                {
+                if now.since(cached.session.last_seen_at) >= touch_interval(&cached.session) {
                     self.cache.touch_cookie(&hash, now);
                     if let Ok(mut pending) = self.pending_touches.lock() {
                         pending.insert(cached.session.id, now);
@@ -551,7 +551,7 @@ impl Tessera {
     }
 
     async fn touch(&self, mut session: Session, now: Timestamp) -> Result<Session, AuthError> {
-        if now.seconds_since(session.last_seen_at) >= touch_interval(&session) {
+        if now.since(session.last_seen_at) >= touch_interval(&session) {
             self.store.touch_session(session.id, now).await?;
             session.last_seen_at = now;
         }
@@ -587,7 +587,7 @@ impl Tessera {
             via,
             created_at: now,
             last_seen_at: now,
-            idle_timeout_secs: duration_secs(idle),
+            idle_timeout: idle,
             expires_at: now.saturating_add(lifetime),
             user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
             ip: device.ip,
@@ -750,17 +750,17 @@ impl Tessera {
         session: &Session,
         now: Timestamp,
     ) -> Result<(String, u64), AuthError> {
-        // Never before the epoch: a token minted in the same second as a role change must
-        // count as issued after it.
-        let iat = now.max(user.tokens_valid_after);
+        // Never before the epoch: a token minted in the same millisecond as a role change, on
+        // a node whose clock is a little behind, must count as issued after it.
+        let issued = now.max(user.tokens_valid_after);
         let ttl = self.config.access_token_ttl;
         let claims = Claims {
             iss: self.config.issuer.clone(),
             sub: user.id.to_string(),
             aud: self.config.audience.clone(),
-            exp: iat.saturating_add(ttl).as_unix(),
-            iat: iat.as_unix(),
-            jti: uuid::Uuid::now_v7().to_string(),
+            exp: issued.saturating_add(ttl).as_unix(),
+            iat: issued.as_unix(),
+            jti: jti_at(issued),
             sid: session.id.to_string(),
             roles: user.roles.clone(),
             scope: None,
@@ -795,7 +795,7 @@ impl Tessera {
             RevocationMode::Cached => {
                 if let Some(revoked) =
                     self.cache
-                        .check_token(user_id, session_id, claims.iat, &claims.jti)
+                        .check_token(user_id, session_id, issued_at(&claims), &claims.jti)
                 {
                     return Err(Refused::because(match revoked {
                         Revoked::Session => "session_revoked",
@@ -837,7 +837,7 @@ impl Tessera {
             .find_user(user_id)
             .await?
             .ok_or(Refused::because("session_not_live"))?;
-        if claims.iat < user.tokens_valid_after.as_unix() {
+        if issued_at(claims) < user.tokens_valid_after {
             return Err(Refused::because("epoch_passed"));
         }
         if self.store.is_jti_denied(&claims.jti, now).await? {
@@ -872,8 +872,7 @@ impl Tessera {
     /// Claims the on-demand reload slot if the last one is old enough; one caller wins.
     fn may_reload_on_demand(&self) -> bool {
         use std::sync::atomic::Ordering;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let now = Timestamp::now().as_unix_millis();
         let last = self.last_on_demand_reload.load(Ordering::Relaxed);
         now.saturating_sub(last) >= ON_DEMAND_RELOAD_MILLIS
             && self
@@ -959,19 +958,16 @@ impl Tessera {
     pub async fn housekeeping(&self) -> Result<(u64, u64), AuthError> {
         let now = Timestamp::now();
         let pruned = self.store.prune_denylist(now).await?;
-        let horizon = Timestamp::from_unix(
-            now.as_unix()
-                - duration_secs(crate::keys::retired_key_lifetime(
-                    self.config.access_token_ttl,
-                )),
-        );
+        let horizon = now.saturating_sub(crate::keys::retired_key_lifetime(
+            self.config.access_token_ttl,
+        ));
         let purged = self.store.purge_dead_sessions(horizon).await?;
         // Events older than the horizon can change no verdict; a node cut off for longer
         // reloads its whole state when it reconnects.
         self.store.prune_events(horizon).await?;
         // Webhook messages leave the outbox only once delivered or given up; those are kept a
         // while for inspection.
-        let retention = Timestamp::from_unix(now.as_unix() - duration_secs(OUTBOX_RETENTION));
+        let retention = now.saturating_sub(OUTBOX_RETENTION);
         self.store.prune_outbox(retention).await?;
         Ok((pruned, purged))
     }
@@ -1090,8 +1086,8 @@ impl Tessera {
 
 /// How often a cached session's `last_seen_at` is due a write: every minute, or at half a
 /// short idle timeout, so activity always keeps a session alive.
-fn touch_interval(session: &Session) -> u64 {
-    TOUCH_INTERVAL_SECS.min(u64::try_from(session.idle_timeout_secs / 2).unwrap_or(0))
+fn touch_interval(session: &Session) -> Duration {
+    TOUCH_INTERVAL.min(session.idle_timeout / 2)
 }
 
 /// Writes the `last_seen_at` of cached cookie sessions back to the store in batches, off the
@@ -1199,14 +1195,43 @@ fn hmac_with(key: &[u8; 32]) -> HmacSha256 {
     <HmacSha256 as hmac::digest::KeyInit>::new(&(*block).into())
 }
 
-/// The epoch a revocation sets: the next whole second, so every token issued up to and
-/// including this second is dead, while tokens issued after it carry `iat >= epoch`.
-fn next_epoch() -> Timestamp {
-    Timestamp::from_unix(Timestamp::now().as_unix() + 1)
+fn later_by_a_millisecond(at: Timestamp) -> Timestamp {
+    Timestamp::from_unix_millis(at.as_unix_millis().saturating_add(1))
 }
 
-fn duration_secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+/// A `jti` that also records when the token was issued, to the millisecond: a UUID v7, whose
+/// first 48 bits are Unix milliseconds (RFC 9562 §5.7). JWT `iat` has whole seconds only
+/// (RFC 7519 §2), too coarse to tell a token minted just before an epoch bump from one minted
+/// just after it; the signed `jti` carries the rest.
+fn jti_at(issued: Timestamp) -> String {
+    let millis = u64::try_from(issued.as_unix_millis()).unwrap_or(0);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        millis / 1000,
+        u32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
+    );
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// When a verified token was issued, to the millisecond: the time in its `jti` when that is a
+/// UUID v7 within the second its `iat` names (every token Tessera mints), else the start of
+/// that second. The epoch rule (SPEC §5) compares this with `tokens_valid_after`.
+pub fn issued_at(claims: &Claims) -> Timestamp {
+    let second = Timestamp::from_unix(claims.iat);
+    uuid::Uuid::parse_str(&claims.jti)
+        .ok()
+        .filter(|id| id.get_version_num() == 7)
+        .and_then(|id| id.get_timestamp())
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            let millis = i64::try_from(secs)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000)
+                .saturating_add(i64::from(nanos / 1_000_000));
+            Timestamp::from_unix_millis(millis)
+        })
+        .filter(|precise| precise.as_unix() == claims.iat)
+        .unwrap_or(second)
 }
 
 /// Trims, sorts and de-duplicates roles, and refuses names that could not travel as a
@@ -1239,4 +1264,67 @@ fn truncate(mut text: String, max: usize) -> String {
         text.truncate(end);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn claims(iat: i64, jti: String) -> Claims {
+        Claims {
+            iss: "https://issuer.test".into(),
+            sub: UserId::new().to_string(),
+            aud: "tessera".into(),
+            exp: iat + 900,
+            iat,
+            jti,
+            sid: SessionId::new().to_string(),
+            roles: vec![],
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn a_minted_token_tells_its_issuance_to_the_millisecond() {
+        let issued = Timestamp::from_unix_millis(1_700_000_000_987);
+        let claims = claims(issued.as_unix(), jti_at(issued));
+        assert_eq!(claims.iat, 1_700_000_000);
+        assert_eq!(issued_at(&claims), issued);
+        // Every jti is still unique.
+        assert_ne!(jti_at(issued), jti_at(issued));
+    }
+
+    #[test]
+    fn a_jti_that_is_not_a_matching_uuid_v7_falls_back_to_the_start_of_iat() {
+        let second = Timestamp::from_unix(1_700_000_000);
+        for jti in [
+            "not-a-uuid".to_owned(),
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8".to_owned(), // a v1 UUID
+            // A v7 from another second must not move the issuance out of the `iat` second.
+            jti_at(Timestamp::from_unix_millis(1_700_000_005_000)),
+        ] {
+            assert_eq!(
+                issued_at(&claims(second.as_unix(), jti.clone())),
+                second,
+                "{jti}"
+            );
+        }
+    }
+
+    #[test]
+    fn epochs_move_past_now_and_past_the_previous_epoch() {
+        let now = Timestamp::from_unix_millis(1_700_000_000_500);
+        assert_eq!(
+            later_by_a_millisecond(now),
+            Timestamp::from_unix_millis(1_700_000_000_501)
+        );
+        // A token issued in the millisecond of the bump is older than the new epoch.
+        let epoch = later_by_a_millisecond(now);
+        let token = claims(now.as_unix(), jti_at(now));
+        assert!(issued_at(&token) < epoch);
+        // One issued after it (never before the epoch, see `issue_access_token`) is not.
+        let after = claims(epoch.as_unix(), jti_at(epoch));
+        assert!(issued_at(&after) >= epoch);
+    }
 }

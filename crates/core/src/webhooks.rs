@@ -429,8 +429,8 @@ pub fn verify_signature(
         return false;
     };
     let stamped = Timestamp::from_unix(t);
-    let skew = now.seconds_since(stamped).max(stamped.seconds_since(now));
-    if skew > tolerance.as_secs() {
+    let skew = now.since(stamped).max(stamped.since(now));
+    if skew > tolerance {
         return false;
     }
     let expected = signed_mac(secret, t, body);

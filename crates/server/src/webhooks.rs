@@ -16,7 +16,7 @@
 //! `webhooks.abort()` when it stops.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tessera_core::config::origin_of;
 use tessera_core::model::Timestamp;
@@ -151,7 +151,7 @@ async fn attempt(
         .iter()
         .find(|w| w.url == message.endpoint)
     else {
-        let waited = Duration::from_secs(now.seconds_since(message.created_at));
+        let waited = now.since(message.created_at);
         if waited < UNKNOWN_ENDPOINT_GRACE {
             // Another node may know it; look again after a claim's length.
             if store
@@ -262,15 +262,9 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF)
 }
 
-/// When the next attempt is due: [`backoff`] from now, rounded up to the next whole second
-/// (the outbox's resolution), so no retry ever comes sooner than its backoff.
+/// When the next attempt is due: [`backoff`] from now.
 fn retry_at(attempts: u32) -> Timestamp {
-    let due = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_add(backoff(attempts));
-    let seconds = due.as_secs() + u64::from(due.subsec_nanos() > 0);
-    Timestamp::from_unix(i64::try_from(seconds).unwrap_or(i64::MAX))
+    Timestamp::now().saturating_add(backoff(attempts))
 }
 
 #[cfg(test)]
@@ -294,8 +288,9 @@ mod tests {
     fn retries_are_never_early() {
         let before = Timestamp::now();
         let at = retry_at(1);
-        assert!(at.as_unix() > before.as_unix());
-        assert!(at.as_unix() <= before.as_unix() + 2);
+        let after = Timestamp::now();
+        assert!(at >= before.saturating_add(backoff(1)));
+        assert!(at <= after.saturating_add(backoff(1)));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use reqwest::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use serde_json::{json, Value};
-use support::{headers, start, start_sqlite, unique_email, PASSWORD};
+use support::{headers, start, start_sqlite, unique_email, Browser, TestServer, PASSWORD};
 
 #[tokio::test]
 async fn sign_up_returns_the_user_and_refuses_duplicates_and_bad_input() {
@@ -186,6 +188,42 @@ async fn unknown_user_and_wrong_password_answer_alike() {
     let unknown: Value = unknown.json().await.unwrap();
     assert_eq!(wrong, unknown);
     assert_eq!(wrong["error"], "invalid_credentials");
+}
+
+/// SPEC §3: an unknown email answers in the same time as a wrong password, or its timing
+/// would tell which addresses have accounts. Both run one argon2id verification; without the
+/// dummy hash an unknown email would answer in about a millisecond against tens for a wrong
+/// password. The two kinds are interleaved, so load on the machine slows both alike, and the
+/// medians must agree within a factor of two either way.
+#[tokio::test]
+async fn an_unknown_email_takes_as_long_as_a_wrong_password() {
+    let server = start("").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let timed = |email: String, password: &'static str| {
+        let server = &server;
+        async move {
+            let started = Instant::now();
+            let res = server.login_raw(&email, password, headers(&[])).await;
+            let took = started.elapsed();
+            assert_eq!(res.status(), 401);
+            took
+        }
+    };
+    let (mut wrong, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        wrong.push(timed(email.clone(), "wrong password!").await);
+        unknown.push(timed(unique_email(), PASSWORD).await);
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (wrong, unknown) = (median(wrong), median(unknown));
+    assert!(
+        unknown * 2 >= wrong && wrong * 2 >= unknown,
+        "median unknown email {unknown:?}, wrong password {wrong:?}"
+    );
 }
 
 #[tokio::test]
@@ -399,52 +437,85 @@ async fn session_without_credentials_is_401() {
     assert_eq!(res.status(), 401);
 }
 
-#[tokio::test]
-async fn idle_and_absolute_expiry_are_enforced() {
-    let server = start_sqlite("session_idle_timeout = \"1s\"").await;
+/// Signs in a fresh user and returns the browser with the instant the login answered: every
+/// deadline below is counted from it, with a margin of a second or more either way, so a slow
+/// request on a loaded machine cannot flip the outcome.
+async fn signed_in(server: &TestServer) -> (Browser, Instant) {
     let (_, browser) = server.browser().await;
+    (browser, Instant::now())
+}
+
+#[tokio::test]
+async fn an_idle_session_dies_after_its_idle_timeout() {
+    let server = start_sqlite("session_idle_timeout = \"3s\"").await;
+    let (browser, at) = signed_in(&server).await;
     assert_eq!(
         server.session_with_cookie(&browser.cookie).await.status(),
         200
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep_until((at + Duration::from_secs(4)).into()).await;
     assert_eq!(
         server.session_with_cookie(&browser.cookie).await.status(),
         401,
-        "idle timeout"
-    );
-
-    // Activity keeps a short idle timeout alive: requests every second for three seconds.
-    // (Strict: every request reads the store; the cached write-back has its own test.)
-    let server = start_sqlite("revocation_mode = \"strict\"\nsession_idle_timeout = \"2s\"").await;
-    let (_, browser) = server.browser().await;
-    for _ in 0..3 {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        assert_eq!(
-            server.verify_cookie(&browser.cookie).await.status(),
-            200,
-            "activity extends idle expiry"
-        );
-    }
-
-    let server = start_sqlite("session_absolute_timeout = \"1s\"").await;
-    let (_, browser) = server.browser().await;
-    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(
-        server.verify_cookie(&browser.cookie).await.status(),
-        401,
-        "absolute timeout"
+        "idle for a second longer than the idle timeout"
     );
 }
 
 #[tokio::test]
-async fn logout_everywhere_signs_out_every_device() {
+async fn activity_keeps_a_short_idle_timeout_alive() {
+    // Strict: every request reads the store; the cached write-back has its own test. The idle
+    // timeout is 4 s, so last_seen_at is written every 2 s of activity; requests every half
+    // second for 6 s outlive the first idle deadline by 2 s.
+    let server = start_sqlite("revocation_mode = \"strict\"\nsession_idle_timeout = \"4s\"").await;
+    let (browser, at) = signed_in(&server).await;
+    let mut tick = tokio::time::interval_at(
+        (at + Duration::from_millis(500)).into(),
+        Duration::from_millis(500),
+    );
+    while at.elapsed() < Duration::from_secs(6) {
+        tick.tick().await;
+        assert_eq!(
+            server.verify_cookie(&browser.cookie).await.status(),
+            200,
+            "activity extends idle expiry ({:?} after sign-in)",
+            at.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_session_dies_at_its_absolute_timeout_whatever_the_activity() {
+    let server = start_sqlite("session_absolute_timeout = \"3s\"").await;
+    let (browser, at) = signed_in(&server).await;
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
+    tokio::time::sleep_until((at + Duration::from_millis(1500)).into()).await;
+    assert_eq!(
+        server.verify_cookie(&browser.cookie).await.status(),
+        200,
+        "still inside the absolute timeout"
+    );
+    tokio::time::sleep_until((at + Duration::from_secs(4)).into()).await;
+    assert_eq!(
+        server.verify_cookie(&browser.cookie).await.status(),
+        401,
+        "a second past the absolute timeout"
+    );
+}
+
+#[tokio::test]
+async fn logout_everywhere_signs_out_every_device_and_bumps_the_epoch() {
+    use tessera_core::model::{SessionId, UserId};
+    use tessera_core::revocation::Revoked;
+
     let server = start_sqlite("").await;
     let (email, browser) = server.browser().await;
     let pair = server.password_grant(&email).await;
     let access = pair["access_token"].as_str().unwrap();
     assert_eq!(server.verify_bearer(access).await.status(), 200);
+    let user = UserId::parse(browser.body["user"]["id"].as_str().unwrap()).unwrap();
+    let epoch_before = server.tessera.user(user).await.unwrap().tokens_valid_after;
+    let claims = server.tessera.verify_token(access).await.unwrap();
+    let issued = tessera_core::service::issued_at(&claims);
     let res = server
         .client
         .post(server.url("/v1/logout?everywhere=true"))
@@ -462,6 +533,30 @@ async fn logout_everywhere_signs_out_every_device() {
             .await
             .status(),
         400
+    );
+    // The sessions' revocation alone refuses the token above (through its `sid`); the epoch
+    // is what refuses every older token of the user whatever its session, on every node.
+    let epoch = server.tessera.user(user).await.unwrap().tokens_valid_after;
+    assert!(
+        epoch > epoch_before && epoch > issued,
+        "epoch moved past the token: {epoch:?}"
+    );
+    assert_eq!(
+        server
+            .tessera
+            .revocation_cache()
+            .check_token(user, SessionId::new(), issued, &claims.jti),
+        Some(Revoked::Epoch),
+        "any session's token issued before the sign-out is dead by the epoch alone"
+    );
+    // A new sign-in after it works.
+    let again = server.password_grant(&email).await;
+    assert_eq!(
+        server
+            .verify_bearer(again["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
     );
 }
 
@@ -494,7 +589,7 @@ async fn last_seen_is_written_at_most_once_a_minute() {
         .unwrap()
         .unwrap()
         .last_seen_at;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..3 {
         assert_eq!(
             server.session_with_cookie(&browser.cookie).await.status(),
@@ -522,10 +617,10 @@ async fn last_seen_is_written_at_most_once_a_minute() {
         user_id: user,
         secret_hash: Some(secret.to_hash()),
         via: Via::Cookie,
-        created_at: Timestamp::from_unix(now.as_unix() - 120),
-        last_seen_at: Timestamp::from_unix(now.as_unix() - 120),
-        idle_timeout_secs: 86_400,
-        expires_at: Timestamp::from_unix(now.as_unix() + 3600),
+        created_at: now.saturating_sub(Duration::from_secs(120)),
+        last_seen_at: now.saturating_sub(Duration::from_secs(120)),
+        idle_timeout: Duration::from_secs(86_400),
+        expires_at: now.saturating_add(Duration::from_secs(3600)),
         user_agent: None,
         ip: None,
         revoked_at: None,
@@ -539,7 +634,7 @@ async fn last_seen_is_written_at_most_once_a_minute() {
         .unwrap()
         .unwrap();
     assert!(
-        touched.last_seen_at.as_unix() >= now.as_unix(),
+        touched.last_seen_at >= now,
         "stale last_seen_at written back"
     );
 }
@@ -551,7 +646,7 @@ async fn cached_sessions_write_last_seen_back_in_batches() {
     // Idle timeout 4 s: last_seen_at is due every 2 s; the cache answers, the store learns later.
     let server = start_sqlite("revocation_mode = \"cached\"\nsession_idle_timeout = \"4s\"").await;
     let (_, browser) = server.browser().await;
-    let signed_in = std::time::Instant::now();
+    let signed_in = Instant::now();
     let id = SessionId::parse(browser.body["session"]["id"].as_str().unwrap()).unwrap();
     let store = server.tessera.store();
     let created = store
@@ -561,33 +656,30 @@ async fn cached_sessions_write_last_seen_back_in_batches() {
         .unwrap()
         .last_seen_at;
     // Wait for the feed, so the cookie is served from the cache.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while !server.tessera.revocation_status().fresh {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(
         server.verify_cookie(&browser.cookie).await.status(),
         200,
         "seen again: due a write"
     );
     // The batch reaches the store within a flush interval.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let stored = store.find_live_session(id, Timestamp::now()).await.unwrap();
         if stored.is_some_and(|s| s.last_seen_at > created) {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "last_seen_at never written back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "last_seen_at never written back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And the session is still alive past its first idle deadline (sign-in + 4 s), thanks to
     // the activity at sign-in + 2 s.
-    tokio::time::sleep_until((signed_in + std::time::Duration::from_millis(4_600)).into()).await;
+    tokio::time::sleep_until((signed_in + Duration::from_millis(4_600)).into()).await;
     assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
 }

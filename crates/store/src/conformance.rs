@@ -163,8 +163,24 @@ const IDLE_SECS: i64 = 3_600;
 const ABSOLUTE_SECS: i64 = 86_400;
 const GRACE: Duration = Duration::from_secs(10);
 
+/// `offset` seconds after a fixed instant that is not a whole second, so every time a case
+/// stores must come back to the millisecond.
 fn at(offset: i64) -> Timestamp {
-    Timestamp::from_unix(1_700_000_000 + offset)
+    Timestamp::from_unix_millis((1_700_000_000 + offset) * 1000 + 123)
+}
+
+/// One millisecond earlier: the last instant before an edge.
+fn just_before(t: Timestamp) -> Timestamp {
+    Timestamp::from_unix_millis(t.as_unix_millis() - 1)
+}
+
+/// One millisecond later: the first instant past an edge.
+fn just_after(t: Timestamp) -> Timestamp {
+    Timestamp::from_unix_millis(t.as_unix_millis() + 1)
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(u64::try_from(n).unwrap())
 }
 
 /// An era long before [`at`], reserved for the cases that delete by time
@@ -172,7 +188,7 @@ fn at(offset: i64) -> Timestamp {
 /// on a shared store their cut-off lies before every other case's records, so they neither
 /// delete what a parallel case still needs nor count its rows. One case per table, at most.
 fn past(offset: i64) -> Timestamp {
-    Timestamp::from_unix(1_000_000_000 + offset)
+    Timestamp::from_unix_millis((1_000_000_000 + offset) * 1000 + 456)
 }
 
 fn fresh_jti() -> String {
@@ -208,8 +224,8 @@ fn new_session(user: &User, via: Via, created_at: Timestamp) -> Session {
         via,
         created_at,
         last_seen_at: created_at,
-        idle_timeout_secs: IDLE_SECS,
-        expires_at: Timestamp::from_unix(created_at.as_unix() + ABSOLUTE_SECS),
+        idle_timeout: secs(IDLE_SECS),
+        expires_at: created_at.saturating_add(secs(ABSOLUTE_SECS)),
         user_agent: Some("Mozilla/5.0 (conformance)".to_owned()),
         ip: Some("192.0.2.7".to_owned()),
         revoked_at: None,
@@ -437,7 +453,7 @@ pub async fn unknown_session_is_none<S: Store + ?Sized>(store: &S) {
 pub async fn session_dies_when_idle<S: Store + ?Sized>(store: &S) {
     let session = seeded_session(store, Via::Cookie).await;
     let hash = session.secret_hash.unwrap();
-    let last_live = at(IDLE_SECS - 1);
+    let last_live = just_before(at(IDLE_SECS));
     assert!(store
         .find_live_session(session.id, last_live)
         .await
@@ -448,7 +464,7 @@ pub async fn session_dies_when_idle<S: Store + ?Sized>(store: &S) {
         .await
         .unwrap()
         .is_some());
-    // Dead at exactly last_seen_at + idle_timeout_secs.
+    // Dead at exactly last_seen_at + idle_timeout, to the millisecond.
     let idle_end = at(IDLE_SECS);
     assert_eq!(
         store.find_live_session(session.id, idle_end).await.unwrap(),
@@ -479,7 +495,7 @@ pub async fn session_dies_at_absolute_expiry<S: Store + ?Sized>(store: &S) {
     store.touch_session(session.id, at(3_000)).await.unwrap();
     store.touch_session(session.id, at(4_900)).await.unwrap();
     assert!(store
-        .find_live_session(session.id, at(4_999))
+        .find_live_session(session.id, just_before(at(5_000)))
         .await
         .unwrap()
         .is_some());
@@ -532,7 +548,7 @@ pub async fn touch_extends_idle_expiry<S: Store + ?Sized>(store: &S) {
         .unwrap();
     assert_eq!(found, Some(touched(&session, at(3_000))));
     assert!(store
-        .find_live_session(session.id, at(3_000 + IDLE_SECS - 1))
+        .find_live_session(session.id, just_before(at(3_000 + IDLE_SECS)))
         .await
         .unwrap()
         .is_some());
@@ -676,7 +692,7 @@ pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>
     let new = new_session(&user, Via::Cookie, at(200));
     let revoked = new_session(&user, Via::Cookie, at(150));
     let idle = Session {
-        idle_timeout_secs: 60,
+        idle_timeout: secs(60),
         ..new_session(&user, Via::Cookie, at(50))
     };
     let ended = Session {
@@ -775,7 +791,7 @@ pub async fn replay_within_grace_is_replayed<S: Store + ?Sized>(store: &S) {
         .await
         .unwrap();
 
-    // Two tabs refreshing at once; up to and including `grace` seconds later.
+    // Two tabs refreshing at once; up to and including `grace` later, to the millisecond.
     for now in [at(100), at(105), at(110)] {
         let rotation = store
             .rotate_refresh(&first, &second, now, GRACE, &WebhookPlan::none())
@@ -803,8 +819,15 @@ pub async fn replay_after_grace_revokes_the_family<S: Store + ?Sized>(store: &S)
         .await
         .unwrap();
 
+    // One millisecond past the grace window is reuse.
     let rotation = store
-        .rotate_refresh(&first, &second, at(111), GRACE, &WebhookPlan::none())
+        .rotate_refresh(
+            &first,
+            &second,
+            just_after(at(110)),
+            GRACE,
+            &WebhookPlan::none(),
+        )
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::ReuseDetected(session.id));
@@ -1238,12 +1261,12 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
         ..session(Via::Token)
     };
     let idle = Session {
-        idle_timeout_secs: 60,
+        idle_timeout: secs(60),
         ..session(Via::Cookie)
     };
     // Its idle end is exactly the cut-off: it did not end *before* it.
     let boundary = Session {
-        idle_timeout_secs: 500,
+        idle_timeout: secs(500),
         ..session(Via::Token)
     };
     let all = [&live, &revoked, &revoked_later, &ended, &idle, &boundary];

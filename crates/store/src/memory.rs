@@ -490,7 +490,7 @@ impl RefreshStore for MemoryStore {
             return Ok(Rotation::Rotated(touched));
         };
 
-        let within_grace = Duration::from_secs(now.seconds_since(rotated_at)) <= grace;
+        let within_grace = now.since(rotated_at) <= grace;
         let successor_unused = previous_successor
             .and_then(|hash| state.refresh.get(&hash))
             .is_some_and(|next| next.record.rotated_at.is_none());

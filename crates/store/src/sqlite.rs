@@ -47,16 +47,16 @@ const MIGRATION_ATTEMPTS: u32 = 3;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const SESSION_COLUMNS: &str = "id, user_id, secret_hash, via, created_at, last_seen_at, \
-     idle_timeout_secs, expires_at, user_agent, ip, revoked_at";
+     idle_timeout_ms, expires_at, user_agent, ip, revoked_at";
 
 /// The SQL mirror of [`Session::is_live`] for a `sessions` row, with `now` bound to `?1`.
 const SESSION_LIVE: &str = "revoked_at IS NULL \
-     AND ?1 < MIN(last_seen_at + idle_timeout_secs, expires_at)";
+     AND ?1 < MIN(last_seen_at + idle_timeout_ms, expires_at)";
 
 /// A `sessions` row that ended strictly before `?1`: revoked, or expired (idle or absolute),
 /// before it. The idle end is [`Session::idle_expires_at`], which already caps at `expires_at`.
 const SESSION_ENDED_BEFORE: &str = "(revoked_at < ?1 \
-     OR MIN(last_seen_at + idle_timeout_secs, expires_at) < ?1)";
+     OR MIN(last_seen_at + idle_timeout_ms, expires_at) < ?1)";
 
 const OUTBOX_COLUMNS: &str = "id, event_id, endpoint, event_type, body, attempts, \
      next_attempt_at, created_at, last_error";
@@ -188,11 +188,11 @@ where
 }
 
 fn timestamp(row: &SqliteRow, column: &str) -> Result<Timestamp, StoreError> {
-    get::<i64>(row, column).map(Timestamp::from_unix)
+    get::<i64>(row, column).map(Timestamp::from_unix_millis)
 }
 
 fn optional_timestamp(row: &SqliteRow, column: &str) -> Result<Option<Timestamp>, StoreError> {
-    Ok(get::<Option<i64>>(row, column)?.map(Timestamp::from_unix))
+    Ok(get::<Option<i64>>(row, column)?.map(Timestamp::from_unix_millis))
 }
 
 fn hash(row: &SqliteRow, column: &str) -> Result<SecretHash, StoreError> {
@@ -232,7 +232,10 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
         via: Via::parse(&via).ok_or_else(|| corrupt("via", format!("{via:?}")))?,
         created_at: timestamp(row, "created_at")?,
         last_seen_at: timestamp(row, "last_seen_at")?,
-        idle_timeout_secs: get(row, "idle_timeout_secs")?,
+        idle_timeout: Duration::from_millis(
+            u64::try_from(get::<i64>(row, "idle_timeout_ms")?)
+                .map_err(|_| corrupt("idle_timeout_ms", "negative"))?,
+        ),
         expires_at: timestamp(row, "expires_at")?,
         user_agent: get(row, "user_agent")?,
         ip: get(row, "ip")?,
@@ -296,7 +299,7 @@ async fn enqueue(
         .bind(&message.endpoint)
         .bind(message.event_type.as_str())
         .bind(&message.body)
-        .bind(message.created_at.as_unix())
+        .bind(message.created_at.as_unix_millis())
         .execute(&mut *conn)
         .await
         .map_err(|err| insert_failed(err, |_| "outbox"))?;
@@ -319,8 +322,8 @@ impl UserStore for SqliteStore {
         .bind(user.email.as_str())
         .bind(&user.password_hash)
         .bind(roles_json(&user.roles)?)
-        .bind(user.created_at.as_unix())
-        .bind(user.tokens_valid_after.as_unix())
+        .bind(user.created_at.as_unix_millis())
+        .bind(user.tokens_valid_after.as_unix_millis())
         .execute(&self.writer)
         .await
         .map_err(|err| {
@@ -408,7 +411,7 @@ impl UserStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after, ?1) WHERE id = ?2",
         )
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(id.to_string())
         .execute(&mut *tx)
         .await
@@ -423,7 +426,7 @@ impl UserStore for SqliteStore {
 
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
         sqlx::query("SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= ?1")
-            .bind(since.as_unix())
+            .bind(since.as_unix_millis())
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?
@@ -454,13 +457,13 @@ impl SessionStore for SqliteStore {
         .bind(session.user_id.to_string())
         .bind(session.secret_hash.map(|h| h.as_bytes().to_vec()))
         .bind(session.via.as_str())
-        .bind(session.created_at.as_unix())
-        .bind(session.last_seen_at.as_unix())
-        .bind(session.idle_timeout_secs)
-        .bind(session.expires_at.as_unix())
+        .bind(session.created_at.as_unix_millis())
+        .bind(session.last_seen_at.as_unix_millis())
+        .bind(tessera_core::model::duration_millis(session.idle_timeout))
+        .bind(session.expires_at.as_unix_millis())
         .bind(session.user_agent.as_deref())
         .bind(session.ip.as_deref())
-        .bind(session.revoked_at.map(Timestamp::as_unix))
+        .bind(session.revoked_at.map(Timestamp::as_unix_millis))
         .execute(&mut *tx)
         .await
         .map_err(|err| insert_failed(err, |_| "session"))?;
@@ -477,7 +480,7 @@ impl SessionStore for SqliteStore {
         sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
         ))
-        .bind(now.as_unix())
+        .bind(now.as_unix_millis())
         .bind(id.to_string())
         .fetch_optional(&self.reader)
         .await
@@ -495,7 +498,7 @@ impl SessionStore for SqliteStore {
         sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE secret_hash = ?2 AND {SESSION_LIVE}"
         ))
-        .bind(now.as_unix())
+        .bind(now.as_unix_millis())
         .bind(hash.as_bytes().as_slice())
         .fetch_optional(&self.reader)
         .await
@@ -511,7 +514,7 @@ impl SessionStore for SqliteStore {
             "UPDATE sessions SET last_seen_at = ?1 \
              WHERE id = ?2 AND last_seen_at < ?1 AND {SESSION_LIVE}"
         ))
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(id.to_string())
         .execute(&self.writer)
         .await
@@ -530,7 +533,7 @@ impl SessionStore for SqliteStore {
             "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND {SESSION_LIVE} \
              RETURNING user_id"
         ))
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(id.to_string())
         .fetch_optional(&mut *tx)
         .await
@@ -557,7 +560,7 @@ impl SessionStore for SqliteStore {
              WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
              RETURNING id",
         )
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(user.to_string())
         .bind(keep.map(|id| id.to_string()))
         .fetch_all(&mut *tx)
@@ -582,7 +585,7 @@ impl SessionStore for SqliteStore {
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?2 AND {SESSION_LIVE} \
              ORDER BY created_at DESC, rowid DESC"
         ))
-        .bind(now.as_unix())
+        .bind(now.as_unix_millis())
         .bind(user.to_string())
         .fetch_all(&self.reader)
         .await
@@ -598,7 +601,7 @@ impl SessionStore for SqliteStore {
     ) -> Result<Vec<(SessionId, UserId, Timestamp)>, StoreError> {
         // `revoked_at >= ?1` implies `revoked_at IS NOT NULL`: the partial index serves it.
         sqlx::query("SELECT id, user_id, revoked_at FROM sessions WHERE revoked_at >= ?1")
-            .bind(since.as_unix())
+            .bind(since.as_unix_millis())
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?
@@ -625,7 +628,7 @@ impl SessionStore for SqliteStore {
             "DELETE FROM refresh_tokens WHERE session_id IN \
              (SELECT id FROM sessions WHERE {SESSION_ENDED_BEFORE})"
         ))
-        .bind(before.as_unix())
+        .bind(before.as_unix_millis())
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -633,7 +636,7 @@ impl SessionStore for SqliteStore {
         let done = sqlx::query(&format!(
             "DELETE FROM sessions WHERE {SESSION_ENDED_BEFORE}"
         ))
-        .bind(before.as_unix())
+        .bind(before.as_unix_millis())
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -651,8 +654,8 @@ impl RefreshStore for SqliteStore {
         )
         .bind(record.hash.as_bytes().as_slice())
         .bind(record.session_id.to_string())
-        .bind(record.issued_at.as_unix())
-        .bind(record.rotated_at.map(Timestamp::as_unix))
+        .bind(record.issued_at.as_unix_millis())
+        .bind(record.rotated_at.map(Timestamp::as_unix_millis))
         .execute(&self.writer)
         .await
         .map_err(|err| insert_failed(err, |_| "refresh"))?;
@@ -694,7 +697,7 @@ impl RefreshStore for SqliteStore {
         let Some(session) = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
         ))
-        .bind(now.as_unix())
+        .bind(now.as_unix_millis())
         .bind(session_id.to_string())
         .fetch_optional(&mut *tx)
         .await
@@ -705,14 +708,14 @@ impl RefreshStore for SqliteStore {
         let mut session = session_from_row(&session)?;
 
         let outcome = if let Some(rotated_at) = rotated_at {
-            let within_grace = Duration::from_secs(now.seconds_since(rotated_at)) <= grace;
+            let within_grace = now.since(rotated_at) <= grace;
             let successor_unused = optional_hash(&token, "next_hash")?.is_some()
                 && optional_timestamp(&token, "next_rotated_at")?.is_none();
             if within_grace && successor_unused {
                 return Ok(Rotation::Replayed(session));
             }
             sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL")
-                .bind(now.as_unix())
+                .bind(now.as_unix_millis())
                 .bind(session_id.to_string())
                 .execute(&mut *tx)
                 .await
@@ -723,7 +726,7 @@ impl RefreshStore for SqliteStore {
             sqlx::query(
                 "UPDATE refresh_tokens SET rotated_at = ?1, successor = ?2 WHERE hash = ?3",
             )
-            .bind(now.as_unix())
+            .bind(now.as_unix_millis())
             .bind(successor.as_bytes().as_slice())
             .bind(presented.as_bytes().as_slice())
             .execute(&mut *tx)
@@ -734,12 +737,12 @@ impl RefreshStore for SqliteStore {
             )
             .bind(successor.as_bytes().as_slice())
             .bind(session_id.to_string())
-            .bind(now.as_unix())
+            .bind(now.as_unix_millis())
             .execute(&mut *tx)
             .await
             .map_err(|err| insert_failed(err, |_| "refresh"))?;
             sqlx::query("UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?1) WHERE id = ?2")
-                .bind(now.as_unix())
+                .bind(now.as_unix_millis())
                 .bind(session_id.to_string())
                 .execute(&mut *tx)
                 .await
@@ -773,7 +776,7 @@ impl RefreshStore for SqliteStore {
             "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL \
              RETURNING user_id",
         )
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(session_id.to_string())
         .fetch_optional(&mut *tx)
         .await
@@ -795,7 +798,7 @@ impl DenylistStore for SqliteStore {
              ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
         )
         .bind(jti)
-        .bind(expires_at.as_unix())
+        .bind(expires_at.as_unix_millis())
         .execute(&self.writer)
         .await
         .map_err(unavailable)?;
@@ -806,7 +809,7 @@ impl DenylistStore for SqliteStore {
         let denied: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM denied_jtis WHERE jti = ?1 AND ?2 < expires_at")
                 .bind(jti)
-                .bind(now.as_unix())
+                .bind(now.as_unix_millis())
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(unavailable)?;
@@ -815,7 +818,7 @@ impl DenylistStore for SqliteStore {
 
     async fn denied_jtis(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
         sqlx::query("SELECT jti, expires_at FROM denied_jtis WHERE ?1 < expires_at")
-            .bind(now.as_unix())
+            .bind(now.as_unix_millis())
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?
@@ -826,7 +829,7 @@ impl DenylistStore for SqliteStore {
 
     async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM denied_jtis WHERE expires_at <= ?1")
-            .bind(now.as_unix())
+            .bind(now.as_unix_millis())
             .execute(&self.writer)
             .await
             .map_err(unavailable)?;
@@ -845,7 +848,7 @@ impl RevocationLog for SqliteStore {
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO revocation_events (at, event) VALUES (?1, ?2) RETURNING seq",
         )
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(text)
         .fetch_one(&self.writer)
         .await
@@ -890,7 +893,7 @@ impl RevocationLog for SqliteStore {
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM revocation_events WHERE at < ?1")
-            .bind(before.as_unix())
+            .bind(before.as_unix_millis())
             .execute(&self.writer)
             .await
             .map_err(unavailable)?;
@@ -911,7 +914,7 @@ impl OutboxStore for SqliteStore {
              WHERE {OUTBOX_WAITING} AND next_attempt_at <= ?1 \
              ORDER BY next_attempt_at, rowid LIMIT ?2"
         ))
-        .bind(now.as_unix())
+        .bind(now.as_unix_millis())
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await
@@ -933,8 +936,8 @@ impl OutboxStore for SqliteStore {
              WHERE id = ?1 AND {OUTBOX_WAITING} AND next_attempt_at <= ?2"
         ))
         .bind(id.to_string())
-        .bind(now.as_unix())
-        .bind(until.as_unix())
+        .bind(now.as_unix_millis())
+        .bind(until.as_unix_millis())
         .execute(&self.writer)
         .await
         .map_err(unavailable)?;
@@ -946,7 +949,7 @@ impl OutboxStore for SqliteStore {
             "UPDATE webhook_outbox SET delivered_at = ?2 WHERE id = ?1 AND {OUTBOX_WAITING}"
         ))
         .bind(id.to_string())
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .execute(&self.writer)
         .await
         .map_err(unavailable)?;
@@ -966,7 +969,7 @@ impl OutboxStore for SqliteStore {
         ))
         .bind(id.to_string())
         .bind(i64::from(attempts))
-        .bind(next_attempt_at.as_unix())
+        .bind(next_attempt_at.as_unix_millis())
         .bind(error)
         .execute(&self.writer)
         .await
@@ -980,7 +983,7 @@ impl OutboxStore for SqliteStore {
              WHERE id = ?1 AND {OUTBOX_WAITING}"
         ))
         .bind(id.to_string())
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(error)
         .execute(&self.writer)
         .await
@@ -991,7 +994,7 @@ impl OutboxStore for SqliteStore {
     async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
         let done =
             sqlx::query("DELETE FROM webhook_outbox WHERE delivered_at < ?1 OR given_up_at < ?1")
-                .bind(before.as_unix())
+                .bind(before.as_unix_millis())
                 .execute(&self.writer)
                 .await
                 .map_err(unavailable)?;
@@ -1010,8 +1013,8 @@ impl KeyStore for SqliteStore {
         .bind(&key.alg)
         .bind(key.sealed_private.as_slice())
         .bind(key.public_jwk.as_deref())
-        .bind(key.created_at.as_unix())
-        .bind(key.retired_at.map(Timestamp::as_unix))
+        .bind(key.created_at.as_unix_millis())
+        .bind(key.retired_at.map(Timestamp::as_unix_millis))
         .execute(&self.writer)
         .await
         .map_err(|err| insert_failed(err, |_| "kid"))?;
@@ -1032,7 +1035,7 @@ impl KeyStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 AND retired_at IS NULL",
         )
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(kid)
         .execute(&self.writer)
         .await
@@ -1060,8 +1063,8 @@ impl AdminKeyStore for SqliteStore {
         .bind(key.id.to_string())
         .bind(&key.name)
         .bind(key.hash.as_bytes().as_slice())
-        .bind(key.created_at.as_unix())
-        .bind(key.revoked_at.map(Timestamp::as_unix))
+        .bind(key.created_at.as_unix_millis())
+        .bind(key.revoked_at.map(Timestamp::as_unix_millis))
         .execute(&self.writer)
         .await
         .map_err(|err| insert_failed(err, |_| "admin_key"))?;
@@ -1083,7 +1086,7 @@ impl AdminKeyStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE admin_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
         )
-        .bind(at.as_unix())
+        .bind(at.as_unix_millis())
         .bind(id.to_string())
         .execute(&self.writer)
         .await

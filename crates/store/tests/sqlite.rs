@@ -42,8 +42,8 @@ fn session(user: &User, via: Via, now: Timestamp) -> Session {
         via,
         created_at: now,
         last_seen_at: now,
-        idle_timeout_secs: 3_600,
-        expires_at: Timestamp::from_unix(now.as_unix() + 86_400),
+        idle_timeout: Duration::from_secs(3_600),
+        expires_at: now.saturating_add(Duration::from_secs(86_400)),
         user_agent: None,
         ip: None,
         revoked_at: None,
@@ -177,4 +177,93 @@ async fn two_stores_share_one_file() {
         .filter(|r| matches!(r, Rotation::Replayed(_)))
         .count();
     assert_eq!((rotated, replayed), (1, 1), "{outcomes:?}");
+}
+
+/// A database written when timestamps were whole seconds reads back, after the migration to
+/// milliseconds, as the same instants and the same idle timeout.
+#[tokio::test]
+async fn second_resolution_databases_migrate_to_milliseconds() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use tessera_core::store::DenylistStore as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    let mut before = sqlx::migrate!("./migrations/sqlite");
+    let kept: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 5)
+        .cloned()
+        .collect();
+    before.migrations = kept.into();
+    before.run(&pool).await.unwrap();
+
+    let (user, session) = (UserId::new(), SessionId::new());
+    sqlx::query(
+        "INSERT INTO users (id, email, password_hash, roles, created_at, tokens_valid_after) \
+         VALUES (?1, 'old@example.test', 'x', '[]', 1700000000, 1700000100)",
+    )
+    .bind(user.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, secret_hash, via, created_at, last_seen_at, \
+         idle_timeout_secs, expires_at, user_agent, ip, revoked_at) \
+         VALUES (?1, ?2, NULL, 'token', 1700000000, 1700000050, 3600, 1700086400, NULL, NULL, NULL)",
+    )
+    .bind(session.to_string())
+    .bind(user.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO denied_jtis (jti, expires_at) VALUES ('old-jti', 1700000900)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let found = store.find_user(user).await.unwrap().unwrap();
+    assert_eq!(found.created_at, Timestamp::from_unix(1_700_000_000));
+    assert_eq!(
+        found.tokens_valid_after,
+        Timestamp::from_unix(1_700_000_100)
+    );
+    let live = store
+        .find_live_session(session, Timestamp::from_unix(1_700_000_060))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.last_seen_at, Timestamp::from_unix(1_700_000_050));
+    assert_eq!(live.idle_timeout, Duration::from_secs(3_600));
+    assert_eq!(live.expires_at, Timestamp::from_unix(1_700_086_400));
+    // The idle end is last seen + one hour, to the millisecond.
+    let idle_end = Timestamp::from_unix(1_700_003_650);
+    let last_live = Timestamp::from_unix_millis(idle_end.as_unix_millis() - 1);
+    assert!(store
+        .find_live_session(session, last_live)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .find_live_session(session, idle_end)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .is_jti_denied("old-jti", Timestamp::from_unix(1_700_000_899))
+        .await
+        .unwrap());
+    assert!(!store
+        .is_jti_denied("old-jti", Timestamp::from_unix(1_700_000_900))
+        .await
+        .unwrap());
 }
