@@ -126,6 +126,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_dummy_hash_costs_what_a_real_one_does() {
+        let hasher = PasswordHasher::new(1).unwrap();
+        let real = hasher
+            .hash(Password::new("correct horse".into()))
+            .await
+            .unwrap();
+        let params = |phc: &str| phc.rsplitn(3, '$').nth(2).unwrap().to_owned();
+        assert_eq!(params(&hasher.dummy_hash), params(&real));
+        assert_eq!(params(&real), "$argon2id$v=19$m=19456,t=2,p=1");
+    }
+
+    #[tokio::test]
     async fn unknown_user_never_verifies() {
         let hasher = PasswordHasher::new(1).unwrap();
         assert!(!hasher

@@ -3,9 +3,20 @@
 
 mod support;
 
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use reqwest::header::COOKIE;
 use serde_json::Value;
-use support::{start_sqlite, unique_email, TestServer};
+use support::{cookie_pair, headers, start_sqlite, unique_email, TestServer, PASSWORD};
+use tessera_core::model::Timestamp;
+
+/// The decoded payload of a JWT (the signature is the server's business here).
+fn payload_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
 
 async fn admin_key(server: &TestServer) -> String {
     let (_, secret) = server.tessera.create_admin_key("test").await.unwrap();
@@ -15,14 +26,38 @@ async fn admin_key(server: &TestServer) -> String {
 #[tokio::test]
 async fn devices_are_listed_alike_for_cookie_and_token_sign_ins() {
     let server = start_sqlite("").await;
-    let (email, browser) = server.browser().await;
-    let pair = server.password_grant(&email).await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let res = server
+        .login_raw(
+            &email,
+            PASSWORD,
+            headers(&[("user-agent", "Browser/1.0 (devices test)")]),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let cookie = cookie_pair(&res);
+    let login: Value = res.json().await.unwrap();
+    let res = server
+        .client
+        .post(server.url("/oauth2/token"))
+        .header("user-agent", "Client/2.0 (devices test)")
+        .form(&[
+            ("grant_type", "password"),
+            ("username", email.as_str()),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let pair: Value = res.json().await.unwrap();
     let access = pair["access_token"].as_str().unwrap();
 
     let list: Value = server
         .client
         .get(server.url("/v1/sessions"))
-        .header(COOKIE, &browser.cookie)
+        .header(COOKIE, &cookie)
         .send()
         .await
         .unwrap()
@@ -33,18 +68,36 @@ async fn devices_are_listed_alike_for_cookie_and_token_sign_ins() {
     assert_eq!(list.len(), 2);
     let current: Vec<&Value> = list.iter().filter(|d| d["current"] == true).collect();
     assert_eq!(current.len(), 1);
-    assert_eq!(current[0]["id"], browser.body["session"]["id"]);
+    assert_eq!(current[0]["id"], login["session"]["id"]);
     assert_eq!(current[0]["via"], "cookie");
-    for field in [
-        "created_at",
-        "last_seen_at",
-        "expires_at",
-        "user_agent",
-        "ip",
-        "via",
-    ] {
-        assert!(list.iter().all(|d| d.get(field).is_some()), "{field}");
+    assert_eq!(current[0]["user_agent"], "Browser/1.0 (devices test)");
+    let other = list.iter().find(|d| d["current"] == false).unwrap();
+    assert_eq!(other["via"], "token");
+    assert_eq!(other["user_agent"], "Client/2.0 (devices test)");
+    for device in list {
+        assert_eq!(device["ip"], "127.0.0.1", "{device}");
+        let time = |field: &str| -> Timestamp {
+            serde_json::from_value(device[field].clone())
+                .unwrap_or_else(|e| panic!("{field} of {device}: {e}"))
+        };
+        let (created, seen, expires) =
+            (time("created_at"), time("last_seen_at"), time("expires_at"));
+        assert!(created <= seen, "{device}");
+        let now = Timestamp::now();
+        assert!(
+            created <= now && now.since(created) < Duration::from_secs(60),
+            "created just now: {device}"
+        );
+        assert!(expires > seen, "{device}");
     }
+    // Cookie sessions end at the absolute timeout (7 days), token sessions with their refresh
+    // family (30 days).
+    let lifetime = |device: &Value| {
+        let at = |field: &str| serde_json::from_value::<Timestamp>(device[field].clone()).unwrap();
+        at("expires_at").since(at("created_at"))
+    };
+    assert_eq!(lifetime(current[0]), Duration::from_secs(7 * 86_400));
+    assert_eq!(lifetime(other), Duration::from_secs(30 * 86_400));
 
     let list: Value = server
         .client
@@ -252,12 +305,34 @@ async fn rfc7662_introspection_needs_an_admin_key() {
         .json()
         .await
         .unwrap();
+    // Every claim is the token's own, and the token's session and user are the ones signed in.
+    let claims = payload_of(access);
+    let sessions: Value = server
+        .client
+        .get(server.url("/v1/session"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["active"], true);
-    for claim in [
-        "sub", "exp", "iat", "jti", "sid", "aud", "iss", "scope", "roles",
-    ] {
-        assert!(body.get(claim).is_some(), "{claim} in {body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["sub"], sessions["user"]["id"]);
+    assert_eq!(body["sid"], sessions["session"]["id"]);
+    assert_eq!(body["iss"], server.base.as_str());
+    assert_eq!(body["aud"], "tessera");
+    assert_eq!(body["scope"], "");
+    assert_eq!(body["roles"], serde_json::json!([]));
+    for claim in ["sub", "exp", "iat", "jti", "sid", "aud", "iss", "roles"] {
+        assert_eq!(body[claim], claims[claim], "{claim} in {body}");
     }
+    assert_eq!(
+        body["exp"].as_i64().unwrap() - body["iat"].as_i64().unwrap(),
+        900,
+        "access_token_ttl"
+    );
     for inactive in ["garbage", pair["refresh_token"].as_str().unwrap()] {
         let body: Value = introspect(Some(key.clone()), inactive)
             .await

@@ -325,7 +325,9 @@ async fn jwks_publishes_public_parts_only_and_metadata_names_the_endpoints() {
 }
 
 #[tokio::test]
-async fn rotated_keys_keep_old_tokens_verifying_until_they_expire() {
+/// Rotation keeps the retired key verifying and published; that it is dropped once every token
+/// it signed has expired is `keys::tests::keys_retired_longer_than_the_token_lifetime_are_dropped`.
+async fn rotated_keys_keep_old_tokens_verifying_and_published() {
     let server = start_sqlite("").await;
     let email = unique_email();
     server.sign_up(&email).await;
