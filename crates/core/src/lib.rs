@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod password;
 pub mod revocation;
+pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod store;

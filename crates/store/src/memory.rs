@@ -15,6 +15,7 @@ use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
     Session, SessionId, Timestamp, User, UserId,
 };
+use tessera_core::rotation::{self, Decision, PresentedToken};
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
     AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RefreshStore, RevocationLog, SessionStore,
@@ -453,55 +454,51 @@ impl RefreshStore for MemoryStore {
     ) -> Result<Rotation, StoreError> {
         // One write lock for the whole decision: two rotations of one token cannot interleave.
         let mut state = self.write()?;
-        let Some(entry) = state.refresh.get(presented) else {
-            return Ok(Rotation::Invalid);
-        };
-        let session_id = entry.record.session_id;
-        let (rotated_at, previous_successor) = (entry.record.rotated_at, entry.successor);
-        let Some(session) = state.live_session(session_id, now).cloned() else {
-            return Ok(Rotation::Invalid);
-        };
-
-        let Some(rotated_at) = rotated_at else {
-            if state.refresh.contains_key(successor) {
-                return Err(StoreError::Conflict("refresh"));
+        let presented_token = state.refresh.get(presented).map(|entry| PresentedToken {
+            live_session: state.live_session(entry.record.session_id, now).cloned(),
+            rotated_at: entry.record.rotated_at,
+            successor_unspent: entry
+                .successor
+                .and_then(|hash| state.refresh.get(&hash))
+                .is_some_and(|next| next.record.rotated_at.is_none()),
+        });
+        match rotation::decide(presented_token, now, grace) {
+            Decision::Invalid => Ok(Rotation::Invalid),
+            Decision::Replay(session) => Ok(Rotation::Replayed(session)),
+            Decision::Reuse(session) => {
+                if let Some(stored) = state.sessions.get_mut(&session.id) {
+                    stored.value.revoked_at = Some(now);
+                }
+                state.enqueue(on_reuse.messages(session.id, session.user_id, now));
+                Ok(Rotation::ReuseDetected(session.id))
             }
-            if let Some(entry) = state.refresh.get_mut(presented) {
-                entry.record.rotated_at = Some(now);
-                entry.successor = Some(*successor);
-            }
-            state.refresh.insert(
-                *successor,
-                RefreshEntry {
-                    record: RefreshRecord {
-                        hash: *successor,
-                        session_id,
-                        issued_at: now,
-                        rotated_at: None,
+            Decision::Rotate(mut session) => {
+                if state.refresh.contains_key(successor) {
+                    return Err(StoreError::Conflict("refresh"));
+                }
+                if let Some(entry) = state.refresh.get_mut(presented) {
+                    entry.record.rotated_at = Some(now);
+                    entry.successor = Some(*successor);
+                }
+                state.refresh.insert(
+                    *successor,
+                    RefreshEntry {
+                        record: RefreshRecord {
+                            hash: *successor,
+                            session_id: session.id,
+                            issued_at: now,
+                            rotated_at: None,
+                        },
+                        successor: None,
                     },
-                    successor: None,
-                },
-            );
-            let mut touched = session;
-            if let Some(stored) = state.sessions.get_mut(&session_id) {
-                stored.value.last_seen_at = stored.value.last_seen_at.max(now);
-                touched = stored.value.clone();
+                );
+                if let Some(stored) = state.sessions.get_mut(&session.id) {
+                    stored.value.last_seen_at = stored.value.last_seen_at.max(now);
+                    session = stored.value.clone();
+                }
+                Ok(Rotation::Rotated(session))
             }
-            return Ok(Rotation::Rotated(touched));
-        };
-
-        let within_grace = now.since(rotated_at) <= grace;
-        let successor_unused = previous_successor
-            .and_then(|hash| state.refresh.get(&hash))
-            .is_some_and(|next| next.record.rotated_at.is_none());
-        if within_grace && successor_unused {
-            return Ok(Rotation::Replayed(session));
         }
-        if let Some(stored) = state.sessions.get_mut(&session_id) {
-            stored.value.revoked_at = Some(now);
-        }
-        state.enqueue(on_reuse.messages(session_id, session.user_id, now));
-        Ok(Rotation::ReuseDetected(session_id))
     }
 
     async fn revoke_family_of(

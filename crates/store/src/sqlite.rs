@@ -28,6 +28,7 @@ use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
     Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
+use tessera_core::rotation::{self, Decision, PresentedToken};
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
     AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RefreshStore, RevocationLog, SessionStore,
@@ -679,7 +680,7 @@ impl RefreshStore for SqliteStore {
             .await
             .map_err(unavailable)?;
 
-        let Some(token) = sqlx::query(
+        let presented_token = match sqlx::query(
             "SELECT r.session_id, r.rotated_at, n.hash AS next_hash, n.rotated_at AS next_rotated_at \
              FROM refresh_tokens r LEFT JOIN refresh_tokens n ON n.hash = r.successor \
              WHERE r.hash = ?1",
@@ -688,67 +689,75 @@ impl RefreshStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?
-        else {
-            return Ok(Rotation::Invalid);
-        };
-        let session_id = id(&token, "session_id", SessionId::parse)?;
-        let rotated_at = optional_timestamp(&token, "rotated_at")?;
-
-        let Some(session) = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
-        ))
-        .bind(now.as_unix_millis())
-        .bind(session_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        else {
-            return Ok(Rotation::Invalid);
-        };
-        let mut session = session_from_row(&session)?;
-
-        let outcome = if let Some(rotated_at) = rotated_at {
-            let within_grace = now.since(rotated_at) <= grace;
-            let successor_unused = optional_hash(&token, "next_hash")?.is_some()
-                && optional_timestamp(&token, "next_rotated_at")?.is_none();
-            if within_grace && successor_unused {
-                return Ok(Rotation::Replayed(session));
+        {
+            None => None,
+            Some(token) => {
+                let session_id = id(&token, "session_id", SessionId::parse)?;
+                let live_session = sqlx::query(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
+                ))
+                .bind(now.as_unix_millis())
+                .bind(session_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .map(|row| session_from_row(&row))
+                .transpose()?;
+                Some(PresentedToken {
+                    live_session,
+                    rotated_at: optional_timestamp(&token, "rotated_at")?,
+                    successor_unspent: optional_hash(&token, "next_hash")?.is_some()
+                        && optional_timestamp(&token, "next_rotated_at")?.is_none(),
+                })
             }
-            sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL")
+        };
+
+        let outcome = match rotation::decide(presented_token, now, grace) {
+            // Nothing to write: the transaction is rolled back when dropped.
+            Decision::Invalid => return Ok(Rotation::Invalid),
+            Decision::Replay(session) => return Ok(Rotation::Replayed(session)),
+            Decision::Reuse(session) => {
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                )
                 .bind(now.as_unix_millis())
-                .bind(session_id.to_string())
+                .bind(session.id.to_string())
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            enqueue(&mut tx, on_reuse.messages(session_id, session.user_id, now)).await?;
-            Rotation::ReuseDetected(session_id)
-        } else {
-            sqlx::query(
-                "UPDATE refresh_tokens SET rotated_at = ?1, successor = ?2 WHERE hash = ?3",
-            )
-            .bind(now.as_unix_millis())
-            .bind(successor.as_bytes().as_slice())
-            .bind(presented.as_bytes().as_slice())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
-            )
-            .bind(successor.as_bytes().as_slice())
-            .bind(session_id.to_string())
-            .bind(now.as_unix_millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(|err| insert_failed(err, |_| "refresh"))?;
-            sqlx::query("UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?1) WHERE id = ?2")
+                enqueue(&mut tx, on_reuse.messages(session.id, session.user_id, now)).await?;
+                Rotation::ReuseDetected(session.id)
+            }
+            Decision::Rotate(mut session) => {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET rotated_at = ?1, successor = ?2 WHERE hash = ?3",
+                )
                 .bind(now.as_unix_millis())
-                .bind(session_id.to_string())
+                .bind(successor.as_bytes().as_slice())
+                .bind(presented.as_bytes().as_slice())
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            session.last_seen_at = session.last_seen_at.max(now);
-            Rotation::Rotated(session)
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
+                )
+                .bind(successor.as_bytes().as_slice())
+                .bind(session.id.to_string())
+                .bind(now.as_unix_millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| insert_failed(err, |_| "refresh"))?;
+                sqlx::query(
+                    "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?1) WHERE id = ?2",
+                )
+                .bind(now.as_unix_millis())
+                .bind(session.id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                session.last_seen_at = session.last_seen_at.max(now);
+                Rotation::Rotated(session)
+            }
         };
         tx.commit().await.map_err(unavailable)?;
         Ok(outcome)
