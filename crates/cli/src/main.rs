@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tessera_core::config::{redact_url, Config, ConfigLayer};
+use tessera_core::error::AuthError;
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{Timestamp, UserId};
 use tessera_core::secret::Password;
@@ -349,14 +350,10 @@ async fn admin_key(tessera: Arc<Tessera>, command: AdminKeyCommand) -> CliResult
         AdminKeyCommand::Revoke { id } => {
             let id = tessera_core::model::AdminKeyId::parse(&id)
                 .ok_or_else(|| format!("not an admin key id: {id}"))?;
-            if !tessera
-                .store()
-                .revoke_admin_key(id, Timestamp::now())
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Err(format!("no live admin key {id}"));
-            }
+            tessera.revoke_admin_key(id).await.map_err(|e| match e {
+                AuthError::NotFound => format!("no live admin key {id}"),
+                e => e.to_string(),
+            })?;
             eprintln!("admin key {id} revoked");
         }
     }
@@ -402,25 +399,16 @@ async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
             println!("{}", key.kid());
         }
         KeysCommand::Retire { kid } => {
-            let sealed = tessera
-                .store()
-                .signing_keys()
-                .await
-                .map_err(|e| e.to_string())?;
-            let key = sealed
-                .iter()
-                .find(|k| k.kid == kid)
-                .ok_or_else(|| format!("no signing key {kid}"))?;
-            if key.retired_at.is_none() {
-                return Err(format!(
-                    "{kid} is the active key; run `tessera keys rotate` first"
-                ));
-            }
             tessera
-                .store()
-                .delete_signing_key(&kid)
+                .withdraw_signing_key(&kid)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| match e {
+                    AuthError::NotFound => format!("no signing key {kid}"),
+                    AuthError::ActiveKey => {
+                        format!("{kid} is the active key; run `tessera keys rotate` first")
+                    }
+                    e => e.to_string(),
+                })?;
             eprintln!("signing key {kid} withdrawn; tokens it signed no longer verify");
         }
     }

@@ -222,6 +222,8 @@ impl RevocationCache {
                 let entry = state.denied.entry(jti.clone()).or_insert(*expires_at);
                 *entry = (*entry).max(*expires_at);
             }
+            // Not revocation state: the follower has the key ring reloaded instead.
+            RevocationEvent::KeyWithdrawn { .. } => {}
         }
     }
 
@@ -354,13 +356,20 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Follows the feed for as long as the returned task runs: applies events, keeps freshness,
-/// and reloads the whole state after the feed was lost (events may have been pruned).
+/// Follows the feed for as long as the returned task runs: applies events to `cache` (a
+/// `cached` node's state; `None` on `strict` and `none` nodes, which keep no revocation state
+/// but must still hear of withdrawn signing keys), keeps freshness, and reloads the whole
+/// state after the feed was lost (events may have been pruned).
+///
+/// `keys_changed` is notified for every [`RevocationEvent::KeyWithdrawn`], and at every
+/// (re)synchronisation, since a withdrawal made while the follower was not listening is
+/// behind its new cursor.
 pub fn follow(
-    cache: Arc<RevocationCache>,
+    cache: Option<Arc<RevocationCache>>,
     feed: Arc<dyn RevocationFeed>,
     store: Arc<dyn Store>,
     retry: Duration,
+    keys_changed: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut cursor: Option<u64> = None;
@@ -369,16 +378,25 @@ pub fn follow(
                 // (Re)synchronise: note the position first, so nothing between the snapshot
                 // and the first poll is missed (replaying an event is harmless).
                 match feed.cursor().await {
-                    Ok(position) => match cache.load(store.as_ref()).await {
-                        Ok(()) => {
-                            cursor = Some(position);
-                            cache.heard(None);
+                    Ok(position) => {
+                        let loaded = match &cache {
+                            Some(cache) => cache.load(store.as_ref()).await,
+                            None => Ok(()),
+                        };
+                        match loaded {
+                            Ok(()) => {
+                                cursor = Some(position);
+                                keys_changed.notify_one();
+                                if let Some(cache) = &cache {
+                                    cache.heard(None);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "revocation cache could not load");
+                                tokio::time::sleep(retry).await;
+                            }
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "revocation cache could not load");
-                            tokio::time::sleep(retry).await;
-                        }
-                    },
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "revocation feed unavailable");
                         tokio::time::sleep(retry).await;
@@ -390,14 +408,25 @@ pub fn follow(
                 Ok(events) => {
                     let newest = events.last().map(|(_, at, _)| *at);
                     for (seq, _, event) in &events {
-                        cache.apply(event);
+                        if matches!(event, RevocationEvent::KeyWithdrawn { .. }) {
+                            keys_changed.notify_one();
+                        }
+                        if let Some(cache) = &cache {
+                            cache.apply(event);
+                        }
                         cursor = Some(*seq);
                     }
-                    cache.heard(newest);
+                    if let Some(cache) = &cache {
+                        cache.heard(newest);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
-                    cache.lost();
+                    if let Some(cache) = &cache {
+                        tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
+                        cache.lost();
+                    } else {
+                        tracing::warn!(error = %e, "revocation feed lost; a withdrawn signing key is seen at the next key reload until it is back");
+                    }
                     cursor = None;
                     tokio::time::sleep(retry).await;
                 }
