@@ -361,23 +361,30 @@ fn secs(d: Duration) -> i64 {
 /// but must still hear of withdrawn signing keys), keeps freshness, and reloads the whole
 /// state after the feed was lost (events may have been pruned).
 ///
-/// `keys_changed` is notified for every [`RevocationEvent::KeyWithdrawn`], and at every
-/// (re)synchronisation, since a withdrawal made while the follower was not listening is
-/// behind its new cursor.
+/// `keys_changed` is notified for every [`RevocationEvent::KeyWithdrawn`]. `keys_read_at` is
+/// the feed's position noted before the node read its key ring, where the follower starts;
+/// without it, and at every resynchronisation, `keys_changed` is notified too, since a
+/// withdrawal may lie behind the follower's new cursor.
 pub fn follow(
     cache: Option<Arc<RevocationCache>>,
     feed: Arc<dyn RevocationFeed>,
     store: Arc<dyn Store>,
     retry: Duration,
     keys_changed: Arc<tokio::sync::Notify>,
+    keys_read_at: Option<u64>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut cursor: Option<u64> = None;
+        let mut keys_read_at = keys_read_at;
         loop {
             let Some(position) = cursor else {
                 // (Re)synchronise: note the position first, so nothing between the snapshot
                 // and the first poll is missed (replaying an event is harmless).
-                match feed.cursor().await {
+                let (position, keys_current) = match keys_read_at.take() {
+                    Some(position) => (Ok(position), true),
+                    None => (feed.cursor().await, false),
+                };
+                match position {
                     Ok(position) => {
                         let loaded = match &cache {
                             Some(cache) => cache.load(store.as_ref()).await,
@@ -386,7 +393,9 @@ pub fn follow(
                         match loaded {
                             Ok(()) => {
                                 cursor = Some(position);
-                                keys_changed.notify_one();
+                                if !keys_current {
+                                    keys_changed.notify_one();
+                                }
                                 if let Some(cache) = &cache {
                                     cache.heard(None);
                                 }

@@ -211,6 +211,9 @@ impl Tessera {
         let horizon = crate::keys::retired_key_lifetime(config.access_token_ttl);
         let cache = Arc::new(RevocationCache::new(horizon, COOKIE_CACHE_CAPACITY));
         let pending_touches = Arc::new(Mutex::new(HashMap::new()));
+        // The log's position before the key ring is read: a withdrawal after it is the
+        // follower's to see (unknown, the follower reloads the ring once it is listening).
+        let keys_read_at = feed.cursor().await.ok();
         let ring = ensure_signing_key(store.as_ref(), &master, &config, policy).await?;
         let csrf_key = Zeroizing::new(master.derive("csrf"));
         let refresh_key = Zeroizing::new(master.derive("refresh-successor"));
@@ -232,6 +235,7 @@ impl Tessera {
                 Arc::clone(&store),
                 retry,
                 Arc::clone(&keys_changed),
+                keys_read_at,
             ),
             reload_keys_when_changed(Arc::clone(&keys), keys_changed, retry),
         ];
