@@ -3,12 +3,14 @@
 //! master key.
 
 use std::io::{IsTerminal as _, Read as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tessera_core::config::{redact_url, Config, ConfigLayer};
+use tessera_core::error::AuthError;
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{Timestamp, UserId};
 use tessera_core::secret::Password;
@@ -145,13 +147,16 @@ fn fail(message: &str) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: a log file or journal gets plain lines.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
-fn load_config(cli: &Cli) -> CliResult<Config> {
+/// The configuration layers, merged but not yet resolved to their defaults.
+fn load_layers(cli: &Cli) -> CliResult<ConfigLayer> {
     let file = match &cli.config {
         Some(path) => ConfigLayer::from_toml_file(path, true),
         None => ConfigLayer::from_toml_file(std::path::Path::new("tessera.toml"), false),
@@ -160,10 +165,7 @@ fn load_config(cli: &Cli) -> CliResult<Config> {
     refuse_unknown_env()?;
     let env = ConfigLayer::from_env(|name| std::env::var(name).ok());
     let flags = ConfigLayer::from_flags(cli.settings.pairs()).map_err(|e| e.to_string())?;
-    flags
-        .over(env.over(file))
-        .resolve()
-        .map_err(|e| e.to_string())
+    Ok(flags.over(env.over(file)))
 }
 
 async fn open(config: Config, policy: KeyPolicy) -> CliResult<Arc<Tessera>> {
@@ -220,9 +222,10 @@ fn master_key(config: &Config) -> CliResult<MasterKey> {
 }
 
 async fn run(cli: Cli) -> CliResult {
-    let config = load_config(&cli)?;
+    let layers = load_layers(&cli)?;
+    let config = layers.resolve().map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, layers).await,
         Command::User(command) => user(open(config, KeyPolicy::Administer).await?, command).await,
         Command::AdminKey(command) => {
             admin_key(open(config, KeyPolicy::Administer).await?, command).await
@@ -234,23 +237,44 @@ async fn run(cli: Cli) -> CliResult {
     }
 }
 
-async fn serve(config: Config) -> CliResult {
+async fn serve(config: Config, layers: ConfigLayer) -> CliResult {
     if !config.cookie_secure {
         tracing::warn!("cookie_secure = false: session cookies lack Secure and the __Host- prefix; use only for plain-HTTP development");
     }
     let listen = config.listen;
     let database = redact_url(&config.database);
-    let tessera = open(config, KeyPolicy::Serve).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let config = with_bound_port(config, layers, local)?;
+    let tessera = open(config, KeyPolicy::Serve).await?;
     println!("tessera listening on http://{local} (database {database})");
     println!("  create the first user:  tessera user add you@example.com");
     println!("  create an admin key:    tessera admin-key create --name ops");
     tessera_server::serve(listener, tessera, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
+}
+
+/// `listen` on port 0 lets the system pick a free port, printed once bound. The defaults that
+/// derive from `listen` — the issuer, and the allowed origins after it — then name the port
+/// actually bound, the one clients reach, rather than `:0`. An explicitly set issuer is kept;
+/// without one, tokens name a port that the next start will not get, so they stop verifying
+/// after a restart, which is worth a warning.
+fn with_bound_port(config: Config, layers: ConfigLayer, local: SocketAddr) -> CliResult<Config> {
+    if config.listen.port() != 0 {
+        return Ok(config);
+    }
+    let bound = ConfigLayer::from_flags([("listen", local.to_string())])
+        .map_err(|e| e.to_string())?
+        .over(layers)
+        .resolve()
+        .map_err(|e| e.to_string())?;
+    if bound.issuer != config.issuer {
+        tracing::warn!(issuer = %bound.issuer, "listening on a port picked at start: the default issuer names it, so tokens will not verify after a restart on another port; set `issuer` to keep them");
+    }
+    Ok(bound)
 }
 
 async fn shutdown_signal() {
@@ -349,14 +373,10 @@ async fn admin_key(tessera: Arc<Tessera>, command: AdminKeyCommand) -> CliResult
         AdminKeyCommand::Revoke { id } => {
             let id = tessera_core::model::AdminKeyId::parse(&id)
                 .ok_or_else(|| format!("not an admin key id: {id}"))?;
-            if !tessera
-                .store()
-                .revoke_admin_key(id, Timestamp::now())
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Err(format!("no live admin key {id}"));
-            }
+            tessera.revoke_admin_key(id).await.map_err(|e| match e {
+                AuthError::NotFound => format!("no live admin key {id}"),
+                e => e.to_string(),
+            })?;
             eprintln!("admin key {id} revoked");
         }
     }
@@ -402,25 +422,16 @@ async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
             println!("{}", key.kid());
         }
         KeysCommand::Retire { kid } => {
-            let sealed = tessera
-                .store()
-                .signing_keys()
-                .await
-                .map_err(|e| e.to_string())?;
-            let key = sealed
-                .iter()
-                .find(|k| k.kid == kid)
-                .ok_or_else(|| format!("no signing key {kid}"))?;
-            if key.retired_at.is_none() {
-                return Err(format!(
-                    "{kid} is the active key; run `tessera keys rotate` first"
-                ));
-            }
             tessera
-                .store()
-                .delete_signing_key(&kid)
+                .withdraw_signing_key(&kid)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| match e {
+                    AuthError::NotFound => format!("no signing key {kid}"),
+                    AuthError::ActiveKey => {
+                        format!("{kid} is the active key; run `tessera keys rotate` first")
+                    }
+                    e => e.to_string(),
+                })?;
             eprintln!("signing key {kid} withdrawn; tokens it signed no longer verify");
         }
     }

@@ -1,15 +1,24 @@
-//! The real `tessera` binary: administration commands, configuration errors, and durability
-//! across `kill -9`.
+//! The real `tessera` binary: administration commands, configuration errors, servers started
+//! as real processes (on port 0, reporting the port they bound), several of them on one
+//! SQLite file, administration of a running server, durability across `kill -9`, and what
+//! reaches the logs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write as _;
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery";
+
+/// Every server of a test names this issuer, so its tokens stay valid when it restarts on
+/// another port, and are accepted by every server on the same installation.
+const ISSUER: &str = "http://tessera.test";
 
 fn tessera(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
@@ -175,27 +184,93 @@ fn config_errors_are_one_line_naming_the_key() {
     assert_eq!(stderr.trim().lines().count(), 1);
 }
 
+/// The command groups and commands named in a `--help` text's `Commands:` section.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| line.trim() != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn every_command_has_help() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [
-        vec!["--help"],
-        vec!["serve", "--help"],
-        vec!["user", "add", "--help"],
-        vec!["admin-key", "create", "--help"],
-        vec!["keys", "rotate", "--help"],
-        vec!["token", "inspect", "--help"],
-    ] {
+    // Walks the command tree as a user would: `--help` on the program, then on every command
+    // it lists, and on every command those list.
+    let mut seen = BTreeSet::new();
+    let mut pending = vec![Vec::<String>::new()];
+    while let Some(path) = pending.pop() {
         let mut command = tessera(dir.path());
-        command.args(&args);
+        command.args(&path).arg("--help");
         let out = stdout(&run(command, ""));
-        assert!(out.contains("Usage"), "{args:?}: {out}");
+        let usage = format!(
+            "Usage: {}",
+            ["tessera".to_owned()]
+                .iter()
+                .chain(&path)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(out.contains(&usage), "{path:?}: {out}");
+        for name in subcommands(&out) {
+            let mut child = path.clone();
+            child.push(name);
+            pending.push(child);
+        }
+        if !path.is_empty() {
+            seen.insert(path.join(" "));
+        }
     }
+    // The walk found every command (it cannot pass by finding none).
+    let expected: BTreeSet<String> = [
+        "serve",
+        "user",
+        "user add",
+        "user list",
+        "user set-roles",
+        "admin-key",
+        "admin-key create",
+        "admin-key revoke",
+        "keys",
+        "keys list",
+        "keys rotate",
+        "keys retire",
+        "token",
+        "token inspect",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(seen, expected);
 }
 
+/// A `tessera serve` child process. Dropping it kills it with SIGKILL.
 struct Server {
     child: Child,
     base: String,
+    /// Where the child's stderr (its log) goes.
+    log: PathBuf,
+}
+
+impl Server {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// `kill -9`: no shutdown hooks, no flush.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
 }
 
 impl Drop for Server {
@@ -205,145 +280,294 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn serve(dir: &Path, port: u16) -> Server {
+/// Starts `tessera serve` in `dir` on port 0 (the system picks a free port, so no port is
+/// ever reserved and released) and learns the address from the line it prints once bound.
+/// Its log, at `log_level`, goes to a file of its own in `dir`; `args` are further flags.
+async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
+    static STARTS: AtomicUsize = AtomicUsize::new(0);
+    let log = dir.join(format!(
+        "serve-{}.log",
+        STARTS.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut command = tessera(dir);
     command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = command.spawn().unwrap();
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
+        .env("TESSERA_LOG", log_level)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = command.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads stdout to its end, so the child never writes into a closed pipe.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("tessera listening on ") {
+                let address = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(address);
+                }
+            }
+        }
+    });
+    let bound = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let Ok(base) = bound else {
+        panic!(
+            "tessera serve reported no address: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     };
+    assert!(
+        base.starts_with("http://127.0.0.1:") && !base.ends_with(":0"),
+        "{base}"
+    );
+    let server = Server { child, base, log };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(res) = client.get(format!("{}/healthz", server.base)).send().await {
+        if let Ok(res) = client.get(server.url("/healthz")).send().await {
             if res.status() == 200 {
                 return server;
             }
         }
-        assert!(Instant::now() < deadline, "server did not become healthy");
+        assert!(
+            Instant::now() < deadline,
+            "server did not become healthy: {}",
+            server.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A server of the installation in `dir`, under the shared [`ISSUER`].
+async fn serve(dir: &Path) -> Server {
+    serve_with(dir, "warn", &["--issuer", ISSUER]).await
+}
+
+/// `name=value` of the session cookie a login answer sets.
+fn session_cookie(res: &reqwest::Response) -> String {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|pair| pair.starts_with("__Host-tessera_session="))
+        .unwrap()
+}
+
+/// What a browser keeps after logging in.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+async fn sign_up(client: &reqwest::Client, server: &Server, email: &str) -> String {
+    let res = client
+        .post(server.url("/v1/users"))
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn login(client: &reqwest::Client, server: &Server, email: &str) -> Browser {
+    let res = client
+        .post(server.url("/v1/login"))
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = session_cookie(&res);
+    let body: Value = res.json().await.unwrap();
+    Browser {
+        cookie,
+        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// The password grant: `(access_token, refresh_token)`.
+async fn grant(client: &reqwest::Client, server: &Server, email: &str) -> (String, String) {
+    let res = client
+        .post(server.url("/oauth2/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", email),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let pair: Value = res.json().await.unwrap();
+    (
+        pair["access_token"].as_str().unwrap().to_owned(),
+        pair["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn refresh(client: &reqwest::Client, server: &Server, token: &str) -> reqwest::Response {
+    client
+        .post(server.url("/oauth2/token"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// RFC 7009; 200 whatever the token.
+async fn revoke(client: &reqwest::Client, server: &Server, token: &str) {
+    let res = client
+        .post(server.url("/oauth2/revoke"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn logout(client: &reqwest::Client, server: &Server, browser: &Browser) {
+    let res = client
+        .post(server.url("/v1/logout"))
+        .header("cookie", &browser.cookie)
+        .header("x-csrf-token", &browser.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+}
+
+async fn verify_bearer(client: &reqwest::Client, server: &Server, token: &str) -> u16 {
+    client
+        .get(server.url("/v1/verify"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn verify_cookie(client: &reqwest::Client, server: &Server, cookie: &str) -> u16 {
+    client
+        .get(server.url("/v1/verify"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls `probe` until it answers `want`, for up to `within` (generous: the revocation log is
+/// polled every 200 ms, and the machine may be loaded).
+async fn eventually<F, Fut>(what: &str, want: u16, within: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let got = probe().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {got} after {within:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_on_port_0_reports_the_bound_port_and_names_it_in_the_default_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    // No `issuer`: the default derives from `listen`.
+    let mut server = serve_with(dir.path(), "warn", &[]).await;
+    let client = reqwest::Client::new();
+    let metadata: Value = client
+        .get(server.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The issuer and its endpoints name the port clients reach, not `:0`.
+    assert_eq!(metadata["issuer"], server.base.as_str(), "{metadata}");
+    assert_eq!(
+        metadata["token_endpoint"],
+        server.url("/oauth2/token").as_str()
+    );
+    server.kill();
+    assert!(
+        server
+            .log()
+            .contains("tokens will not verify after a restart"),
+        "{}",
+        server.log()
+    );
 }
 
 #[tokio::test]
 async fn acknowledged_sessions_and_refresh_tokens_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let client = reqwest::Client::new();
-    let server = serve(dir.path(), port).await;
+    let mut server = serve(dir.path()).await;
     let email = "durable@example.com";
-    let res = client
-        .post(format!("{}/v1/users", server.base))
-        .json(&serde_json::json!({ "email": email, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let res = client
-        .post(format!("{}/v1/login", server.base))
-        .json(&serde_json::json!({ "email": email, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let cookie = res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let pair: Value = client
-        .post(format!("{}/oauth2/token", server.base))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", email),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let refresh = pair["refresh_token"].as_str().unwrap().to_owned();
-    let access = pair["access_token"].as_str().unwrap().to_owned();
+    sign_up(&client, &server, email).await;
+    let browser = login(&client, &server, email).await;
+    let (access, refresh_token) = grant(&client, &server, email).await;
 
-    drop(server); // Child::kill sends SIGKILL: no shutdown hooks, no flush.
-    let server = serve(dir.path(), port).await;
+    server.kill();
+    let server = serve(dir.path()).await;
 
     let res = client
-        .get(format!("{}/v1/session", server.base))
-        .header("cookie", &cookie)
+        .get(server.url("/v1/session"))
+        .header("cookie", &browser.cookie)
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "the cookie survived");
-    let res = client
-        .get(format!("{}/v1/verify", server.base))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "the signing key survived");
-    let res = client
-        .post(format!("{}/oauth2/token", server.base))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "the refresh token survived");
+    assert_eq!(
+        verify_bearer(&client, &server, &access).await,
+        200,
+        "the signing key survived"
+    );
+    assert_eq!(
+        refresh(&client, &server, &refresh_token).await.status(),
+        200,
+        "the refresh token survived"
+    );
 }
 
 #[tokio::test]
 async fn token_inspect_decodes_and_verifies_locally() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = serve(dir.path(), port).await;
+    let server = serve(dir.path()).await;
     let client = reqwest::Client::new();
     let email = "inspect@example.com";
-    client
-        .post(format!("{}/v1/users", server.base))
-        .json(&serde_json::json!({ "email": email, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    let pair: Value = client
-        .post(format!("{}/oauth2/token", server.base))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", email),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = pair["access_token"].as_str().unwrap();
+    sign_up(&client, &server, email).await;
+    let (access, _) = grant(&client, &server, email).await;
     let mut inspect = tessera(dir.path());
-    let listen = format!("127.0.0.1:{port}"); // same configuration, so the same issuer
-    inspect.args(["token", "inspect", access, "--listen", &listen]);
+    // The same configuration as the server's, so the same issuer.
+    inspect.args(["token", "inspect", &access, "--issuer", ISSUER]);
     let report: Value = serde_json::from_str(&stdout(&run(inspect, ""))).unwrap();
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["header"]["typ"], "at+jwt");
-    assert_eq!(report["claims"]["iss"], server.base);
+    assert_eq!(report["claims"]["iss"], ISSUER);
 
     // Flip one character in the middle of the signature: valid base64url, wrong signature.
     let signature_start = access.rfind('.').unwrap() + 1;
@@ -355,8 +579,549 @@ async fn token_inspect_decodes_and_verifies_locally() {
     };
     let tampered = format!("{}{flipped}{}", &access[..middle], &access[middle + 1..]);
     let mut inspect = tessera(dir.path());
-    inspect.args(["token", "inspect", &tampered, "--listen", &listen]);
+    inspect.args(["token", "inspect", &tampered, "--issuer", ISSUER]);
     let report: Value = serde_json::from_str(&stdout(&run(inspect, ""))).unwrap();
     assert_eq!(report["valid"], false, "{report}");
     assert_eq!(report["error"], "token signature is invalid", "{report}");
+}
+
+#[tokio::test]
+async fn two_servers_on_one_database_refuse_what_the_other_revoked() {
+    // One working directory: one database file, one master key file, one issuer.
+    let dir = tempfile::tempdir().unwrap();
+    let a = serve(dir.path()).await;
+    let b = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    let email = "shared@example.com";
+    sign_up(&client, &a, email).await;
+    let (denied, _) = grant(&client, &a, email).await;
+    let (family_access, family_refresh) = grant(&client, &a, email).await;
+    let browser = login(&client, &b, email).await;
+    // Each accepts what the other issued (and caches the cookie session it has seen).
+    for server in [&a, &b] {
+        for token in [&denied, &family_access] {
+            assert_eq!(verify_bearer(&client, server, token).await, 200);
+        }
+        assert_eq!(verify_cookie(&client, server, &browser.cookie).await, 200);
+    }
+
+    // A revokes one access token (its jti) and one refresh family (with its access token).
+    revoke(&client, &a, &denied).await;
+    revoke(&client, &a, &family_refresh).await;
+    assert_eq!(verify_bearer(&client, &a, &denied).await, 401);
+    assert_eq!(verify_bearer(&client, &a, &family_access).await, 401);
+    let within = Duration::from_secs(5);
+    eventually("B, the access token A revoked", 401, within, || {
+        verify_bearer(&client, &b, &denied)
+    })
+    .await;
+    eventually("B, the family A revoked", 401, within, || {
+        verify_bearer(&client, &b, &family_access)
+    })
+    .await;
+    assert_eq!(
+        refresh(&client, &b, &family_refresh).await.status(),
+        400,
+        "B refuses the revoked refresh token"
+    );
+
+    // B signs the browser out; A stops accepting its cookie.
+    logout(&client, &b, &browser).await;
+    assert_eq!(verify_cookie(&client, &b, &browser.cookie).await, 401);
+    eventually("A, the cookie B signed out", 401, within, || {
+        verify_cookie(&client, &a, &browser.cookie)
+    })
+    .await;
+}
+
+/// The `kid`s a running server publishes.
+async fn published_kids(client: &reqwest::Client, server: &Server) -> Vec<String> {
+    let jwks: Value = client
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_retire_withdraws_the_key_from_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    let email = "keys@example.com";
+    sign_up(&client, &server, email).await;
+    let (old_token, _) = grant(&client, &server, email).await;
+    let old_kids = published_kids(&client, &server).await;
+    assert_eq!(old_kids.len(), 1);
+
+    let mut rotate = tessera(dir.path());
+    rotate.args(["keys", "rotate"]);
+    let new_kid = stdout(&run(rotate, "")).trim().to_owned();
+    assert_eq!(
+        verify_bearer(&client, &server, &old_token).await,
+        200,
+        "a rotated-out key still verifies its tokens"
+    );
+
+    let mut retire = tessera(dir.path());
+    retire.args(["keys", "retire", &old_kids[0]]);
+    let output = run(retire, "");
+    assert!(output.status.success(), "{output:?}");
+
+    // The server knows the old kid, so only the withdrawal on the revocation log can make it
+    // drop the key this soon (its periodic key reload is a minute away).
+    eventually(
+        "the withdrawn key's token",
+        401,
+        Duration::from_secs(5),
+        || verify_bearer(&client, &server, &old_token),
+    )
+    .await;
+    let kids = published_kids(&client, &server).await;
+    assert_eq!(kids, [new_kid], "JWKS no longer lists the withdrawn key");
+    let (new_token, _) = grant(&client, &server, email).await;
+    assert_eq!(verify_bearer(&client, &server, &new_token).await, 200);
+
+    // The active key cannot be withdrawn; an unknown kid is an error; both one line.
+    for kid in [kids[0].as_str(), "no-such-kid"] {
+        let mut retire = tessera(dir.path());
+        retire.args(["keys", "retire", kid]);
+        let output = run(retire, "");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(kid), "{stderr}");
+    }
+}
+
+/// `tessera admin-key create`: `(id, secret)`; the id is on stderr, the secret alone on stdout.
+fn create_admin_key(dir: &Path) -> (String, String) {
+    let mut create = tessera(dir);
+    create.args(["admin-key", "create", "--name", "ops"]);
+    let output = run(create, "");
+    let secret = stdout(&output).trim().to_owned();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let id = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("admin key "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no id in {stderr:?}"))
+        .to_owned();
+    (id, secret)
+}
+
+#[tokio::test]
+async fn admin_key_revoke_stops_the_key_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    let email = "admin-key@example.com";
+    let user = sign_up(&client, &server, email).await;
+    let (access, _) = grant(&client, &server, email).await;
+    let (id, secret) = create_admin_key(dir.path());
+
+    let introspect = || {
+        client
+            .post(server.url("/oauth2/introspect"))
+            .bearer_auth(&secret)
+            .form(&[("token", access.as_str())])
+            .send()
+    };
+    let sessions = || {
+        client
+            .get(server.url(&format!("/v1/admin/users/{user}/sessions")))
+            .bearer_auth(&secret)
+            .send()
+    };
+    let res = introspect().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["active"], true);
+    assert_eq!(sessions().await.unwrap().status(), 200);
+
+    let mut revoke = tessera(dir.path());
+    revoke.args(["admin-key", "revoke", &id]);
+    stdout(&run(revoke, ""));
+
+    // Admin keys are read from the store on every request: refused at once.
+    assert_eq!(introspect().await.unwrap().status(), 401);
+    assert_eq!(sessions().await.unwrap().status(), 401);
+
+    let mut again = tessera(dir.path());
+    again.args(["admin-key", "revoke", &id]);
+    let output = run(again, "");
+    assert!(!output.status.success(), "a revoked key is not live");
+}
+
+#[tokio::test]
+async fn user_set_roles_reaches_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    let email = "roles@example.com";
+    let user = sign_up(&client, &server, email).await;
+    let (old_access, refresh_token) = grant(&client, &server, email).await;
+    assert_eq!(verify_bearer(&client, &server, &old_access).await, 200);
+
+    let mut set_roles = tessera(dir.path());
+    set_roles.args(["user", "set-roles", &user, "ops,editor"]);
+    assert_eq!(
+        stdout(&run(set_roles, "")).trim(),
+        format!("{user}\teditor,ops")
+    );
+
+    eventually(
+        "the access token minted before the change",
+        401,
+        Duration::from_secs(5),
+        || verify_bearer(&client, &server, &old_access),
+    )
+    .await;
+    // The refresh family stays valid and the next refresh carries the new roles.
+    let res = refresh(&client, &server, &refresh_token).await;
+    assert_eq!(res.status(), 200);
+    let pair: Value = res.json().await.unwrap();
+    let res = client
+        .get(server.url("/v1/verify"))
+        .bearer_auth(pair["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-auth-roles"], "editor,ops");
+}
+
+/// Everything the burst in `kill_9_under_load_loses_no_acknowledged_effect` was told with a
+/// 2xx, and so must hold after the restart.
+#[derive(Default)]
+struct Acknowledged {
+    /// Emails whose sign-up answered 201.
+    users: Vec<String>,
+    /// Session cookies whose logout answered 204.
+    logged_out: Vec<String>,
+    /// Access tokens whose RFC 7009 revocation answered 200.
+    revoked_access: Vec<String>,
+    /// `(refresh token, an access token of its family)` whose refresh token was revoked.
+    revoked_families: Vec<(String, String)>,
+    /// `(spent, successor)` of refreshes that answered 200.
+    rotations: Vec<(String, String)>,
+    /// Answers a live server should never give (checked after the burst).
+    surprises: Vec<String>,
+}
+
+/// One request of the burst: `Some((session cookie pair, body))` when the whole answer
+/// arrived with status `want`; `None` when the connection failed (the server was killed), or
+/// when the answer had another status, which is recorded as a surprise.
+async fn expect(
+    request: reqwest::RequestBuilder,
+    want: u16,
+    what: &str,
+    acked: &Mutex<Acknowledged>,
+) -> Option<(Option<String>, Value)> {
+    let res = request.send().await.ok()?;
+    let status = res.status().as_u16();
+    let cookie = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|pair| pair.starts_with("__Host-tessera_session="))
+        .map(str::to_owned);
+    let bytes = res.bytes().await.ok()?;
+    if status != want {
+        let body = String::from_utf8_lossy(&bytes);
+        acked
+            .lock()
+            .unwrap()
+            .surprises
+            .push(format!("{what} answered {status}: {body}"));
+        return None;
+    }
+    Some((
+        cookie,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// One round of the burst for a fresh user: sign-up, cookie login, password grant, refresh
+/// rotation, access-token revocation, a second grant whose refresh family is revoked, and
+/// logout, recording each acknowledged effect. `None` once the server stops answering.
+async fn round(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+    acked: &Mutex<Acknowledged>,
+) -> Option<()> {
+    let url = |path: &str| format!("{base}{path}");
+    let credentials = json!({ "email": email, "password": PASSWORD });
+    let grant = || {
+        client.post(url("/oauth2/token")).form(&[
+            ("grant_type", "password"),
+            ("username", email),
+            ("password", PASSWORD),
+        ])
+    };
+    let refresh = |token: &str| {
+        client
+            .post(url("/oauth2/token"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+    };
+    let revoke = |token: &str| client.post(url("/oauth2/revoke")).form(&[("token", token)]);
+    let token = |body: &Value, name: &str| body[name].as_str().unwrap().to_owned();
+
+    expect(
+        client.post(url("/v1/users")).json(&credentials),
+        201,
+        "sign-up",
+        acked,
+    )
+    .await?;
+    acked.lock().unwrap().users.push(email.to_owned());
+
+    let (cookie, login) = expect(
+        client.post(url("/v1/login")).json(&credentials),
+        200,
+        "login",
+        acked,
+    )
+    .await?;
+    let cookie = cookie.unwrap();
+    let csrf = token(&login, "csrf_token");
+
+    let (_, pair) = expect(grant(), 200, "password grant", acked).await?;
+    let spent = token(&pair, "refresh_token");
+    let (_, rotated) = expect(refresh(&spent), 200, "refresh", acked).await?;
+    let access = token(&rotated, "access_token");
+    let successor = token(&rotated, "refresh_token");
+    acked.lock().unwrap().rotations.push((spent, successor));
+
+    expect(revoke(&access), 200, "access token revocation", acked).await?;
+    acked.lock().unwrap().revoked_access.push(access);
+
+    let (_, family) = expect(grant(), 200, "second password grant", acked).await?;
+    let family_refresh = token(&family, "refresh_token");
+    expect(
+        revoke(&family_refresh),
+        200,
+        "refresh token revocation",
+        acked,
+    )
+    .await?;
+    acked
+        .lock()
+        .unwrap()
+        .revoked_families
+        .push((family_refresh, token(&family, "access_token")));
+
+    let logout = client
+        .post(url("/v1/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf);
+    expect(logout, 204, "logout", acked).await?;
+    acked.lock().unwrap().logged_out.push(cookie);
+    Some(())
+}
+
+/// Rounds for fresh users until `rounds` are done or the server stops answering.
+async fn burst(base: String, task: usize, rounds: usize, acked: Arc<Mutex<Acknowledged>>) {
+    let client = reqwest::Client::new();
+    for n in 0..rounds {
+        let email = format!("load-{task}-{n}@example.com");
+        if round(&client, &base, &email, &acked).await.is_none() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_effect() {
+    const TASKS: usize = 4;
+    const ROUNDS: usize = 12;
+    /// Logouts acknowledged before the kill: well inside the burst of TASKS * ROUNDS.
+    const KILL_AFTER: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    // The shortest grace window the configuration takes: a spent refresh token replayed
+    // after it is reuse.
+    let grace = Duration::from_secs(1);
+    let args = ["--issuer", ISSUER, "--refresh-grace", "1s"];
+    let mut server = serve_with(dir.path(), "warn", &args).await;
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| tokio::spawn(burst(server.base.clone(), task, ROUNDS, Arc::clone(&acked))))
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().logged_out.len() < KILL_AFTER {
+        assert!(
+            Instant::now() < deadline,
+            "the burst stalled: {:?}",
+            acked.lock().unwrap().surprises
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill(); // mid-burst: requests are in flight
+    let killed = Instant::now();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("a burst task did not stop after the kill")
+            .unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.surprises.is_empty(), "{:?}", acked.surprises);
+    assert!(
+        acked.logged_out.len() < TASKS * ROUNDS,
+        "the kill came after the burst"
+    );
+    eprintln!(
+        "acknowledged before the kill: {} sign-ups, {} rotations, {} access revocations, \
+         {} family revocations, {} logouts",
+        acked.users.len(),
+        acked.rotations.len(),
+        acked.revoked_access.len(),
+        acked.revoked_families.len(),
+        acked.logged_out.len()
+    );
+
+    let server = serve_with(dir.path(), "warn", &args).await;
+    let client = reqwest::Client::new();
+    for email in &acked.users {
+        let res = client
+            .post(server.url("/v1/login"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{email} can log in");
+    }
+    for access in &acked.revoked_access {
+        assert_eq!(verify_bearer(&client, &server, access).await, 401);
+    }
+    for (refresh_token, access) in &acked.revoked_families {
+        assert_eq!(refresh(&client, &server, refresh_token).await.status(), 400);
+        assert_eq!(verify_bearer(&client, &server, access).await, 401);
+    }
+    for cookie in &acked.logged_out {
+        assert_eq!(verify_cookie(&client, &server, cookie).await, 401);
+    }
+    // Every rotation was acknowledged before the kill; past the grace window (with a margin
+    // for a coarse clock), replaying its spent token is reuse, not a concurrent refresh.
+    let past_grace = killed + grace * 2;
+    if let Some(wait) = past_grace.checked_duration_since(Instant::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    // The successor first: presenting the spent token is reuse, which revokes the family.
+    for (spent, successor) in &acked.rotations {
+        assert_eq!(
+            refresh(&client, &server, successor).await.status(),
+            200,
+            "the successor works"
+        );
+        assert_eq!(
+            refresh(&client, &server, spent).await.status(),
+            400,
+            "the spent token is refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs_at_info_or_trace() {
+    for level in ["info", "trace"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, admin_key) = create_admin_key(dir.path());
+        let mut server = serve_with(dir.path(), level, &["--issuer", ISSUER]).await;
+        let client = reqwest::Client::new();
+        let email = "secretive@example.com";
+        sign_up(&client, &server, email).await;
+
+        let browser = login(&client, &server, email).await;
+        assert_eq!(verify_cookie(&client, &server, &browser.cookie).await, 200);
+        let res = client
+            .get(server.url("/v1/session"))
+            .header("cookie", &browser.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+
+        let (access, first_refresh) = grant(&client, &server, email).await;
+        assert_eq!(verify_bearer(&client, &server, &access).await, 200);
+        let res = refresh(&client, &server, &first_refresh).await;
+        assert_eq!(res.status(), 200);
+        let pair: Value = res.json().await.unwrap();
+        let second_access = pair["access_token"].as_str().unwrap().to_owned();
+        let second_refresh = pair["refresh_token"].as_str().unwrap().to_owned();
+
+        let res = client
+            .post(server.url("/oauth2/introspect"))
+            .bearer_auth(&admin_key)
+            .form(&[("token", second_access.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.json::<Value>().await.unwrap()["active"], true);
+        revoke(&client, &server, &access).await;
+        revoke(&client, &server, &second_refresh).await;
+        logout(&client, &server, &browser).await;
+        let res = client
+            .post(server.url("/v1/login"))
+            .json(&json!({ "email": email, "password": "wrong horse battery" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+
+        server.kill();
+        let log = server.log();
+        // Not vacuous: the log holds what happened.
+        for line in [
+            "user created",
+            "signed in",
+            "access token revoked",
+            "refresh family revoked",
+            "signed out",
+        ] {
+            assert!(
+                log.contains(line),
+                "{level}: no {line:?} in the log:\n{log}"
+            );
+        }
+        if level == "trace" {
+            assert!(
+                log.contains("sqlx::query"),
+                "trace shows dependencies too:\n{log}"
+            );
+        }
+        let signature = |token: &str| token.rsplit('.').next().unwrap().to_owned();
+        let cookie_value = browser.cookie.split_once('=').unwrap().1.to_owned();
+        for (what, secret) in [
+            ("password", PASSWORD.to_owned()),
+            ("wrong password", "wrong horse battery".to_owned()),
+            ("cookie", cookie_value),
+            ("CSRF token", browser.csrf.clone()),
+            ("first refresh token", first_refresh.clone()),
+            ("second refresh token", second_refresh.clone()),
+            ("access token", access.clone()),
+            ("access token signature", signature(&access)),
+            ("second access token", second_access.clone()),
+            ("second access token signature", signature(&second_access)),
+            ("admin key", admin_key.clone()),
+        ] {
+            assert!(
+                !log.contains(&secret),
+                "{level}: the {what} reached the log"
+            );
+        }
+        eprintln!("{level}: {} log lines checked", log.lines().count());
+    }
 }

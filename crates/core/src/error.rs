@@ -30,6 +30,9 @@ pub enum AuthError {
     InvalidGrant,
     #[error("not found")]
     NotFound,
+    /// The active signing key cannot be withdrawn: nothing could sign (rotate first).
+    #[error("the active signing key cannot be withdrawn; rotate first")]
+    ActiveKey,
     /// Signing or key material failure (master key mismatch, unsealable key).
     #[error("key error: {0}")]
     Key(String),

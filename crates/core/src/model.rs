@@ -370,4 +370,8 @@ pub enum RevocationEvent {
     EpochBumped { user: UserId, epoch: Timestamp },
     /// One access token's `jti` is refused until `expires_at`.
     JtiDenied { jti: String, expires_at: Timestamp },
+    /// A signing key was withdrawn (`tessera keys retire`): every node rebuilds its key ring
+    /// from the store, so the key's tokens stop verifying everywhere within the feed's lag
+    /// rather than at the next periodic reload.
+    KeyWithdrawn { kid: String },
 }

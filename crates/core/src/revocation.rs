@@ -217,6 +217,8 @@ impl RevocationCache {
                 let entry = state.denied.entry(jti.clone()).or_insert(*expires_at);
                 *entry = (*entry).max(*expires_at);
             }
+            // Not revocation state: the follower has the key ring reloaded instead.
+            RevocationEvent::KeyWithdrawn { .. } => {}
         }
     }
 
@@ -347,31 +349,56 @@ impl RevocationCache {
     }
 }
 
-/// Follows the feed for as long as the returned task runs: applies events, keeps freshness,
-/// and reloads the whole state after the feed was lost (events may have been pruned).
+/// Follows the feed for as long as the returned task runs: applies events to `cache` (a
+/// `cached` node's state; `None` on `strict` and `none` nodes, which keep no revocation state
+/// but must still hear of withdrawn signing keys), keeps freshness, and reloads the whole
+/// state after the feed was lost (events may have been pruned).
+///
+/// `keys_changed` is notified for every [`RevocationEvent::KeyWithdrawn`]. `keys_read_at` is
+/// the feed's position noted before the node read its key ring, where the follower starts;
+/// without it, and at every resynchronisation, `keys_changed` is notified too, since a
+/// withdrawal may lie behind the follower's new cursor.
 pub fn follow(
-    cache: Arc<RevocationCache>,
+    cache: Option<Arc<RevocationCache>>,
     feed: Arc<dyn RevocationFeed>,
     store: Arc<dyn Store>,
     retry: Duration,
+    keys_changed: Arc<tokio::sync::Notify>,
+    keys_read_at: Option<u64>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut cursor: Option<u64> = None;
+        let mut keys_read_at = keys_read_at;
         loop {
             let Some(position) = cursor else {
                 // (Re)synchronise: note the position first, so nothing between the snapshot
                 // and the first poll is missed (replaying an event is harmless).
-                match feed.cursor().await {
-                    Ok(position) => match cache.load(store.as_ref()).await {
-                        Ok(()) => {
-                            cursor = Some(position);
-                            cache.heard(None);
+                let (position, keys_current) = match keys_read_at.take() {
+                    Some(position) => (Ok(position), true),
+                    None => (feed.cursor().await, false),
+                };
+                match position {
+                    Ok(position) => {
+                        let loaded = match &cache {
+                            Some(cache) => cache.load(store.as_ref()).await,
+                            None => Ok(()),
+                        };
+                        match loaded {
+                            Ok(()) => {
+                                cursor = Some(position);
+                                if !keys_current {
+                                    keys_changed.notify_one();
+                                }
+                                if let Some(cache) = &cache {
+                                    cache.heard(None);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "revocation cache could not load");
+                                tokio::time::sleep(retry).await;
+                            }
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "revocation cache could not load");
-                            tokio::time::sleep(retry).await;
-                        }
-                    },
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "revocation feed unavailable");
                         tokio::time::sleep(retry).await;
@@ -383,14 +410,25 @@ pub fn follow(
                 Ok(events) => {
                     let newest = events.last().map(|(_, at, _)| *at);
                     for (seq, _, event) in &events {
-                        cache.apply(event);
+                        if matches!(event, RevocationEvent::KeyWithdrawn { .. }) {
+                            keys_changed.notify_one();
+                        }
+                        if let Some(cache) = &cache {
+                            cache.apply(event);
+                        }
                         cursor = Some(*seq);
                     }
-                    cache.heard(newest);
+                    if let Some(cache) = &cache {
+                        cache.heard(newest);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
-                    cache.lost();
+                    if let Some(cache) = &cache {
+                        tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
+                        cache.lost();
+                    } else {
+                        tracing::warn!(error = %e, "revocation feed lost; a withdrawn signing key is seen at the next key reload until it is back");
+                    }
                     cursor = None;
                     tokio::time::sleep(retry).await;
                 }

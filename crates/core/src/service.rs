@@ -157,8 +157,8 @@ impl std::fmt::Debug for TokenPair {
 pub struct Tessera {
     store: Arc<dyn Store>,
     config: Arc<Config>,
-    master: MasterKey,
-    keys: RwLock<Arc<KeyRing>>,
+    /// The key ring, shared with the task that rebuilds it when a key is withdrawn.
+    keys: Arc<LiveKeys>,
     hasher: PasswordHasher,
     /// HMAC key binding CSRF tokens to session ids (SPEC §3).
     csrf_key: Zeroizing<[u8; 32]>,
@@ -211,15 +211,35 @@ impl Tessera {
         let horizon = crate::keys::retired_key_lifetime(config.access_token_ttl);
         let cache = Arc::new(RevocationCache::new(horizon, COOKIE_CACHE_CAPACITY));
         let pending_touches = Arc::new(Mutex::new(HashMap::new()));
-        let mut tasks = Vec::new();
-        if config.revocation_mode == RevocationMode::Cached {
-            let retry = config.max_staleness.min(FEED_POLL_INTERVAL * 5);
-            tasks.push(crate::revocation::follow(
-                Arc::clone(&cache),
+        // The log's position before the key ring is read: a withdrawal after it is the
+        // follower's to see (unknown, the follower reloads the ring once it is listening).
+        let keys_read_at = feed.cursor().await.ok();
+        let ring = ensure_signing_key(store.as_ref(), &master, &config, policy).await?;
+        let csrf_key = Zeroizing::new(master.derive("csrf"));
+        let refresh_key = Zeroizing::new(master.derive("refresh-successor"));
+        let keys = Arc::new(LiveKeys {
+            ring: RwLock::new(Arc::new(ring)),
+            master,
+            store: Arc::clone(&store),
+            config: Arc::clone(&config),
+        });
+        let retry = config.max_staleness.min(FEED_POLL_INTERVAL * 5);
+        // Every mode follows the log, for withdrawn signing keys; only `cached` keeps (and
+        // prunes) revocation state from it.
+        let cached = config.revocation_mode == RevocationMode::Cached;
+        let keys_changed = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = vec![
+            crate::revocation::follow(
+                cached.then(|| Arc::clone(&cache)),
                 Arc::clone(&feed),
                 Arc::clone(&store),
                 retry,
-            ));
+                Arc::clone(&keys_changed),
+                keys_read_at,
+            ),
+            reload_keys_when_changed(Arc::clone(&keys), keys_changed, retry),
+        ];
+        if cached {
             tasks.push(flush_touches(
                 Arc::clone(&store),
                 Arc::clone(&pending_touches),
@@ -227,14 +247,11 @@ impl Tessera {
             ));
         }
         let service = Self {
-            csrf_key: Zeroizing::new(master.derive("csrf")),
-            refresh_key: Zeroizing::new(master.derive("refresh-successor")),
-            keys: RwLock::new(Arc::new(
-                ensure_signing_key(store.as_ref(), &master, &config, policy).await?,
-            )),
+            csrf_key,
+            refresh_key,
+            keys,
             store,
             config,
-            master,
             hasher,
             last_on_demand_reload: std::sync::atomic::AtomicI64::new(0),
             counters: crate::metrics::Counters::default(),
@@ -330,30 +347,13 @@ impl Tessera {
 
     /// The key ring in force; cheap (an `Arc` clone) so the verify path can call it per request.
     pub fn key_ring(&self) -> Arc<KeyRing> {
-        match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.keys.current()
     }
 
     /// Rebuilds the key ring from the store: picks up keys rotated by the CLI or another node
     /// and drops retired keys whose tokens have all expired.
     pub async fn reload_keys(&self) -> Result<(), AuthError> {
-        let sealed = self.store.signing_keys().await?;
-        let ring = KeyRing::from_sealed(
-            &sealed,
-            &self.master,
-            Timestamp::now(),
-            self.config.access_token_ttl,
-            &self.config.issuer,
-            &self.config.audience,
-        )
-        .map_err(key_error)?;
-        match self.keys.write() {
-            Ok(mut guard) => *guard = Arc::new(ring),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
-        }
-        Ok(())
+        self.keys.reload().await
     }
 
     // ----- users -------------------------------------------------------------------------
@@ -1057,9 +1057,40 @@ impl Tessera {
     /// Makes a new signing key in the configured algorithm and retires the active one, whose
     /// public key stays published until every token it signed has expired.
     pub async fn rotate_signing_key(&self) -> Result<SigningKey, AuthError> {
-        let key = rotate(self.store.as_ref(), &self.master, &self.config).await?;
+        let key = rotate(self.store.as_ref(), &self.keys.master, &self.config).await?;
         self.reload_keys().await?;
         Ok(key)
+    }
+
+    /// Withdraws a retired signing key at once (for a compromised key): its tokens stop
+    /// verifying on every node within the revocation feed's lag, in every revocation mode,
+    /// rather than at each node's next periodic key reload. The key is deleted first, then
+    /// the withdrawal is appended to the revocation log, on which every node rebuilds its key
+    /// ring. The active key cannot be withdrawn (nothing could sign; rotate first); an unknown
+    /// `kid` is `NotFound`. If the log cannot be written after the deletion, the caller hears
+    /// the store error, and other nodes still drop the key at their next periodic reload.
+    pub async fn withdraw_signing_key(&self, kid: &str) -> Result<(), AuthError> {
+        let sealed = self.store.signing_keys().await?;
+        let key = sealed
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(AuthError::NotFound)?;
+        if key.retired_at.is_none() {
+            return Err(AuthError::ActiveKey);
+        }
+        if !self.store.delete_signing_key(kid).await? {
+            return Err(AuthError::NotFound);
+        }
+        self.announce(RevocationEvent::KeyWithdrawn {
+            kid: kid.to_owned(),
+        })
+        .await?;
+        self.reload_keys().await?;
+        warn!(
+            kid,
+            "signing key withdrawn; tokens it signed no longer verify"
+        );
+        Ok(())
     }
 
     /// Creates an admin API key; the secret is returned once and only its hash is kept.
@@ -1076,12 +1107,77 @@ impl Tessera {
         Ok((key, secret))
     }
 
+    /// Revokes an admin API key: it stops authenticating at once on every node, which read
+    /// admin keys from the store on each request. `NotFound` if no live key has this id.
+    pub async fn revoke_admin_key(&self, id: AdminKeyId) -> Result<(), AuthError> {
+        if !self.store.revoke_admin_key(id, Timestamp::now()).await? {
+            return Err(AuthError::NotFound);
+        }
+        info!(admin_key = %id, "admin key revoked");
+        Ok(())
+    }
+
     pub async fn authenticate_admin(&self, secret: &AdminSecret) -> Result<AdminKey, AuthError> {
         self.store
             .find_live_admin_key(&secret.to_hash())
             .await?
             .ok_or(AuthError::Unauthenticated)
     }
+}
+
+/// The key ring a node signs and verifies with, and what it takes to rebuild it from the
+/// store; shared between the service and the task that rebuilds it on a withdrawn key.
+struct LiveKeys {
+    ring: RwLock<Arc<KeyRing>>,
+    master: MasterKey,
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+}
+
+impl LiveKeys {
+    fn current(&self) -> Arc<KeyRing> {
+        match self.ring.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    async fn reload(&self) -> Result<(), AuthError> {
+        let sealed = self.store.signing_keys().await?;
+        let ring = KeyRing::from_sealed(
+            &sealed,
+            &self.master,
+            Timestamp::now(),
+            self.config.access_token_ttl,
+            &self.config.issuer,
+            &self.config.audience,
+        )
+        .map_err(key_error)?;
+        match self.ring.write() {
+            Ok(mut guard) => *guard = Arc::new(ring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds the key ring whenever the feed follower reports a withdrawn key; a failed reload
+/// is retried after `retry`, so a store blip cannot leave a withdrawn key verifying.
+fn reload_keys_when_changed(
+    keys: Arc<LiveKeys>,
+    changed: Arc<tokio::sync::Notify>,
+    retry: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            if let Err(e) = keys.reload().await {
+                warn!(error = %e, "could not reload signing keys; retrying");
+                tokio::time::sleep(retry).await;
+                changed.notify_one();
+            }
+        }
+    })
 }
 
 /// How often a cached session's `last_seen_at` is due a write: every minute, or at half a

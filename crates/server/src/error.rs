@@ -92,6 +92,7 @@ impl ApiError {
                     AuthError::OriginRejected => (StatusCode::FORBIDDEN, "origin_not_allowed"),
                     AuthError::InvalidGrant => (StatusCode::BAD_REQUEST, "invalid_grant"),
                     AuthError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    AuthError::ActiveKey => (StatusCode::CONFLICT, "active_key"),
                     AuthError::Key(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                     // Fail closed (SPEC §7): an unreachable store is never a yes.
                     AuthError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -6,7 +6,7 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ struct ReceiverState {
     hits: Mutex<Vec<Hit>>,
     /// Requests answered 500 before the receiver starts accepting.
     failures: usize,
+    /// While set, every request is answered 503 (the application is down for maintenance).
+    refusing: AtomicBool,
 }
 
 /// An HTTP endpoint on 127.0.0.1 standing in for the application that subscribed.
@@ -60,6 +62,7 @@ impl Receiver {
         let state = Arc::new(ReceiverState {
             hits: Mutex::new(Vec::new()),
             failures,
+            refusing: AtomicBool::new(false),
         });
         let app = Router::new()
             .route("/hook", post(receive))
@@ -68,6 +71,11 @@ impl Receiver {
             axum::serve(listener, app).await.unwrap();
         });
         Self { state, task }
+    }
+
+    /// Answers every request 503 from now on (`true`), or stops doing so (`false`).
+    fn refuse(&self, refusing: bool) {
+        self.state.refusing.store(refusing, Ordering::SeqCst);
     }
 
     fn hits(&self) -> Vec<Hit> {
@@ -111,7 +119,9 @@ async fn receive(
     };
     let mut hits = state.hits.lock().unwrap();
     hits.push(hit);
-    if hits.len() <= state.failures {
+    if state.refusing.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if hits.len() <= state.failures {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::NO_CONTENT
@@ -222,10 +232,11 @@ async fn failed_deliveries_are_retried_with_backoff_then_never_again() {
 async fn an_undelivered_event_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("tessera.db").display());
-    // A port where nothing listens yet.
-    let (reserved, url) = loopback().await;
-    let addr: SocketAddr = reserved.local_addr().unwrap();
-    drop(reserved);
+    // One receiver for the whole test, refusing deliveries until the first node is gone: its
+    // port is never released, so nothing else can take it in between.
+    let (listener, url) = loopback().await;
+    let receiver = Receiver::start(listener, 0);
+    receiver.refuse(true);
     let settings = webhook_settings(&url, &["session.created"]);
 
     let first = support::start_node(
@@ -242,22 +253,26 @@ async fn an_undelivered_event_survives_a_restart() {
         let waiting = waiting_for(&first, &url).await;
         if waiting.first().is_some_and(|(attempts, _)| *attempts >= 1) {
             let (_, error) = &waiting[0];
-            assert!(
-                error.as_deref().unwrap().starts_with("connection failed"),
-                "{error:?}"
-            );
-            assert!(
-                !error.as_deref().unwrap().contains(&url),
-                "no URL in errors"
-            );
+            assert_eq!(error.as_deref(), Some("HTTP 503"));
             break;
         }
         assert!(Instant::now() < deadline, "no failed attempt recorded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(first); // its server and delivery worker stop
+    // Stop the first node and wait until nothing of it is left (its server, its delivery
+    // worker and any attempt in flight all hold the service), so only the restarted node
+    // can deliver from here on.
+    let gone = Arc::downgrade(&first.tessera);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gone.strong_count() > 0 {
+        assert!(Instant::now() < deadline, "the first node did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = receiver.hits();
+    assert!(!refused.is_empty());
+    receiver.refuse(false);
 
-    let receiver = Receiver::start(TcpListener::bind(addr).await.unwrap(), 0);
     let second = support::start_node(
         &database,
         &settings,
@@ -265,12 +280,19 @@ async fn an_undelivered_event_survives_a_restart() {
         None,
     )
     .await;
-    let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
-    assert!(hits[0].signed);
-    assert_eq!(hits[0].body["type"], "session.created");
+    let hits = receiver
+        .wait_for(refused.len() + 1, Duration::from_secs(10))
+        .await;
+    let delivered = &hits[refused.len()];
+    assert!(delivered.signed);
+    assert_eq!(delivered.body["type"], "session.created");
     assert_eq!(
-        hits[0].body["data"]["session_id"],
+        delivered.body["data"]["session_id"],
         browser.body["session"]["id"]
+    );
+    assert_eq!(
+        delivered.body["id"], refused[0].body["id"],
+        "the same event"
     );
     // Delivered: the queue is empty (the next poll finds nothing to send).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -278,7 +300,30 @@ async fn an_undelivered_event_survives_a_restart() {
         assert!(Instant::now() < deadline, "delivery not recorded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(receiver.hits().len(), 1);
+    assert_eq!(receiver.hits().len(), refused.len() + 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_recorded_without_the_url() {
+    // Nothing can listen on port 0, so this connection is refused without any port being
+    // reserved for the test.
+    let url = "http://127.0.0.1:0/hook";
+    let server = support::start(&webhook_settings(url, &["session.created"])).await;
+    server.browser().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting = waiting_for(&server, url).await;
+        if let Some((attempts, error)) = waiting.first() {
+            if *attempts >= 1 {
+                let error = error.as_deref().unwrap();
+                assert!(error.starts_with("connection failed"), "{error}");
+                assert!(!error.contains("127.0.0.1"), "no URL in errors: {error}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no failed attempt recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Rotates the pair's refresh token twice, then presents the first one again: theft, so the
