@@ -29,7 +29,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "signing_alg", help: "EdDSA, ES256, RS256 or HS256 [default: EdDSA]" },
     Setting { key: "access_token_ttl", help: "access token lifetime [default: 15m]" },
     Setting { key: "refresh_token_ttl", help: "absolute lifetime of a refresh family [default: 30d]" },
-    Setting { key: "refresh_grace", help: "window in which the previous refresh token may be replayed [default: 10s]" },
+    Setting { key: "refresh_grace", help: "window in which the previous refresh token may be replayed [default: 10s; 0: off]" },
     Setting { key: "session_idle_timeout", help: "cookie session idle timeout [default: 24h]" },
     Setting { key: "session_absolute_timeout", help: "cookie session absolute timeout [default: 7d]" },
     Setting { key: "revocation_mode", help: "none, cached or strict [default: cached]" },
@@ -209,13 +209,51 @@ impl ConfigLayer {
         }
     }
 
-    fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let parsed = self.parsed(key, "a duration such as 15m, 30d or 10s", |text| {
-            humantime::parse_duration(text)
-                .ok()
-                .filter(|d| !d.is_zero() && d.as_secs() > 0)
+    /// A positive duration of at least `min`, in whole milliseconds (the resolution of every
+    /// stored time); `0` only where `zero_means_off`.
+    fn duration_of(
+        &self,
+        key: &'static str,
+        default: Duration,
+        min: Duration,
+        zero_means_off: bool,
+    ) -> Result<Duration, ConfigError> {
+        let expected = if zero_means_off {
+            "a duration such as 15m, 30d or 10s, or 0 for off"
+        } else if min >= Duration::from_secs(1) {
+            "a duration of whole seconds such as 15m, 30d or 10s"
+        } else {
+            "a duration such as 15m, 30d, 10s or 500ms"
+        };
+        let parsed = self.parsed(key, expected, |text| {
+            let duration = humantime::parse_duration(text).ok()?;
+            if duration.is_zero() {
+                return zero_means_off.then_some(duration);
+            }
+            let whole = if min >= Duration::from_secs(1) {
+                duration.subsec_nanos() == 0
+            } else {
+                duration.subsec_nanos() % 1_000_000 == 0
+            };
+            (whole && duration >= min).then_some(duration)
         })?;
         Ok(parsed.unwrap_or(default))
+    }
+
+    fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        self.duration_of(key, default, Duration::from_millis(1), false)
+    }
+
+    fn duration_or_off(
+        &self,
+        key: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.duration_of(key, default, Duration::from_millis(1), true)
+    }
+
+    fn whole_seconds(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        self.duration_of(key, default, Duration::from_secs(1), false)
     }
 
     fn origins(&self) -> Result<Option<Vec<String>>, ConfigError> {
@@ -426,10 +464,12 @@ impl ConfigLayer {
             issuer,
             audience,
             signing_alg,
-            access_token_ttl: self.duration("access_token_ttl", Duration::from_secs(15 * 60))?,
+            // JWT `exp` is whole seconds (RFC 7519 §2).
+            access_token_ttl: self
+                .whole_seconds("access_token_ttl", Duration::from_secs(15 * 60))?,
             refresh_token_ttl: self
                 .duration("refresh_token_ttl", Duration::from_secs(30 * 86_400))?,
-            refresh_grace: self.duration("refresh_grace", Duration::from_secs(10))?,
+            refresh_grace: self.duration_or_off("refresh_grace", Duration::from_secs(10))?,
             session_idle_timeout: self
                 .duration("session_idle_timeout", Duration::from_secs(86_400))?,
             session_absolute_timeout: self
@@ -656,6 +696,25 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn durations_are_whole_milliseconds_and_zero_only_turns_the_grace_window_off() {
+        let config = file("refresh_grace = \"0\"\nmax_staleness = \"1500ms\"")
+            .resolve()
+            .unwrap();
+        assert_eq!(config.refresh_grace, Duration::ZERO);
+        assert_eq!(config.max_staleness, Duration::from_millis(1500));
+        for bad in [
+            "session_idle_timeout = \"0\"",
+            "max_staleness = \"10us\"",
+            "access_token_ttl = \"500ms\"",
+            "access_token_ttl = \"1500ms\"",
+        ] {
+            let err = file(bad).resolve().unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains(&format!("`{key}`")), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -35,8 +35,8 @@ pub enum Decision {
 }
 
 /// Decides what presenting a refresh token does at `now`. A replay exactly `grace` after the
-/// rotation is still within the window; a millisecond later it is reuse. With `grace` zero,
-/// only a replay in the very millisecond of the rotation is one.
+/// rotation is still within the window; a millisecond later it is reuse. A zero `grace` turns
+/// the window off (SPEC §2): every replay is reuse, even within the same millisecond.
 pub fn decide(token: Option<PresentedToken>, now: Timestamp, grace: Duration) -> Decision {
     let Some(token) = token else {
         return Decision::Invalid;
@@ -46,7 +46,9 @@ pub fn decide(token: Option<PresentedToken>, now: Timestamp, grace: Duration) ->
     };
     match token.rotated_at {
         None => Decision::Rotate(session),
-        Some(rotated_at) if now.since(rotated_at) <= grace && token.successor_unspent => {
+        Some(rotated_at)
+            if !grace.is_zero() && now.since(rotated_at) <= grace && token.successor_unspent =>
+        {
             Decision::Replay(session)
         }
         Some(_) => Decision::Reuse(session),
@@ -146,16 +148,14 @@ mod tests {
     }
 
     #[test]
-    fn without_grace_only_the_same_millisecond_is_a_replay() {
+    fn with_the_grace_window_off_every_replay_is_reuse() {
         let spent = token(Some(at(1_000)), true);
-        assert!(matches!(
-            decide(Some(spent.clone()), at(1_000), Duration::ZERO),
-            Decision::Replay(_)
-        ));
-        assert!(matches!(
-            decide(Some(spent), at(1_001), Duration::ZERO),
-            Decision::Reuse(_)
-        ));
+        for now in [at(1_000), at(1_001)] {
+            assert!(matches!(
+                decide(Some(spent.clone()), now, Duration::ZERO),
+                Decision::Reuse(_)
+            ));
+        }
     }
 
     #[test]
