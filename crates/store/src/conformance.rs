@@ -16,9 +16,10 @@
 //! # fn main() {}
 //! ```
 //!
-//! The expression yields `Option<impl Fixture>`: `None` skips the case (the builder prints
-//! why, e.g. a service that is not reachable), and a fixture may carry a guard that must
-//! outlive the store, such as the temporary directory of a database file: `(store, guard)`.
+//! The expression yields `Option<impl Fixture>`: `None` skips the case loudly (the builder
+//! may print why, e.g. a service that is not reachable; see [`crate::testing`]), and a fixture
+//! may carry a guard that must outlive the store, such as the temporary directory of a
+//! database file: `(store, guard)`.
 //!
 //! Cases fail with `assert!`: this module is test code shipped in the library so that every
 //! backend's tests share it.
@@ -83,14 +84,22 @@ impl Fixture for crate::SqliteStore {
 }
 
 /// Expands to one `#[tokio::test]` per case. The first argument is an expression evaluating
-/// to a future of `Option<F>` where `F:` [`Fixture`]; it is evaluated once per case. Without
-/// a case list, every case of the suite is generated.
+/// to a future of `Option<F>` where `F:` [`Fixture`]; it is evaluated once per case, and
+/// `None` skips the case through [`skip_or_fail`](crate::testing::skip_or_fail) (loud, and a
+/// failure under `TESSERA_REQUIRE_SERVICES=1`). Without a case list, every case of the suite
+/// is generated.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make_store:expr; $($case:ident),+ $(,)?) => { $(
         #[tokio::test]
         async fn $case() {
-            let Some(fixture) = $make_store.await else { return }; // skipped, reason printed
+            let Some(fixture) = $make_store.await else {
+                $crate::testing::skip_or_fail(
+                    concat!("conformance case `", stringify!($case), "`"),
+                    "its store builder returned no store",
+                );
+                return;
+            };
             $crate::conformance::$case($crate::conformance::Fixture::store(&fixture)).await;
         }
     )+ };
