@@ -6,7 +6,7 @@
 //! file only builds its store and invokes [`conformance_suite!`](crate::conformance_suite):
 //!
 //! ```
-//! // tests/memory.rs (the test crate needs `tokio` with `macros` and `rt`)
+//! // tests/memory.rs (the test crate needs `tokio` with `macros` and `rt-multi-thread`)
 //! # #[cfg(feature = "memory")] mod suite {
 //! async fn memory_store() -> Option<tessera_store::MemoryStore> {
 //!     Some(tessera_store::MemoryStore::new())
