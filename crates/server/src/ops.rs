@@ -846,25 +846,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ready_only_with_a_reachable_store_and_a_fresh_feed() {
-        let (code, body) = readiness(true, status(true));
-        assert_eq!(code, StatusCode::OK);
-        assert_eq!((body.status, body.store), ("ready", "ok"));
-
-        let (code, body) = readiness(false, status(true));
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!((body.status, body.store), ("unavailable", "unreachable"));
-
-        let (code, body) = readiness(true, status(false));
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!((body.status, body.store), ("unavailable", "ok"));
-        assert_eq!(
-            serde_json::to_value(&body).unwrap()["revocation"],
-            serde_json::json!({"mode": "cached", "fresh": false, "feed_silence_ms": 7250, "last_lag_ms": 12})
-        );
-    }
-
     fn metrics() -> HttpMetrics {
         let get = || PathItem::new(HttpMethod::Get, OperationBuilder::new().build());
         let doc = OpenApiBuilder::new()

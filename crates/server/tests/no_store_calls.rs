@@ -1,31 +1,30 @@
 //! SPEC §5: in `cached` mode a verification makes no store round trip. Proven by counting:
-//! the service runs over a [`CountingStore`], and 100 bearer plus 100 cookie verifications
+//! the service runs over an [`InstrumentedStore`], and 100 bearer plus 100 cookie verifications
 //! must leave the counter where it was, while the same calls in `strict` mode move it (so the
 //! test can fail), and a revocation made through the service is honoured by the very next
 //! verification, still without a store call.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/counting.rs"]
-mod counting;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use counting::CountingStore;
+use support::instrumented::InstrumentedStore;
+use support::PASSWORD;
 use tessera_core::config::ConfigLayer;
 use tessera_core::keys::MasterKey;
 use tessera_core::secret::{Password, SessionSecret};
 use tessera_core::service::{DeviceInfo, KeyPolicy, Tessera};
 use tessera_core::AuthError;
 
-const PASSWORD: &str = "correct horse battery";
 const ROUNDS: u64 = 100;
 
 /// A service over a counted store, with one user signed in both ways.
 struct SignedIn {
     tessera: Tessera,
-    store: Arc<CountingStore>,
+    store: Arc<InstrumentedStore>,
     cookie: SessionSecret,
     access_token: String,
     email: String,
@@ -40,7 +39,7 @@ impl SignedIn {
             .unwrap()
             .resolve()
             .unwrap();
-        let store = Arc::new(CountingStore::new(
+        let store = Arc::new(InstrumentedStore::new(
             tessera_store::open(&config.database).await.unwrap(),
         ));
         let tessera = Tessera::start(

@@ -1,5 +1,5 @@
-//! The three verification modes (SPEC §5) on `/v1/verify` and `/v1/session`, feed staleness,
-//! and revocation across two nodes sharing one database.
+//! The three verification modes (SPEC §5) on `/v1/verify` and `/v1/session`, a feed that
+//! falls silent and one that fails, and revocation across two nodes sharing one database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use reqwest::header::COOKIE;
 use serde_json::Value;
-use support::{start, start_node, start_sqlite, TestServer};
+use support::instrumented::{Calls, InstrumentedStore};
+use support::{start, start_instrumented_node, start_node, start_sqlite, TestServer};
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{RevocationEvent, Timestamp};
 use tessera_core::revocation::{RevocationFeed, StoreFeed};
@@ -381,4 +382,115 @@ async fn a_withdrawn_signing_key_stops_verifying_on_running_nodes_in_every_mode(
         let fresh = fresh["access_token"].as_str().unwrap();
         assert_eq!(node.verify_bearer(fresh).await.status(), 200, "{mode}");
     }
+}
+
+/// Two nodes on one SQLite file, one issuer; node A's store is instrumented, and its feed
+/// (the default one, reading the revocation log) reads through it, so a test can make the
+/// feed fail with errors rather than fall silent.
+async fn cluster_with_a_breakable_feed(
+    settings: &str,
+) -> (
+    TestServer,
+    TestServer,
+    Arc<InstrumentedStore>,
+    tempfile::TempDir,
+) {
+    let settings = &format!(
+        "issuer = \"http://tessera.test\"\nallowed_origins = \"http://tessera.test\"\n{settings}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("cluster.db").display());
+    let b = start_node(
+        &database,
+        settings,
+        MasterKey::from_base64(KEY).unwrap(),
+        None,
+    )
+    .await;
+    let (a, store) =
+        start_instrumented_node(&database, settings, MasterKey::from_base64(KEY).unwrap()).await;
+    wait_fresh(&a).await;
+    wait_fresh(&b).await;
+    (a, b, store, dir)
+}
+
+async fn readyz(server: &TestServer) -> (u16, Value) {
+    let res = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_failing_feed_falls_back_to_strict_and_resyncs_when_it_returns() {
+    let (a, b, store, _dir) = cluster_with_a_breakable_feed("revocation_mode = \"cached\"").await;
+    let (email, pair) = b.user_with_tokens().await;
+    let access = pair["access_token"].as_str().unwrap();
+    assert_eq!(a.verify_bearer(access).await.status(), 200);
+    let browser = a.login(&email).await;
+    // A now holds the cookie session in its cache: trusting the cache would keep saying yes.
+    assert_eq!(a.verify_cookie(&browser.cookie).await.status(), 200);
+
+    // The revocation log stops answering A: its feed gets errors, not silence.
+    store.fail(Calls::LOG);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.tessera.revocation_status().fresh {
+        assert!(
+            Instant::now() < deadline,
+            "A never noticed its feed failing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = readyz(&a).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["store"], "ok", "only the feed failed: {body}");
+    let revocation = &body["revocation"];
+    assert_eq!(revocation["mode"], "cached", "{body}");
+    assert_eq!(revocation["fresh"], false, "{body}");
+    assert!(revocation["feed_silence_ms"].is_u64(), "{body}");
+    assert!(revocation["last_lag_ms"].is_u64(), "{body}");
+
+    // B revokes both credentials during the outage; A cannot hear of it through its feed.
+    revoke(&b, access).await;
+    let res = b
+        .client
+        .post(b.url("/v1/logout"))
+        .header(COOKIE, &browser.cookie)
+        .header("x-csrf-token", &browser.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+
+    // A checks against the store (strict), which knows: refused at once. The store reads
+    // counted prove where the answers came from.
+    let before = store.calls();
+    assert_eq!(a.verify_bearer(access).await.status(), 401);
+    assert_eq!(session_with_bearer(&a, access).await, 401);
+    assert_eq!(a.verify_cookie(&browser.cookie).await.status(), 401);
+    assert_eq!(a.session_with_cookie(&browser.cookie).await.status(), 401);
+    assert!(
+        store.calls() >= before + 4,
+        "strict fallback reads the store: {} calls for 4 checks",
+        store.calls() - before
+    );
+
+    // The log answers again: A resynchronises and is ready.
+    store.heal();
+    wait_fresh(&a).await;
+    let (status, body) = readyz(&a).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The revocation made during the outage is now in A's cache, although the feed never
+    // delivered it (A resumed after it): with every lookup and change failing, the token is
+    // still refused with a 401, which only the cache can give; asking the store would be 503.
+    store.fail(Calls::READS | Calls::WRITES);
+    assert!(a.tessera.revocation_status().fresh);
+    assert_eq!(a.verify_bearer(access).await.status(), 401);
+    assert_eq!(session_with_bearer(&a, access).await, 401);
+    store.heal();
 }

@@ -6,7 +6,7 @@
 //! file only builds its store and invokes [`conformance_suite!`](crate::conformance_suite):
 //!
 //! ```
-//! // tests/memory.rs (the test crate needs `tokio` with `macros` and `rt`)
+//! // tests/memory.rs (the test crate needs `tokio` with `macros` and `rt-multi-thread`)
 //! # #[cfg(feature = "memory")] mod suite {
 //! async fn memory_store() -> Option<tessera_store::MemoryStore> {
 //!     Some(tessera_store::MemoryStore::new())
@@ -16,9 +16,11 @@
 //! # fn main() {}
 //! ```
 //!
-//! The expression yields `Option<impl Fixture>`: `None` skips the case (the builder prints
-//! why, e.g. a service that is not reachable), and a fixture may carry a guard that must
-//! outlive the store, such as the temporary directory of a database file: `(store, guard)`.
+//! The expression yields `Option<impl Fixture>`: `None` skips the case loudly (the builder
+//! may print why, e.g. a service that is not reachable; see [`crate::testing`]), and a fixture
+//! may carry a guard that must outlive the store, such as the temporary directory of a
+//! database file: `(store, guard)`. The races (the `concurrent_*` cases) share the fixture
+//! between tasks, so it must be `Send + Sync + 'static`.
 //!
 //! Cases fail with `assert!`: this module is test code shipped in the library so that every
 //! backend's tests share it.
@@ -32,6 +34,11 @@ use tessera_core::model::{
     Session, SessionId, Timestamp, User, UserId, Via,
 };
 use tessera_core::secret::{SecretHash, SessionSecret};
+// For the races, whose store is a fixture's associated type: its supertraits' methods are
+// only found with the traits in scope.
+use tessera_core::store::{
+    DenylistStore as _, OutboxStore as _, RefreshStore as _, SessionStore as _, UserStore as _,
+};
 use tessera_core::webhooks::{
     self, EventType, OutboxMessage, QueuedMessage, RevokeReason, Webhook, WebhookPlan,
     WebhookSecret,
@@ -82,15 +89,41 @@ impl Fixture for crate::SqliteStore {
     }
 }
 
-/// Expands to one `#[tokio::test]` per case. The first argument is an expression evaluating
-/// to a future of `Option<F>` where `F:` [`Fixture`]; it is evaluated once per case. Without
-/// a case list, every case of the suite is generated.
+/// Expands to one test per case. The first argument is an expression evaluating to a future
+/// of `Option<F>` where `F:` [`Fixture`]; it is evaluated once per case, and `None` skips the
+/// case through [`skip_or_fail`](crate::testing::skip_or_fail) (loud, and a failure under
+/// `TESSERA_REQUIRE_SERVICES=1`).
+///
+/// Without a case list, every case of the suite is generated. A list picks cases: plain ones
+/// run as `#[tokio::test]`, the races after `parallel:` on a multi-threaded runtime, with the
+/// fixture shared by an `Arc` so that their calls really overlap. A unit test of this module
+/// checks that the full list below names every `pub async fn` case of this file, so a case
+/// cannot be written and never run.
 #[macro_export]
 macro_rules! conformance_suite {
+    ($make_store:expr; parallel: $($case:ident),+ $(,)?) => { $(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $case() {
+            let Some(fixture) = $make_store.await else {
+                $crate::testing::skip_or_fail(
+                    concat!("conformance case `", stringify!($case), "`"),
+                    "its store builder returned no store",
+                );
+                return;
+            };
+            $crate::conformance::$case(::std::sync::Arc::new(fixture)).await;
+        }
+    )+ };
     ($make_store:expr; $($case:ident),+ $(,)?) => { $(
         #[tokio::test]
         async fn $case() {
-            let Some(fixture) = $make_store.await else { return }; // skipped, reason printed
+            let Some(fixture) = $make_store.await else {
+                $crate::testing::skip_or_fail(
+                    concat!("conformance case `", stringify!($case), "`"),
+                    "its store builder returned no store",
+                );
+                return;
+            };
             $crate::conformance::$case($crate::conformance::Fixture::store(&fixture)).await;
         }
     )+ };
@@ -123,7 +156,6 @@ macro_rules! conformance_suite {
             replay_of_an_older_token_revokes_the_family,
             unknown_refresh_token_is_invalid,
             refresh_of_a_dead_session_is_invalid,
-            concurrent_rotations_rotate_once,
             revoke_family_of_the_current_token,
             revoke_family_of_a_spent_token,
             revoke_family_of_an_unknown_token_is_none,
@@ -151,6 +183,15 @@ macro_rules! conformance_suite {
             rescheduled_message_waits_until_its_next_attempt,
             finished_messages_are_never_due_again,
             prune_outbox_removes_only_long_finished_messages,
+        );
+        $crate::conformance_suite!($make_store; parallel:
+            concurrent_rotations_rotate_once,
+            concurrent_sign_ups_with_one_email_insert_one_user,
+            concurrent_epoch_bumps_keep_the_latest,
+            concurrent_revocations_of_a_session_revoke_it_once,
+            concurrent_family_revocations_revoke_it_once,
+            concurrent_denials_of_a_jti_keep_the_latest_expiry,
+            concurrent_claims_of_a_message_claim_it_once,
         );
     };
 }
@@ -959,26 +1000,6 @@ pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) 
         .rotate_refresh(&second, &fresh_hash(), at(500), GRACE, &WebhookPlan::none())
         .await;
     assert_eq!(rotation.unwrap(), Rotation::Invalid);
-}
-
-pub async fn concurrent_rotations_rotate_once<S: Store + ?Sized>(store: &S) {
-    let (session, first) = seeded_family(store).await;
-    let second = fresh_hash();
-    let none = WebhookPlan::none();
-    let (a, b) = tokio::join!(
-        store.rotate_refresh(&first, &second, at(100), GRACE, &none),
-        store.rotate_refresh(&first, &second, at(100), GRACE, &none),
-    );
-    let mut outcomes = [a.unwrap(), b.unwrap()];
-    outcomes.sort_by_key(|r| matches!(r, Rotation::Replayed(_)));
-    let expected = touched(&session, at(100));
-    assert_eq!(
-        outcomes,
-        [
-            Rotation::Rotated(expected.clone()),
-            Rotation::Replayed(expected)
-        ]
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1977,4 +1998,390 @@ pub async fn prune_outbox_removes_only_long_finished_messages<S: Store + ?Sized>
     // A waiting message is never pruned, however old.
     assert_eq!(ids(&due_for(store, &endpoint, past(30)).await), [waiting]);
     assert!(!store.mark_delivered(delivered, past(30)).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Races. Two nodes (or two requests on one node) may make the same change at the same
+// instant; each rule below must hold however the calls interleave. These cases run on a
+// multi-threaded runtime and share the fixture through an `Arc`, so their calls really run in
+// parallel rather than one after the other on one thread.
+
+/// How many calls each race makes at once: more than the worker threads, so some calls also
+/// interleave on one thread at their await points.
+const RACERS: usize = 16;
+
+/// Runs `RACERS` calls of `call` at once, each on its own task, all released together by one
+/// barrier so they overlap, and returns their results in the order the calls were made (the
+/// call's index is its second argument).
+async fn race<F, T, Fut>(fixture: &Arc<F>, call: impl Fn(Arc<F>, usize) -> Fut) -> Vec<T>
+where
+    F: Fixture + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let barrier = Arc::clone(&barrier);
+            let work = call(Arc::clone(fixture), i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(RACERS);
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+/// The `at` of call `i` when each racer brings its own time: `base + i`.
+fn racer_time(base: i64, i: usize) -> Timestamp {
+    at(base + i64::try_from(i).unwrap())
+}
+
+/// The index of the one call that returned `true`, failing unless exactly one did.
+fn single_winner(outcomes: &[bool], what: &str) -> usize {
+    let winners: Vec<usize> = (0..outcomes.len()).filter(|&i| outcomes[i]).collect();
+    assert_eq!(winners.len(), 1, "{what}: winners {winners:?} of {RACERS}");
+    winners[0]
+}
+
+/// RFC 9700 §4.14.2 under a burst of concurrent refreshes of one token (a client retrying, or
+/// two tabs): exactly one rotates it, every other call is answered as a replay within the
+/// grace period with the same successor, none of them mistakes the burst for theft, and the
+/// successor is stored once.
+pub async fn concurrent_rotations_rotate_once<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let (session, first) = seeded_family(store).await;
+    let second = fresh_hash();
+    let endpoint = fresh_endpoint();
+    let on_reuse = Arc::new(WebhookPlan::reuse_detected(&[hook(&endpoint)]));
+    let outcomes = race(&fixture, |fixture, _| {
+        let on_reuse = Arc::clone(&on_reuse);
+        async move {
+            fixture
+                .store()
+                .rotate_refresh(&first, &second, at(100), GRACE, &on_reuse)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let expected = touched(&session, at(100));
+    let rotated = outcomes
+        .iter()
+        .filter(|r| **r == Rotation::Rotated(expected.clone()))
+        .count();
+    let replayed = outcomes
+        .iter()
+        .filter(|r| **r == Rotation::Replayed(expected.clone()))
+        .count();
+    assert_eq!(
+        (rotated, replayed),
+        (1, RACERS - 1),
+        "one rotation, the rest replays: {outcomes:?}"
+    );
+    assert!(
+        due_for(store, &endpoint, at(200)).await.is_empty(),
+        "no reuse was reported"
+    );
+    assert_eq!(
+        store
+            .rotate_refresh(&second, &fresh_hash(), at(101), GRACE, &on_reuse)
+            .await
+            .unwrap(),
+        Rotation::Rotated(touched(&session, at(101))),
+        "the successor was stored, once, and rotates in turn"
+    );
+}
+
+/// Two sign-ups with one address at the same instant: exactly one user is stored, every other
+/// insert is `Conflict("email")` (never a second account, never another error).
+pub async fn concurrent_sign_ups_with_one_email_insert_one_user<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let email = fresh_email();
+    let users: Arc<Vec<User>> = Arc::new(
+        (0..RACERS)
+            .map(|_| User {
+                email: email.clone(),
+                ..new_user(at(0))
+            })
+            .collect(),
+    );
+    let outcomes = race(&fixture, |fixture, i| {
+        let users = Arc::clone(&users);
+        async move { fixture.store().insert_user(&users[i]).await }
+    })
+    .await;
+    let mut inserted = Vec::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(()) => inserted.push(i),
+            conflict => assert_conflict(conflict, "email"),
+        }
+    }
+    assert_eq!(inserted.len(), 1, "exactly one sign-up wins: {inserted:?}");
+    let winner = &users[inserted[0]];
+    assert_eq!(
+        store.find_user_by_email(&email).await.unwrap().as_ref(),
+        Some(winner)
+    );
+    for (i, loser) in users.iter().enumerate() {
+        if i != inserted[0] {
+            assert_eq!(store.find_user(loser.id).await.unwrap(), None);
+        }
+    }
+}
+
+/// Concurrent epoch bumps (sign-out everywhere on two devices, a role change meanwhile): every
+/// call finds the user, each queues its message, and the epoch ends at the latest of them —
+/// a bump that loses the race never lowers it.
+pub async fn concurrent_epoch_bumps_keep_the_latest<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let user = seeded_user(store).await;
+    let endpoint = fresh_endpoint();
+    let outboxes: Arc<Vec<Vec<OutboxMessage>>> = Arc::new(
+        (0..RACERS)
+            .map(|i| {
+                webhooks::signed_out_everywhere(&[hook(&endpoint)], user.id, 0, racer_time(1, i))
+            })
+            .collect(),
+    );
+    let outcomes = race(&fixture, |fixture, i| {
+        let outboxes = Arc::clone(&outboxes);
+        async move {
+            fixture
+                .store()
+                .bump_epoch(user.id, racer_time(1, i), &outboxes[i])
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert!(outcomes.iter().all(|found| *found), "{outcomes:?}");
+    let latest = racer_time(1, RACERS - 1);
+    assert_eq!(
+        store
+            .find_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens_valid_after,
+        latest
+    );
+    assert_eq!(
+        store
+            .epochs_since(latest)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(id, _)| *id == user.id),
+        Some((user.id, latest))
+    );
+    assert_eq!(
+        due_for(store, &endpoint, latest).await.len(),
+        RACERS,
+        "every bump queued its message"
+    );
+}
+
+/// Concurrent revocations of one session (a user signing a device out while an administrator
+/// does): exactly one call reports the revocation, its time is the one kept, and exactly one
+/// `session.revoked` message is queued.
+pub async fn concurrent_revocations_of_a_session_revoke_it_once<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let session = seeded_session(store, Via::Cookie).await;
+    let endpoint = fresh_endpoint();
+    let plan = Arc::new(WebhookPlan::session_revoked(
+        &[hook(&endpoint)],
+        RevokeReason::Administrator,
+    ));
+    let outcomes = race(&fixture, |fixture, i| {
+        let plan = Arc::clone(&plan);
+        async move {
+            fixture
+                .store()
+                .revoke_session(session.id, racer_time(10, i), &plan)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let winner = single_winner(&outcomes, "revoke_session");
+    assert_eq!(
+        revoked_at_of(store, &session).await,
+        Some(racer_time(10, winner)),
+        "the winner's revocation is the one stored"
+    );
+    assert_eq!(
+        store.find_live_session(session.id, at(5)).await.unwrap(),
+        None
+    );
+    assert_eq!(due_for(store, &endpoint, at(100)).await.len(), 1);
+}
+
+/// Concurrent RFC 7009 revocations of one refresh family (a client revoking from two places):
+/// every call names the family's session, the session is revoked once, at one of the callers'
+/// times, and exactly one `session.revoked` message is queued.
+pub async fn concurrent_family_revocations_revoke_it_once<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let (session, first) = seeded_family(store).await;
+    let endpoint = fresh_endpoint();
+    let plan = Arc::new(WebhookPlan::session_revoked(
+        &[hook(&endpoint)],
+        RevokeReason::TokenRevoked,
+    ));
+    let outcomes = race(&fixture, |fixture, i| {
+        let plan = Arc::clone(&plan);
+        async move {
+            fixture
+                .store()
+                .revoke_family_of(&first, racer_time(10, i), &plan)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert!(
+        outcomes.iter().all(|named| *named == Some(session.id)),
+        "{outcomes:?}"
+    );
+    let revoked_at = revoked_at_of(store, &session).await.unwrap();
+    assert!(
+        (0..RACERS).any(|i| racer_time(10, i) == revoked_at),
+        "revoked at {revoked_at:?}, a time no caller gave"
+    );
+    assert_eq!(due_for(store, &endpoint, at(100)).await.len(), 1);
+    assert_eq!(
+        store
+            .rotate_refresh(&first, &fresh_hash(), at(50), GRACE, &WebhookPlan::none())
+            .await
+            .unwrap(),
+        Rotation::Invalid
+    );
+}
+
+/// Concurrent denials of one `jti` (revocation retried, or raced on two nodes) are never an
+/// error and keep the latest expiry, once.
+pub async fn concurrent_denials_of_a_jti_keep_the_latest_expiry<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let jti: Arc<str> = fresh_jti().into();
+    let outcomes = race(&fixture, |fixture, i| {
+        let jti = Arc::clone(&jti);
+        async move { fixture.store().deny_jti(&jti, racer_time(100, i)).await }
+    })
+    .await;
+    for outcome in outcomes {
+        outcome.unwrap();
+    }
+    let latest = racer_time(100, RACERS - 1);
+    let just_before = Timestamp::from_unix(latest.as_unix() - 1);
+    assert!(store.is_jti_denied(&jti, just_before).await.unwrap());
+    assert!(!store.is_jti_denied(&jti, latest).await.unwrap());
+    let entries: Vec<_> = store
+        .denied_jtis(at(0))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(denied, _)| **denied == *jti)
+        .collect();
+    assert_eq!(entries, [(jti.to_string(), latest)]);
+}
+
+/// Delivery workers on several nodes racing for one due message: exactly one claims it, and
+/// the message stays hidden until that winner's claim runs out.
+pub async fn concurrent_claims_of_a_message_claim_it_once<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let endpoint = fresh_endpoint();
+    let id = queued_one(store, &endpoint, at(0)).await;
+    let outcomes = race(&fixture, |fixture, i| async move {
+        fixture
+            .store()
+            .claim_message(id, at(1), racer_time(61, i))
+            .await
+            .unwrap()
+    })
+    .await;
+    let winner = single_winner(&outcomes, "claim_message");
+    let until = racer_time(61, winner);
+    assert!(due_for(store, &endpoint, at(60)).await.is_empty());
+    assert!(
+        due_for(store, &endpoint, Timestamp::from_unix(until.as_unix() - 1))
+            .await
+            .is_empty()
+    );
+    assert_eq!(ids(&due_for(store, &endpoint, until).await), [id]);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every `pub async fn` of this file is a case, and the full list in
+    /// [`conformance_suite!`](crate::conformance_suite) is kept by hand: a case left off it
+    /// would never run on any backend. This reads the file and compares the two.
+    #[test]
+    fn the_suite_lists_every_case_exactly_once() {
+        let source = include_str!("conformance.rs");
+        let defined: BTreeSet<&str> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub async fn "))
+            .map(|rest| rest.split(['<', '(']).next().unwrap_or(rest))
+            .collect();
+        let (listed, duplicates) = listed_cases(source);
+        assert!(duplicates.is_empty(), "listed twice: {duplicates:?}");
+        let unlisted: Vec<&&str> = defined.difference(&listed).collect();
+        let undefined: Vec<&&str> = listed.difference(&defined).collect();
+        assert!(
+            unlisted.is_empty() && undefined.is_empty(),
+            "cases never run (missing from conformance_suite!'s list): {unlisted:?}; \
+             listed but not defined: {undefined:?}"
+        );
+        assert!(defined.len() > 50, "only {} cases found", defined.len());
+    }
+
+    /// The names in the macro's arm that generates every case, one per line ending in `,`.
+    fn listed_cases(source: &str) -> (BTreeSet<&str>, Vec<&str>) {
+        let start = source
+            .find("($make_store:expr $(,)?) => {")
+            .expect("the macro's full-suite arm");
+        let arm = &source[start..];
+        let arm = &arm[..arm.find("\n    };").expect("the end of the arm")];
+        let mut listed = BTreeSet::new();
+        let mut duplicates = Vec::new();
+        let is_case = |name: &str| {
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        for name in arm.lines().filter_map(|line| line.trim().strip_suffix(',')) {
+            if is_case(name) && !listed.insert(name) {
+                duplicates.push(name);
+            }
+        }
+        (listed, duplicates)
+    }
 }

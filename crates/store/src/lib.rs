@@ -7,6 +7,9 @@
 //!
 //! A server picks one at start from the `database` setting with [`open`] and holds it as
 //! `Arc<dyn Store>`, so nothing above this crate knows which backend it talks to.
+//!
+//! [`conformance`] and [`testing`] are test code shipped in the library, so that every
+//! backend's and every crate's tests share them.
 
 use std::sync::Arc;
 
@@ -17,6 +20,7 @@ pub mod conformance;
 pub mod memory;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod testing;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;

@@ -1,6 +1,8 @@
 //! A real server on a loopback port, over a real store, driven with real HTTP.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod instrumented;
+
 use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
@@ -10,6 +12,9 @@ use tessera_core::config::{Config, ConfigLayer};
 use tessera_core::keys::MasterKey;
 use tessera_core::revocation::RevocationFeed;
 use tessera_core::service::{KeyPolicy, Tessera};
+use tessera_core::Store;
+
+use instrumented::InstrumentedStore;
 
 pub struct TestServer {
     pub base: String,
@@ -54,6 +59,45 @@ pub async fn start_node(
     master: MasterKey,
     feed: Option<Arc<dyn RevocationFeed>>,
 ) -> TestServer {
+    launch(database, settings, master, feed, |store| store).await
+}
+
+/// A node on a fresh SQLite file whose store a test can cut (and whose calls it can count):
+/// see [`InstrumentedStore`]. Its revocation feed, in `cached` mode, reads the log through
+/// the same wrapper, so cutting [`instrumented::Calls::LOG`] makes the feed fail.
+pub async fn start_instrumented(settings: &str) -> (TestServer, Arc<InstrumentedStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("tessera.db").display());
+    let (mut server, store) =
+        start_instrumented_node(&database, settings, MasterKey::generate()).await;
+    server.dir = Some(dir);
+    (server, store)
+}
+
+/// As [`start_node`] with the default feed, over an [`InstrumentedStore`].
+pub async fn start_instrumented_node(
+    database: &str,
+    settings: &str,
+    master: MasterKey,
+) -> (TestServer, Arc<InstrumentedStore>) {
+    let mut wrapped = None;
+    let server = launch(database, settings, master, None, |store| {
+        let store = Arc::new(InstrumentedStore::new(store));
+        wrapped = Some(Arc::clone(&store));
+        store
+    })
+    .await;
+    (server, wrapped.unwrap())
+}
+
+/// Opens `database`, hands the store to `wrap`, and serves a node over what it returns.
+async fn launch(
+    database: &str,
+    settings: &str,
+    master: MasterKey,
+    feed: Option<Arc<dyn RevocationFeed>>,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let text = format!("listen = \"{addr}\"\ndatabase = \"{database}\"\n{settings}");
@@ -61,7 +105,7 @@ pub async fn start_node(
         .unwrap()
         .resolve()
         .unwrap();
-    let store = tessera_store::open(&config.database).await.unwrap();
+    let store = wrap(tessera_store::open(&config.database).await.unwrap());
     let config = Arc::new(config);
     let tessera = Arc::new(match feed {
         Some(feed) => {
