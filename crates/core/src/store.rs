@@ -5,23 +5,30 @@
 //! Every method that takes `now` decides liveness with it rather than the backend's clock, so
 //! all nodes and all backends agree on what "expired" means.
 //!
-//! Methods whose change an event reports (SPEC §3 webhooks) take the messages to queue —
-//! `outbox: &[OutboxMessage]` when the core knows them in advance, a [`WebhookPlan`] when
-//! only the backend knows which sessions the change revoked — and write them in the same
-//! transaction as the change: a change that is not stored queues nothing, and a stored change
-//! never loses its event, whatever crashes in between. An empty outbox or
-//! [`WebhookPlan::none`] writes nothing.
-
-use std::time::Duration;
+//! **One transaction per operation.** Every change that matters to another node or to a
+//! webhook receiver — a user, a session, a refresh rotation, a revocation, an epoch, a key — is
+//! written through a [`StoreTx`] from [`Store::begin`], together with the revocation-log
+//! entries and the webhook messages that report it, and [`StoreTx::commit`] makes all of it
+//! visible at once; dropping the transaction without committing leaves no trace of any of it.
+//! So a crash or an error between two steps can never leave a revocation stored but
+//! unannounced, or announced but not stored. The rules (who may be revoked, what a refresh
+//! does) live in the core: a transaction only reads for update and writes.
+//!
+//! The traits below the transaction read (the hot path reads outside any transaction) and do
+//! housekeeping writes that report nothing: `last_seen_at`, pruning, webhook delivery state.
+//! Each of those is atomic on its own. A task holding a transaction must not call them, nor
+//! begin a second transaction: backends admit one writer at a time (SQLite's single write
+//! connection, the memory store's writer lock), so it would wait for itself.
 
 use async_trait::async_trait;
 
 use crate::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
-    Session, SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
+    SessionId, Timestamp, User, UserId,
 };
+use crate::rotation::PresentedToken;
 use crate::secret::SecretHash;
-use crate::webhooks::{OutboxMessage, QueuedMessage, WebhookPlan};
+use crate::webhooks::{OutboxMessage, QueuedMessage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,30 +43,122 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One write transaction: everything an operation changes, with the revocation-log entries
+/// and webhook messages that report it, committed together or not at all (see the module
+/// documentation). Reads through it see the transaction's own writes and are made for update:
+/// no other writer can change what was read before this transaction ends.
+///
+/// Dropping it without [`commit`](Self::commit) rolls everything back, also when a write
+/// failed half-way: an error from any method leaves the transaction fit only for dropping.
+#[async_trait]
+pub trait StoreTx: Send {
+    // ----- reads for update
+
+    async fn user_for_update(&mut self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// The session whatever its state (live, expired or revoked); `None` only if unknown.
+    async fn session_for_update(&mut self, id: SessionId) -> Result<Option<Session>, StoreError>;
+    /// The refresh token whose hash is `presented`, as the rotation rule needs it, with its
+    /// family's session when that is live at `now`; `None` for an unknown token.
+    async fn refresh_token_for_update(
+        &mut self,
+        presented: &SecretHash,
+        now: Timestamp,
+    ) -> Result<Option<PresentedToken>, StoreError>;
+    /// The session (refresh family) that the token whose hash is `presented` belongs to,
+    /// whatever its state and whether the token is spent or current; `None` if unknown.
+    async fn refresh_family_for_update(
+        &mut self,
+        presented: &SecretHash,
+    ) -> Result<Option<Session>, StoreError>;
+    /// Every signing key, retired or not, oldest first.
+    async fn signing_keys_for_update(&mut self) -> Result<Vec<SealedKey>, StoreError>;
+
+    // ----- users
+
+    /// `Conflict("email")` if the normalised email is taken.
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError>;
+    /// Replaces the roles; `false` if there is no such user.
+    async fn set_roles(&mut self, id: UserId, roles: &[String]) -> Result<bool, StoreError>;
+    /// Moves `tokens_valid_after` to the later of `at` and one millisecond past its current
+    /// value, and returns it; `None` if there is no such user. Epochs therefore strictly
+    /// increase, also when two bumps of one user race on two nodes: each gets its own value,
+    /// and a token minted between them is dead by the second.
+    async fn bump_epoch(&mut self, id: UserId, at: Timestamp)
+        -> Result<Option<Timestamp>, StoreError>;
+
+    // ----- sessions and refresh families
+
+    /// `Conflict("session")` if the id or the secret hash is taken.
+    async fn insert_session(&mut self, session: &Session) -> Result<(), StoreError>;
+    /// Marks the session revoked at `at` unless it already is, whatever its expiry; returns
+    /// whether this call revoked it, so retries after a timeout are safe and report nothing
+    /// twice. Whether a session may be revoked (live, owned by the caller) is the core's rule.
+    async fn revoke_session(&mut self, id: SessionId, at: Timestamp) -> Result<bool, StoreError>;
+    /// Revokes every unrevoked session of the user but `keep`; returns their ids, in no
+    /// particular order, so each revocation can be logged and reported.
+    async fn revoke_user_sessions(
+        &mut self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: Timestamp,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Stores the first token of a family (the session must exist); `Conflict("refresh")` if
+    /// the hash is taken.
+    async fn insert_refresh(&mut self, record: &RefreshRecord) -> Result<(), StoreError>;
+    /// Carries out [`Decision::Rotate`](crate::rotation::Decision::Rotate): marks `presented`
+    /// spent at `at` with `successor` as its successor, stores `successor` as the family's
+    /// current token, and moves the session's `last_seen_at` forward to `at`.
+    /// `Conflict("refresh")` if `successor` is taken.
+    async fn spend_refresh(
+        &mut self,
+        presented: &SecretHash,
+        successor: &SecretHash,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    // ----- the access-token denylist
+
+    /// Refuses the access token with this `jti` until `expires_at` (its `exp`). Denying a jti
+    /// already denied keeps the later of the two expiries and is never an error, so retries
+    /// and revocations racing on two nodes are safe.
+    async fn deny_jti(&mut self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError>;
+
+    // ----- keys
+
+    /// `Conflict("kid")` if the kid is taken.
+    async fn insert_signing_key(&mut self, key: &SealedKey) -> Result<(), StoreError>;
+    /// Marks an active key retired at `at`; `false` if unknown or already retired.
+    async fn retire_signing_key(&mut self, kid: &str, at: Timestamp) -> Result<bool, StoreError>;
+    /// Deletes a key outright (its tokens stop verifying); `false` if unknown.
+    async fn delete_signing_key(&mut self, kid: &str) -> Result<bool, StoreError>;
+    /// `Conflict("admin_key")` if the id or the hash is taken.
+    async fn insert_admin_key(&mut self, key: &AdminKey) -> Result<(), StoreError>;
+    /// `false` if unknown or already revoked.
+    async fn revoke_admin_key(&mut self, id: AdminKeyId, at: Timestamp)
+        -> Result<bool, StoreError>;
+
+    // ----- what the change reports
+
+    /// Appends an event stamped `at` to the revocation log; see [`RevocationLog`] for the
+    /// contract. Returns its position, which is only final once committed.
+    async fn append_revocation(
+        &mut self,
+        event: &RevocationEvent,
+        at: Timestamp,
+    ) -> Result<u64, StoreError>;
+    /// Queues webhook messages for delivery (SPEC §3); `Conflict("outbox")` if an id is taken.
+    async fn enqueue(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError>;
+
+    /// Makes every write of this transaction durable and visible at once; on error, none is.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
-    /// `Conflict("email")` if the normalised email is taken.
-    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
     async fn find_user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// Ordered by creation.
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
-    /// Replaces the roles; `false` if there is no such user. `outbox` is queued only when the
-    /// roles actually change (a user who already has exactly these roles queues nothing).
-    async fn set_roles(
-        &self,
-        id: UserId,
-        roles: &[String],
-        outbox: &[OutboxMessage],
-    ) -> Result<bool, StoreError>;
-    /// Raises `tokens_valid_after` to `at` (never lowers it); `false` if there is no such user.
-    /// `outbox` is queued whenever the user exists.
-    async fn bump_epoch(
-        &self,
-        id: UserId,
-        at: Timestamp,
-        outbox: &[OutboxMessage],
-    ) -> Result<bool, StoreError>;
     /// Every user whose `tokens_valid_after` is at or after `since` (inclusive), with that
     /// epoch, in no particular order: for warming a revocation cache (SPEC §5). Only epochs
     /// within the last access-token lifetime can still kill a token, so callers pass
@@ -70,13 +169,6 @@ pub trait UserStore: Send + Sync + 'static {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// `Conflict("session")` if the id or the secret hash is taken, and then nothing of
-    /// `outbox` is queued either.
-    async fn insert_session(
-        &self,
-        session: &Session,
-        outbox: &[OutboxMessage],
-    ) -> Result<(), StoreError>;
     /// `None` for unknown, expired (idle or absolute) or revoked: callers must not re-check.
     async fn find_live_session(
         &self,
@@ -89,28 +181,10 @@ pub trait SessionStore: Send + Sync + 'static {
         hash: &SecretHash,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError>;
-    /// Moves `last_seen_at` forward to `at` (never back), extending the idle expiry of a live
-    /// session; a session already dead (idle, expired or revoked) is never revived.
+    /// Housekeeping: moves `last_seen_at` forward to `at` (never back), extending the idle
+    /// expiry of a live session; a session already dead (idle, expired or revoked) is never
+    /// revived.
     async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
-    /// Returns whether a live session was revoked (an expired one is left as it is); idempotent
-    /// so retries after a timeout are safe. `plan`'s messages are queued for the session only
-    /// when it was revoked by this call.
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<bool, StoreError>;
-    /// Revokes every unrevoked session of the user but `keep`; returns their ids (in no
-    /// particular order), so each revocation can be announced to other nodes' caches, and
-    /// queues `plan`'s messages for each of them.
-    async fn revoke_user_sessions(
-        &self,
-        user: UserId,
-        keep: Option<SessionId>,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<Vec<SessionId>, StoreError>;
     /// The user's live sessions, newest first: their devices.
     async fn list_live_sessions(
         &self,
@@ -125,125 +199,84 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         since: Timestamp,
     ) -> Result<Vec<(SessionId, UserId, Timestamp)>, StoreError>;
-    /// Deletes every session that ended strictly before `before` — revoked before it, or
-    /// expired (idle or absolute) before it — together with its refresh tokens, so the tables
-    /// do not grow forever; returns how many sessions were deleted. A session ending exactly
-    /// at `before` is kept.
+    /// Housekeeping: deletes every session that ended strictly before `before` — revoked
+    /// before it, or expired (idle or absolute) before it — together with its refresh tokens,
+    /// so the tables do not grow forever; returns how many sessions were deleted. A session
+    /// ending exactly at `before` is kept.
     ///
     /// Pass `now - access_token_ttl` or earlier, never a time after `now`: a session revoked
     /// within the last access-token lifetime must stay visible to
     /// [`revoked_sessions_since`](Self::revoked_sessions_since) while its access tokens live.
     /// Purging changes no verdict on a credential: a dead session already answers as an
-    /// unknown one does (`None`, [`Rotation::Invalid`]).
+    /// unknown one does.
     async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
-#[async_trait]
-pub trait RefreshStore: Send + Sync + 'static {
-    /// Stores the first token of a family (the session must exist).
-    async fn insert_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError>;
-    /// Atomically applies RFC 9700 §4.14.2 rotation to the token whose hash is `presented`;
-    /// `successor` is the hash of the token that replaces it (derived deterministically by the
-    /// core, so a replay within `grace` can be answered with the same successor).
-    ///
-    /// - unknown token, or its session not live → [`Rotation::Invalid`];
-    /// - never rotated → mark it rotated at `now`, store `successor` in the same family, touch
-    ///   the session → [`Rotation::Rotated`];
-    /// - rotated no more than `grace` ago and its successor not yet rotated itself →
-    ///   [`Rotation::Replayed`] (nothing changes);
-    /// - otherwise → revoke the session at `now` → [`Rotation::ReuseDetected`], queueing
-    ///   `on_reuse`'s messages for the session (the only outcome that queues anything).
-    async fn rotate_refresh(
-        &self,
-        presented: &SecretHash,
-        successor: &SecretHash,
-        now: Timestamp,
-        grace: Duration,
-        on_reuse: &WebhookPlan,
-    ) -> Result<Rotation, StoreError>;
-    /// RFC 7009 revocation of a refresh token: revokes the whole family (the session) of the
-    /// token whose hash is `presented`, at `at`. Any token of the family counts, spent
-    /// (rotated) or current, so a client revoking a stale copy still signs the device out.
-    ///
-    /// Returns the family's session id whenever the token is known — also when its session
-    /// was already revoked (its `revoked_at` is kept, not moved) or has expired (it is then
-    /// marked revoked at `at`) — and `None` for an unknown token, which RFC 7009 §2.2 answers
-    /// like any other. Idempotent, so retries are safe. It never reports reuse: revoking is
-    /// not presenting the token for rotation. `plan`'s messages are queued only when this call
-    /// revoked the session (not when it was revoked already).
-    async fn revoke_family_of(
-        &self,
-        presented: &SecretHash,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<Option<SessionId>, StoreError>;
-}
-
 /// The access-token `jti` denylist (SPEC §5): how a single access token is revoked before its
-/// `exp` (RFC 7009 for an access token). An entry only matters until the token would have
-/// expired anyway, so each carries that expiry and [`prune_denylist`](Self::prune_denylist)
-/// keeps the list as small as the set of tokens alive at once.
+/// `exp` (RFC 7009 for an access token), written with [`StoreTx::deny_jti`]. An entry only
+/// matters until the token would have expired anyway, so each carries that expiry and
+/// [`prune_denylist`](Self::prune_denylist) keeps the list as small as the set of tokens alive
+/// at once.
 #[async_trait]
 pub trait DenylistStore: Send + Sync + 'static {
-    /// Refuses the access token with this `jti` until `expires_at` (its `exp`). Denying a jti
-    /// already denied keeps the later of the two expiries and is never an error, so retries
-    /// and revocations racing on two nodes are safe.
-    async fn deny_jti(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError>;
     /// Whether `jti` is denied at `now`: true only while `now < expires_at`, so an entry stops
     /// mattering at the instant its token stops verifying, pruned or not.
     async fn is_jti_denied(&self, jti: &str, now: Timestamp) -> Result<bool, StoreError>;
     /// Every entry still in force at `now` (`now < expires_at`), with its expiry, in no
     /// particular order: for warming an in-process cache.
     async fn denied_jtis(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError>;
-    /// Deletes every entry no longer in force at `now` (`expires_at <= now`) and returns how
-    /// many; run periodically so the denylist does not grow without bound. Entries still in
-    /// force are never touched.
+    /// Housekeeping: deletes every entry no longer in force at `now` (`expires_at <= now`)
+    /// and returns how many. Entries still in force are never touched.
     async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// `Conflict("kid")` if the kid is taken.
-    async fn insert_signing_key(&self, key: &SealedKey) -> Result<(), StoreError>;
     /// Every key, retired or not, oldest first.
     async fn signing_keys(&self) -> Result<Vec<SealedKey>, StoreError>;
-    /// Marks an active key retired at `at`; `false` if unknown or already retired.
-    async fn retire_signing_key(&self, kid: &str, at: Timestamp) -> Result<bool, StoreError>;
-    /// Deletes a key outright (its tokens stop verifying); `false` if unknown.
-    async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
 pub trait AdminKeyStore: Send + Sync + 'static {
-    async fn insert_admin_key(&self, key: &AdminKey) -> Result<(), StoreError>;
     /// `None` for unknown or revoked keys.
     async fn find_live_admin_key(&self, hash: &SecretHash) -> Result<Option<AdminKey>, StoreError>;
-    async fn revoke_admin_key(&self, id: AdminKeyId, at: Timestamp) -> Result<bool, StoreError>;
 }
 
-/// The durable log behind the revocation feed: every node appends what it revoked and reads
-/// what the others did, so a node that was cut off catches up from its cursor instead of
-/// silently missing a revocation. Push channels (PostgreSQL `NOTIFY`, Redis pub/sub) only
-/// shorten the wait; this log is the truth.
+/// The durable log behind the revocation feed: every node appends what it revoked, inside the
+/// transaction of the revocation itself ([`StoreTx::append_revocation`]), and reads what the
+/// others did, so a node that was cut off catches up from its cursor instead of silently
+/// missing a revocation. Push channels (PostgreSQL `NOTIFY`, Redis pub/sub) only wake readers
+/// sooner and carry nothing the log does not hold; this log is the truth.
+///
+/// The contract a reader relies on:
+/// - an entry exists exactly when the transaction that appended it committed;
+/// - positions strictly increase in the order entries become visible, so a reader following a
+///   cursor with [`events_after`](Self::events_after) sees every committed entry exactly once,
+///   in order;
+/// - in particular a reader never skips an entry that commits *later* than one it has read
+///   but holds a *lower* position. A backend whose positions are handed out before commit (a
+///   PostgreSQL sequence, where two transactions can take 7 and 8 and commit 8 first) must
+///   prevent exactly this: either serialise appenders until commit (a transaction-level
+///   advisory lock taken before the append, so positions commit in order), or make readers
+///   stop short of the oldest position still in flight. SQLite and the memory store admit one
+///   writer at a time, so their positions commit in order by construction.
 #[async_trait]
 pub trait RevocationLog: Send + Sync + 'static {
-    /// Appends an event stamped `at`; returns its sequence number (strictly increasing).
-    async fn append_event(&self, event: &RevocationEvent, at: Timestamp)
-        -> Result<u64, StoreError>;
-    /// Up to `limit` events with a sequence number above `after`, in order, with their stamps.
+    /// Up to `limit` events with a position above `after`, in order, with their stamps.
     async fn events_after(
         &self,
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError>;
-    /// The highest sequence number so far (0 for an empty log).
+    /// The highest position so far (0 for an empty log).
     async fn latest_event(&self) -> Result<u64, StoreError>;
-    /// Deletes events stamped before `before`; returns how many.
+    /// Housekeeping: deletes events stamped before `before`; returns how many. Positions are
+    /// never reused after pruning.
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
-/// The webhook outbox (SPEC §3): messages queued by the mutating methods above, in the same
-/// transaction as their change, waiting for delivery. Delivery is at-least-once: a message
+/// The webhook outbox (SPEC §3): messages queued by [`StoreTx::enqueue`], in the transaction
+/// of the change they report, waiting for delivery. Delivery is at-least-once: a message
 /// leaves the queue only when it is delivered or given up, so a crash or restart at any point
 /// sends it again rather than losing it.
 ///
@@ -286,8 +319,8 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Stops retrying at `at` with `error`: the message is never due again. `false` if it was
     /// unknown or already finished.
     async fn give_up(&self, id: OutboxId, at: Timestamp, error: &str) -> Result<bool, StoreError>;
-    /// Deletes every message finished (delivered or given up) strictly before `before`, and
-    /// returns how many; messages still waiting are never touched.
+    /// Housekeeping: deletes every message finished (delivered or given up) strictly before
+    /// `before`, and returns how many; messages still waiting are never touched.
     async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
@@ -295,15 +328,11 @@ pub trait OutboxStore: Send + Sync + 'static {
 /// as `Arc<dyn Store>` chosen from the `database` setting at start.
 #[async_trait]
 pub trait Store:
-    UserStore
-    + SessionStore
-    + RefreshStore
-    + DenylistStore
-    + RevocationLog
-    + OutboxStore
-    + KeyStore
-    + AdminKeyStore
+    UserStore + SessionStore + DenylistStore + RevocationLog + OutboxStore + KeyStore + AdminKeyStore
 {
+    /// Opens a write transaction (see the module documentation). Waits while another writer
+    /// holds one.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }
