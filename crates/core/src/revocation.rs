@@ -23,12 +23,15 @@ use crate::model::{RevocationEvent, Session, SessionId, Timestamp, UserId};
 use crate::secret::SecretHash;
 use crate::store::{Store, StoreError};
 
-/// How a node hears about revocations made elsewhere.
+/// How a node hears about revocations made elsewhere. The events themselves are in the
+/// store's revocation log, written in the transaction of each revocation; a feed only follows
+/// that log and, for push-based feeds, wakes the followers sooner.
 #[async_trait]
 pub trait RevocationFeed: Send + Sync + 'static {
-    /// Announces an event to every node (this one included, which ignores its own echo by
-    /// applying events idempotently).
-    async fn publish(&self, event: &RevocationEvent) -> Result<(), StoreError>;
+    /// Called after a transaction that appended to the log has committed: tells the other
+    /// nodes to look now. Carries nothing the log does not hold, and may be lost (followers
+    /// also poll), so it cannot fail. A polling feed does nothing.
+    fn wake(&self) {}
     /// The position to start listening from: everything after it is yet to be heard.
     async fn cursor(&self) -> Result<u64, StoreError>;
     /// Waits up to about `wait` for events after `cursor`. `Ok` — even empty — means the feed
@@ -60,13 +63,6 @@ impl StoreFeed {
 
 #[async_trait]
 impl RevocationFeed for StoreFeed {
-    async fn publish(&self, event: &RevocationEvent) -> Result<(), StoreError> {
-        self.store
-            .append_event(event, Timestamp::now())
-            .await
-            .map(|_| ())
-    }
-
     async fn cursor(&self) -> Result<u64, StoreError> {
         self.store.latest_event().await
     }

@@ -1,0 +1,142 @@
+//! Users: sign-up and the administrators' user commands, password checks, roles.
+
+use tracing::info;
+
+use super::Tessera;
+use crate::error::AuthError;
+use crate::model::{Email, Timestamp, User, UserId};
+use crate::password::check_policy;
+use crate::secret::Password;
+use crate::webhooks;
+
+impl Tessera {
+    pub async fn sign_up(&self, email: &str, password: Password) -> Result<User, AuthError> {
+        self.add_user(email, password, Vec::new()).await
+    }
+
+    pub async fn add_user(
+        &self,
+        email: &str,
+        password: Password,
+        roles: Vec<String>,
+    ) -> Result<User, AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        check_policy(&password)?;
+        let roles = normalise_roles(roles)?;
+        if self.store.find_user_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        // Hashed before the transaction begins: argon2 takes tens of milliseconds, and the
+        // store admits one writer at a time.
+        let password_hash = self.hasher.hash(password).await?;
+        let now = Timestamp::now();
+        let user = User {
+            id: UserId::new(),
+            email,
+            password_hash,
+            roles,
+            created_at: now,
+            tokens_valid_after: Timestamp::from_unix(0),
+        };
+        let mut change = self.change(now).await?;
+        match change.tx.insert_user(&user).await {
+            Ok(()) => {}
+            Err(crate::StoreError::Conflict(_)) => return Err(AuthError::EmailTaken),
+            Err(e) => return Err(e.into()),
+        }
+        self.commit(change).await?;
+        info!(user = %user.id, "user created");
+        Ok(user)
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<User, AuthError> {
+        self.store.find_user(id).await?.ok_or(AuthError::NotFound)
+    }
+
+    /// Every user, oldest first.
+    pub async fn users(&self) -> Result<Vec<User>, AuthError> {
+        Ok(self.store.list_users().await?)
+    }
+
+    /// Replaces a user's roles and bumps their access-token epoch: access tokens carrying the
+    /// old roles stop verifying, while the refresh family stays valid so the next refresh
+    /// carries the new roles and the user stays signed in (SPEC §3). One transaction: the
+    /// roles, the epoch, its log entry and the `user.roles_changed` message.
+    pub async fn set_roles(&self, id: UserId, roles: Vec<String>) -> Result<User, AuthError> {
+        let roles = normalise_roles(roles)?;
+        let now = Timestamp::now();
+        let mut change = self.change(now).await?;
+        let mut user = change
+            .tx
+            .user_for_update(id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        if user.roles != roles {
+            change.tx.set_roles(id, &roles).await?;
+            change
+                .enqueue(&webhooks::roles_changed(
+                    &self.config.webhooks,
+                    id,
+                    &roles,
+                    now,
+                ))
+                .await?;
+        }
+        let epoch = change.bump_epoch(id).await?.ok_or(AuthError::NotFound)?;
+        self.commit(change).await?;
+        user.roles = roles;
+        user.tokens_valid_after = epoch;
+        Ok(user)
+    }
+
+    /// Checks a password; unknown email and wrong password fail alike and take the same time.
+    pub(super) async fn check_credentials(
+        &self,
+        email: &str,
+        password: Password,
+    ) -> Result<User, AuthError> {
+        let outcome = self.check_password(email, password).await;
+        match &outcome {
+            Ok(_) => crate::metrics::Counters::bump(&self.counters.logins_ok),
+            Err(AuthError::InvalidCredentials) => {
+                crate::metrics::Counters::bump(&self.counters.logins_failed);
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn check_password(&self, email: &str, password: Password) -> Result<User, AuthError> {
+        let user = match Email::parse(email) {
+            Some(email) => self.store.find_user_by_email(&email).await?,
+            None => None,
+        };
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        if self.hasher.verify(password, stored).await? {
+            user.ok_or(AuthError::InvalidCredentials)
+        } else {
+            Err(AuthError::InvalidCredentials)
+        }
+    }
+}
+
+/// Trims, sorts and de-duplicates roles, and refuses names that could not travel as a
+/// comma-separated `X-Auth-Roles` header value: 1 to 128 of `A-Z a-z 0-9 . _ : -`, at most 64.
+fn normalise_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
+    let mut roles: Vec<String> = roles
+        .into_iter()
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let valid = |r: &String| {
+        r.len() <= 128
+            && r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    };
+    if roles.len() > 64 || !roles.iter().all(valid) {
+        return Err(AuthError::InvalidRoles);
+    }
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}

@@ -1,0 +1,269 @@
+//! Verification: who a cookie or a bearer token belongs to, and whether it was revoked, in
+//! the revocation mode in force (SPEC §5); introspection (RFC 7662).
+
+use super::{issued_at, Principal, Tessera};
+use crate::config::RevocationMode;
+use crate::error::AuthError;
+use crate::model::{Session, SessionId, Timestamp, UserId, Via};
+use crate::revocation::{CachedSession, Revoked};
+use crate::secret::SessionSecret;
+use crate::verify::{Claims, VerifyError};
+
+/// An unknown `kid` reloads the key ring at most this often: anyone can send a token with a
+/// made-up `kid`, and a reload decrypts every live key.
+const ON_DEMAND_RELOAD_MILLIS: i64 = 5_000;
+
+
+/// A refused credential: the error the caller gets, and the reason, a short code for metrics
+/// and logs (`expired`, `session_revoked`, `jti_denied` …) that never reaches a response body.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: &'static str,
+    pub error: AuthError,
+}
+
+impl Refused {
+    fn because(reason: &'static str) -> Self {
+        Self {
+            reason,
+            error: AuthError::Unauthenticated,
+        }
+    }
+
+    fn from_error(error: AuthError) -> Self {
+        let reason = match error {
+            AuthError::Store(_) => "unavailable",
+            _ => "unauthenticated",
+        };
+        Self { reason, error }
+    }
+}
+
+impl From<crate::StoreError> for Refused {
+    fn from(e: crate::StoreError) -> Self {
+        Self {
+            reason: "unavailable",
+            error: AuthError::Store(e),
+        }
+    }
+}
+
+impl Tessera {
+    /// In `cached` mode a session seen before is answered from memory (no store call) and its
+    /// `last_seen_at` reaches the store in batches; `none` and `strict` read the store, since a
+    /// cookie carries no signature to check offline.
+    pub async fn authenticate_cookie(
+        &self,
+        secret: &SessionSecret,
+    ) -> Result<Principal, AuthError> {
+        self.check_cookie(secret)
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// As [`authenticate_cookie`](Self::authenticate_cookie), saying why a cookie was refused.
+    pub async fn check_cookie(&self, secret: &SessionSecret) -> Result<Principal, Refused> {
+        let now = Timestamp::now();
+        let hash = secret.to_hash();
+        let cached_mode = self.effective_mode() == RevocationMode::Cached;
+        if cached_mode {
+            if let Some(cached) = self.cache.cookie(&hash, now) {
+                if now.since(cached.session.last_seen_at) >= touch_interval(&cached.session) {
+                    self.cache.touch_cookie(&hash, now);
+                    if let Ok(mut pending) = self.pending_touches.lock() {
+                        pending.insert(cached.session.id, now);
+                    }
+                }
+                return Ok(Principal {
+                    user_id: cached.session.user_id,
+                    session_id: cached.session.id,
+                    roles: cached.roles,
+                    presented: Via::Cookie,
+                    session: Some(cached.session),
+                });
+            }
+        }
+        let session = self
+            .store
+            .find_live_session_by_hash(&hash, now)
+            .await?
+            .ok_or(Refused::because("session_not_live"))?;
+        let user = self
+            .store
+            .find_user(session.user_id)
+            .await?
+            .ok_or(Refused::because("session_not_live"))?;
+        let session = self
+            .touch(session, now)
+            .await
+            .map_err(Refused::from_error)?;
+        if cached_mode {
+            self.cache.insert_cookie(
+                hash,
+                CachedSession {
+                    session: session.clone(),
+                    roles: user.roles.clone(),
+                    loaded_at: now,
+                },
+            );
+        }
+        Ok(Principal {
+            user_id: user.id,
+            session_id: session.id,
+            roles: user.roles,
+            presented: Via::Cookie,
+            session: Some(session),
+        })
+    }
+
+    async fn touch(&self, mut session: Session, now: Timestamp) -> Result<Session, AuthError> {
+        if now.since(session.last_seen_at) >= touch_interval(&session) {
+            self.store.touch_session(session.id, now).await?;
+            session.last_seen_at = now;
+        }
+        Ok(session)
+    }
+
+    /// Verifies an access token, then asks whether it was revoked, as the mode says:
+    /// `none` — never (revocation by expiry alone); `cached` — the in-process revocation
+    /// state, no store call; `strict` (and `cached` while its feed is stale) — the store:
+    /// live session, epoch, denylist.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        self.check_bearer(token)
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// As [`authenticate_bearer`](Self::authenticate_bearer), saying why a token was refused.
+    pub async fn check_bearer(&self, token: &str) -> Result<Principal, Refused> {
+        let claims = self
+            .check_token(token)
+            .await
+            .map_err(|e| Refused::because(e.reason()))?;
+        let (Some(user_id), Some(session_id)) =
+            (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
+        else {
+            return Err(Refused::because("invalid_claims"));
+        };
+        let session = match self.effective_mode() {
+            RevocationMode::None => None,
+            RevocationMode::Cached => {
+                if let Some(revoked) =
+                    self.cache
+                        .check_token(user_id, session_id, issued_at(&claims), &claims.jti)
+                {
+                    return Err(Refused::because(match revoked {
+                        Revoked::Session => "session_revoked",
+                        Revoked::Epoch => "epoch_passed",
+                        Revoked::Jti => "jti_denied",
+                    }));
+                }
+                None
+            }
+            RevocationMode::Strict => Some(
+                self.check_token_in_store(&claims, user_id, session_id)
+                    .await?,
+            ),
+        };
+        Ok(Principal {
+            user_id,
+            session_id,
+            roles: claims.roles,
+            presented: Via::Token,
+            session,
+        })
+    }
+
+    async fn check_token_in_store(
+        &self,
+        claims: &Claims,
+        user_id: UserId,
+        session_id: SessionId,
+    ) -> Result<Session, Refused> {
+        let now = Timestamp::now();
+        let session = self
+            .store
+            .find_live_session(session_id, now)
+            .await?
+            .filter(|s| s.user_id == user_id)
+            .ok_or(Refused::because("session_not_live"))?;
+        let user = self
+            .store
+            .find_user(user_id)
+            .await?
+            .ok_or(Refused::because("session_not_live"))?;
+        if issued_at(claims) < user.tokens_valid_after {
+            return Err(Refused::because("epoch_passed"));
+        }
+        if self.store.is_jti_denied(&claims.jti, now).await? {
+            return Err(Refused::because("jti_denied"));
+        }
+        Ok(session)
+    }
+
+    /// Signature and claims only, as [`check_token`](Self::check_token), with every failure
+    /// reported as `Unauthenticated`.
+    pub async fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
+        self.check_token(token)
+            .await
+            .map_err(|_| AuthError::Unauthenticated)
+    }
+
+    /// Signature and claims only, with the precise reason for a refusal (for `token inspect`
+    /// and logs). An unknown `kid` triggers one key-ring reload, so a key rotated by the CLI
+    /// or another node is honoured without a restart.
+    pub async fn check_token(&self, token: &str) -> Result<Claims, VerifyError> {
+        match self.key_ring().verifier().verify(token) {
+            Err(VerifyError::UnknownKey) => {
+                if !self.may_reload_on_demand() || self.reload_keys().await.is_err() {
+                    return Err(VerifyError::UnknownKey);
+                }
+                self.key_ring().verifier().verify(token)
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Claims the on-demand reload slot if the last one is old enough; one caller wins.
+    fn may_reload_on_demand(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = Timestamp::now().as_unix_millis();
+        let last = self.last_on_demand_reload.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= ON_DEMAND_RELOAD_MILLIS
+            && self
+                .last_on_demand_reload
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// An access token that is valid *now*: signature, claims, live session, epoch and
+    /// denylist, checked against the store whatever the mode (introspection is the
+    /// authoritative answer). `None` for anything else (RFC 7662 `active: false`).
+    pub async fn introspect(&self, token: &str) -> Result<Option<Claims>, AuthError> {
+        let Ok(claims) = self.check_token(token).await else {
+            return Ok(None);
+        };
+        let (Some(user_id), Some(session_id)) =
+            (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
+        else {
+            return Ok(None);
+        };
+        match self
+            .check_token_in_store(&claims, user_id, session_id)
+            .await
+        {
+            Ok(_) => Ok(Some(claims)),
+            Err(Refused {
+                error: AuthError::Store(e),
+                ..
+            }) => Err(AuthError::Store(e)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// How often a cached session's `last_seen_at` is due a write: every minute, or at half a
+/// short idle timeout, so activity always keeps a session alive.
+fn touch_interval(session: &Session) -> std::time::Duration {
+    super::TOUCH_INTERVAL.min(session.idle_timeout / 2)
+}
