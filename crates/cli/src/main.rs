@@ -313,8 +313,7 @@ async fn user(tessera: Arc<Tessera>, command: UserCommand) -> CliResult {
         }
         UserCommand::List => {
             for user in tessera
-                .store()
-                .list_users()
+                .users()
                 .await
                 .map_err(|e| e.to_string())?
             {
@@ -390,7 +389,6 @@ async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
                 tessera_core::keys::retired_key_lifetime(tessera.config().access_token_ttl);
             let now = Timestamp::now();
             for key in tessera
-                .store()
                 .signing_keys()
                 .await
                 .map_err(|e| e.to_string())?

@@ -208,24 +208,25 @@ async fn fill(store: &Arc<dyn Store>, count: usize) {
     for task in 0..FILL_TASKS {
         let store = Arc::clone(store);
         writers.spawn(async move {
-            for _ in (task..count).step_by(FILL_TASKS) {
-                // A UUID, as the service's own jtis are.
-                store
-                    .deny_jti(&UserId::new().to_string(), exp)
-                    .await
-                    .unwrap();
-            }
-            for i in (task..count).step_by(FILL_TASKS) {
-                let user = User {
-                    id: UserId::new(),
-                    email: Email::parse(&format!("filler-{i}@example.com")).unwrap(),
-                    password_hash: DUMMY_PHC.to_owned(),
-                    roles: Vec::new(),
-                    created_at: now,
-                    tokens_valid_after: Timestamp::from_unix(0),
-                };
-                store.insert_user(&user).await.unwrap();
-                assert!(store.bump_epoch(user.id, now, &[]).await.unwrap());
+            // Written in batches, one transaction each: one commit (and fsync) per batch.
+            let mine: Vec<usize> = (task..count).step_by(FILL_TASKS).collect();
+            for batch in mine.chunks(500) {
+                let mut tx = store.begin().await.unwrap();
+                for i in batch {
+                    // A UUID, as the service's own jtis are.
+                    tx.deny_jti(&UserId::new().to_string(), exp).await.unwrap();
+                    let user = User {
+                        id: UserId::new(),
+                        email: Email::parse(&format!("filler-{i}@example.com")).unwrap(),
+                        password_hash: DUMMY_PHC.to_owned(),
+                        roles: Vec::new(),
+                        created_at: now,
+                        tokens_valid_after: Timestamp::from_unix(0),
+                    };
+                    tx.insert_user(&user).await.unwrap();
+                    assert!(tx.bump_epoch(user.id, now).await.unwrap().is_some());
+                }
+                tx.commit().await.unwrap();
             }
         });
     }

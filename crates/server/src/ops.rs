@@ -190,7 +190,7 @@ fn readiness(store_ok: bool, revocation: RevocationStatus) -> (StatusCode, Readi
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let store_ok = match tokio::time::timeout(PING_TIMEOUT, state.tessera.store().ping()).await {
+    let store_ok = match tokio::time::timeout(PING_TIMEOUT, state.tessera.ping_store()).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store unreachable");

@@ -111,8 +111,7 @@ impl Worker {
     async fn pass(&self) -> Result<(usize, usize), StoreError> {
         let due = self
             .tessera
-            .store()
-            .due_messages(Timestamp::now(), BATCH)
+            .due_webhook_messages(Timestamp::now(), BATCH)
             .await?;
         let taken = due.len();
         let mut attempts = JoinSet::new();
@@ -141,7 +140,6 @@ async fn attempt(
     client: &reqwest::Client,
     queued: QueuedMessage,
 ) -> Result<bool, StoreError> {
-    let store = tessera.store();
     let message = &queued.message;
     let endpoint = origin_of(&message.endpoint).unwrap_or_default();
     let now = Timestamp::now();
@@ -154,8 +152,8 @@ async fn attempt(
         let waited = now.since(message.created_at);
         if waited < UNKNOWN_ENDPOINT_GRACE {
             // Another node may know it; look again after a claim's length.
-            if store
-                .claim_message(message.id, now, now.saturating_add(CLAIM))
+            if tessera
+                .claim_webhook_message(message.id, now, now.saturating_add(CLAIM))
                 .await?
             {
                 tracing::debug!(message = %message.id, %endpoint,
@@ -163,8 +161,8 @@ async fn attempt(
             }
             return Ok(false);
         }
-        if store
-            .give_up(message.id, now, "endpoint no longer configured")
+        if tessera
+            .give_up_webhook(message.id, now, "endpoint no longer configured")
             .await?
         {
             tracing::warn!(message = %message.id, event = %message.event_type, %endpoint,
@@ -172,8 +170,8 @@ async fn attempt(
         }
         return Ok(false);
     };
-    if !store
-        .claim_message(message.id, now, now.saturating_add(CLAIM))
+    if !tessera
+        .claim_webhook_message(message.id, now, now.saturating_add(CLAIM))
         .await?
     {
         return Ok(false);
@@ -182,18 +180,20 @@ async fn attempt(
     let at = Timestamp::now();
     match outcome {
         Ok(()) => {
-            store.mark_delivered(message.id, at).await?;
+            tessera.webhook_delivered(message.id, at).await?;
             tracing::debug!(message = %message.id, event = %message.event_type, %endpoint, "webhook delivered");
         }
         Err(error) => {
             let attempts = queued.attempts.saturating_add(1);
             if attempts >= MAX_ATTEMPTS {
-                store.give_up(message.id, at, &error).await?;
+                tessera.give_up_webhook(message.id, at, &error).await?;
                 tracing::warn!(message = %message.id, event = %message.event_type, %endpoint,
                     attempts, %error, "webhook given up");
             } else {
                 let next = retry_at(attempts);
-                store.reschedule(message.id, attempts, next, &error).await?;
+                tessera
+                    .webhook_failed(message.id, attempts, next, &error)
+                    .await?;
                 tracing::info!(message = %message.id, event = %message.event_type, %endpoint,
                     attempts, %error, retry_at = %next.to_rfc3339(), "webhook attempt failed");
             }

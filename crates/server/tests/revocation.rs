@@ -158,10 +158,6 @@ struct PausableFeed {
 
 #[async_trait]
 impl RevocationFeed for PausableFeed {
-    async fn publish(&self, event: &RevocationEvent) -> Result<(), StoreError> {
-        self.inner.publish(event).await
-    }
-
     async fn cursor(&self) -> Result<u64, StoreError> {
         self.inner.cursor().await
     }

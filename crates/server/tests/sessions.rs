@@ -578,7 +578,7 @@ async fn last_seen_is_written_at_most_once_a_minute() {
     use tessera_core::secret::SessionSecret;
 
     let server = start_sqlite("").await;
-    let store = server.tessera.store();
+    let store = &server.store;
 
     // A fresh session: requests within the minute leave the stored last_seen_at alone.
     let (_, browser) = server.browser().await;
@@ -625,7 +625,9 @@ async fn last_seen_is_written_at_most_once_a_minute() {
         ip: None,
         revoked_at: None,
     };
-    store.insert_session(&stale, &[]).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_session(&stale).await.unwrap();
+    tx.commit().await.unwrap();
     let cookie = format!("__Host-tessera_session={}", secret.expose_secret());
     assert_eq!(server.session_with_cookie(&cookie).await.status(), 200);
     let touched = store
@@ -648,7 +650,7 @@ async fn cached_sessions_write_last_seen_back_in_batches() {
     let (_, browser) = server.browser().await;
     let signed_in = Instant::now();
     let id = SessionId::parse(browser.body["session"]["id"].as_str().unwrap()).unwrap();
-    let store = server.tessera.store();
+    let store = &server.store;
     let created = store
         .find_live_session(id, Timestamp::now())
         .await

@@ -178,8 +178,7 @@ fn webhook_settings(url: &str, events: &[&str]) -> String {
 /// The outbox messages for `url` that are still waiting, whenever due.
 async fn waiting_for(server: &support::TestServer, url: &str) -> Vec<(u32, Option<String>)> {
     server
-        .tessera
-        .store()
+        .store
         .due_messages(Timestamp::from_unix(i64::MAX / 2), 10_000)
         .await
         .unwrap()
@@ -466,9 +465,11 @@ async fn a_message_for_an_endpoint_no_longer_configured_is_given_up() {
         long_ago,
     );
     let new = tessera_core::webhooks::signed_out_everywhere(&[gone], user, 0, Timestamp::now());
-    let store = server.tessera.store();
-    assert!(store.bump_epoch(user, long_ago, &old).await.unwrap());
-    assert!(store.bump_epoch(user, long_ago, &new).await.unwrap());
+    let store = &server.store;
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&old).await.unwrap();
+    tx.enqueue(&new).await.unwrap();
+    tx.commit().await.unwrap();
 
     let worker = webhooks::Worker::new(Arc::clone(&server.tessera)).unwrap();
     assert_eq!(worker.deliver_due().await.unwrap(), 0, "nothing sent");

@@ -20,6 +20,9 @@ pub struct TestServer {
     pub base: String,
     pub client: Client,
     pub tessera: Arc<Tessera>,
+    /// The node's store, for tests that arrange or inspect records directly (the server
+    /// itself reaches it only through `tessera`).
+    pub store: Arc<dyn Store>,
     pub config: Config,
     dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -107,6 +110,7 @@ async fn launch(
         .unwrap();
     let store = wrap(tessera_store::open(&config.database).await.unwrap());
     let config = Arc::new(config);
+    let raw = Arc::clone(&store);
     let tessera = Arc::new(match feed {
         Some(feed) => {
             Tessera::start_with_feed(Arc::clone(&config), store, master, KeyPolicy::Serve, feed)
@@ -133,6 +137,7 @@ async fn launch(
             .build()
             .unwrap(),
         tessera,
+        store: raw,
         config: (*config).clone(),
         dir: None,
         shutdown: Some(tx),
