@@ -634,6 +634,38 @@ async fn two_servers_on_one_database_refuse_what_the_other_revoked() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_starting_at_once_on_a_fresh_database_agree_on_one_signing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // Started together: each creates (or finds) the master key file and the first signing key.
+    let (a, b, c) = tokio::join!(serve(dir.path()), serve(dir.path()), serve(dir.path()));
+    let mut list = tessera(dir.path());
+    list.args(["keys", "list"]);
+    let listing = stdout(&run(list, ""));
+    let active: Vec<&str> = listing.lines().filter(|l| l.ends_with("active")).collect();
+    assert_eq!(active.len(), 1, "exactly one active key: {listing}");
+    assert_eq!(listing.lines().count(), 1, "and no other key: {listing}");
+
+    let client = reqwest::Client::new();
+    let email = "three@example.com";
+    sign_up(&client, &a, email).await;
+    let servers = [&a, &b, &c];
+    let mut tokens = Vec::new();
+    for server in servers {
+        tokens.push(grant(&client, server, email).await.0);
+    }
+    for server in servers {
+        for token in &tokens {
+            assert_eq!(
+                verify_bearer(&client, server, token).await,
+                200,
+                "{} accepts every node's token",
+                server.base
+            );
+        }
+    }
+}
+
 /// The `kid`s a running server publishes.
 async fn published_kids(client: &reqwest::Client, server: &Server) -> Vec<String> {
     let jwks: Value = client

@@ -110,22 +110,28 @@ impl MasterKey {
             Err(LoadError::Missing) => {}
             other => return other.map_err(|err| err.into_key_error(path)),
         }
+        // Written whole to a file of our own, then linked into place: the link fails if
+        // another process got there first, so every process starting at once on a fresh
+        // install ends with the one key that was published, and none ever reads a half-written
+        // file.
         let key = Self::generate();
-        match create_owner_only(path) {
-            Ok(mut file) => {
-                let text = Zeroizing::new(format!("{}\n", URL_SAFE_NO_PAD.encode(*key.0)));
-                let written = file
-                    .write_all(text.as_bytes())
-                    .and_then(|()| file.sync_all());
-                if let Err(err) = written {
-                    // A half-written file would fail every later start; better none at all.
-                    drop(file);
-                    let _ = fs::remove_file(path);
-                    return Err(KeyError::MasterKey(format!(
-                        "cannot write `{}`: {err}",
-                        path.display()
-                    )));
-                }
+        let staging = path.with_extension(format!("key.{}.tmp", uuid::Uuid::now_v7().simple()));
+        let written = create_owner_only(&staging).and_then(|mut file| {
+            let text = Zeroizing::new(format!("{}\n", URL_SAFE_NO_PAD.encode(*key.0)));
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(err) = written {
+            let _ = fs::remove_file(&staging);
+            return Err(KeyError::MasterKey(format!(
+                "cannot write `{}`: {err}",
+                staging.display()
+            )));
+        }
+        let published = fs::hard_link(&staging, path);
+        let _ = fs::remove_file(&staging);
+        match published {
+            Ok(()) => {
                 tracing::info!(path = %path.display(), "created a new master key file");
                 Ok(key)
             }
@@ -894,6 +900,29 @@ mod tests {
             SigningKey::unseal(&sealed, &loaded).unwrap().kid(),
             key.kid()
         );
+    }
+
+    #[test]
+    fn processes_creating_the_key_at_once_all_end_with_the_same_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tessera.key");
+            let barrier = std::sync::Barrier::new(8);
+            let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            MasterKey::load_or_create(&path).unwrap().derive("key-sealing")
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key for all");
+            let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(files.len(), 1, "no staging file left behind");
+        }
     }
 
     #[test]
