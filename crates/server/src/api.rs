@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::config::RevocationMode;
 use tessera_core::model::{Session, SessionId, Timestamp, User, Via};
 use tessera_core::secret::Password;
-use tessera_core::service::{Principal, Refused};
+use tessera_core::service::{Principal, RefusalReason, Refused};
 use tessera_core::AuthError;
 use utoipa::{IntoParams, ToSchema};
 
@@ -355,24 +355,24 @@ pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let outcome = match Credential::from_headers(&headers, &config.cookie_name) {
         Some(Credential::Bearer(token)) => state.tessera.check_bearer(token).await,
         Some(Credential::Cookie(secret)) => state.tessera.check_cookie(&secret).await,
-        None => Err(Refused {
-            reason: "missing_credential",
-            error: AuthError::Unauthenticated,
-        }),
+        None => Err(Refused::because(RefusalReason::MissingCredential)),
     };
     let (mut response, reason) = match outcome {
-        Ok(principal) => (identity_response(&principal), "ok"),
+        Ok(principal) => (identity_response(&principal), None),
         Err(Refused {
             reason,
             error: AuthError::Store(e),
-        }) => (ApiError::Auth(AuthError::Store(e)).into_response(), reason),
+        }) => (
+            ApiError::Auth(AuthError::Store(e)).into_response(),
+            Some(reason),
+        ),
         Err(Refused { reason, .. }) => {
             let mut response = StatusCode::UNAUTHORIZED.into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
-            (response, reason)
+            (response, Some(reason))
         }
     };
     // For `tessera_verify_total{outcome}`; never sent to the client.

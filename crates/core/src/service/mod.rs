@@ -35,7 +35,7 @@ use crate::webhooks::{OutboxMessage, RevokeReason, WebhookPlan};
 pub use keys::KeyPolicy;
 use keys::LiveKeys;
 pub use tokens::issued_at;
-pub use verification::Refused;
+pub use verification::{RefusalReason, Refused, TokenFault};
 
 /// `last_seen_at` is written at most this often per session: fresh enough for a device list,
 /// and it keeps verification from becoming a write per request. Short idle timeouts are

@@ -14,16 +14,123 @@ use crate::verify::{Claims, VerifyError};
 const ON_DEMAND_RELOAD_MILLIS: i64 = 5_000;
 
 
-/// A refused credential: the error the caller gets, and the reason, a short code for metrics
-/// and logs (`expired`, `session_revoked`, `jti_denied` …) that never reaches a response body.
+/// Why a credential was refused: for metrics and logs only, never a response body (every
+/// refusal answers the same 401, or 503 when the store could not be asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// No cookie and no bearer token at all.
+    MissingCredential,
+    /// The token itself failed: its signature, format or claims ([`VerifyError`]), or its
+    /// `sub` or `sid` is not an id of ours.
+    Token(TokenFault),
+    /// The cookie's session, or the token's, is unknown, expired or revoked (read from the
+    /// store).
+    SessionNotLive,
+    /// The token's session was revoked (known from the revocation cache).
+    SessionRevoked,
+    /// The token was issued before the user's epoch (sign-out everywhere, role change).
+    EpochPassed,
+    /// The token's `jti` is denylisted (RFC 7009).
+    JtiDenied,
+    /// The store could not be asked: no yes without it (SPEC §7).
+    Unavailable,
+    /// Any other failure to authenticate.
+    Unauthenticated,
+}
+
+/// The kinds of [`VerifyError`], without their payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenFault {
+    TooLarge,
+    Malformed,
+    WrongType,
+    UnknownKey,
+    AlgorithmMismatch,
+    InvalidSignature,
+    Expired,
+    WrongIssuer,
+    WrongAudience,
+    InvalidClaims,
+    InvalidKey,
+}
+
+impl From<&VerifyError> for TokenFault {
+    fn from(error: &VerifyError) -> Self {
+        match error {
+            VerifyError::TooLarge => Self::TooLarge,
+            VerifyError::Malformed => Self::Malformed,
+            VerifyError::WrongType => Self::WrongType,
+            VerifyError::UnknownKey => Self::UnknownKey,
+            VerifyError::AlgorithmMismatch => Self::AlgorithmMismatch,
+            VerifyError::InvalidSignature => Self::InvalidSignature,
+            VerifyError::Expired => Self::Expired,
+            VerifyError::WrongIssuer => Self::WrongIssuer,
+            VerifyError::WrongAudience => Self::WrongAudience,
+            VerifyError::InvalidClaims => Self::InvalidClaims,
+            VerifyError::InvalidKey(_) => Self::InvalidKey,
+        }
+    }
+}
+
+impl RefusalReason {
+    /// Every reason, so a metrics layer can register a bounded label set up front.
+    pub const ALL: [RefusalReason; 18] = [
+        Self::MissingCredential,
+        Self::Token(TokenFault::TooLarge),
+        Self::Token(TokenFault::Malformed),
+        Self::Token(TokenFault::WrongType),
+        Self::Token(TokenFault::UnknownKey),
+        Self::Token(TokenFault::AlgorithmMismatch),
+        Self::Token(TokenFault::InvalidSignature),
+        Self::Token(TokenFault::Expired),
+        Self::Token(TokenFault::WrongIssuer),
+        Self::Token(TokenFault::WrongAudience),
+        Self::Token(TokenFault::InvalidClaims),
+        Self::Token(TokenFault::InvalidKey),
+        Self::SessionNotLive,
+        Self::SessionRevoked,
+        Self::EpochPassed,
+        Self::JtiDenied,
+        Self::Unavailable,
+        Self::Unauthenticated,
+    ];
+
+    /// A short, stable `snake_case` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingCredential => "missing_credential",
+            Self::Token(fault) => match fault {
+                TokenFault::TooLarge => "too_large",
+                TokenFault::Malformed => "malformed",
+                TokenFault::WrongType => "wrong_type",
+                TokenFault::UnknownKey => "unknown_key",
+                TokenFault::AlgorithmMismatch => "algorithm_mismatch",
+                TokenFault::InvalidSignature => "invalid_signature",
+                TokenFault::Expired => "expired",
+                TokenFault::WrongIssuer => "wrong_issuer",
+                TokenFault::WrongAudience => "wrong_audience",
+                TokenFault::InvalidClaims => "invalid_claims",
+                TokenFault::InvalidKey => "invalid_key",
+            },
+            Self::SessionNotLive => "session_not_live",
+            Self::SessionRevoked => "session_revoked",
+            Self::EpochPassed => "epoch_passed",
+            Self::JtiDenied => "jti_denied",
+            Self::Unavailable => "unavailable",
+            Self::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+/// A refused credential: the error the caller gets, and why.
 #[derive(Debug)]
 pub struct Refused {
-    pub reason: &'static str,
+    pub reason: RefusalReason,
     pub error: AuthError,
 }
 
 impl Refused {
-    fn because(reason: &'static str) -> Self {
+    pub fn because(reason: RefusalReason) -> Self {
         Self {
             reason,
             error: AuthError::Unauthenticated,
@@ -32,8 +139,8 @@ impl Refused {
 
     fn from_error(error: AuthError) -> Self {
         let reason = match error {
-            AuthError::Store(_) => "unavailable",
-            _ => "unauthenticated",
+            AuthError::Store(_) => RefusalReason::Unavailable,
+            _ => RefusalReason::Unauthenticated,
         };
         Self { reason, error }
     }
@@ -42,7 +149,7 @@ impl Refused {
 impl From<crate::StoreError> for Refused {
     fn from(e: crate::StoreError) -> Self {
         Self {
-            reason: "unavailable",
+            reason: RefusalReason::Unavailable,
             error: AuthError::Store(e),
         }
     }
@@ -87,12 +194,12 @@ impl Tessera {
             .store
             .find_live_session_by_hash(&hash, now)
             .await?
-            .ok_or(Refused::because("session_not_live"))?;
+            .ok_or(Refused::because(RefusalReason::SessionNotLive))?;
         let user = self
             .store
             .find_user(session.user_id)
             .await?
-            .ok_or(Refused::because("session_not_live"))?;
+            .ok_or(Refused::because(RefusalReason::SessionNotLive))?;
         let session = self
             .touch(session, now)
             .await
@@ -139,11 +246,11 @@ impl Tessera {
         let claims = self
             .check_token(token)
             .await
-            .map_err(|e| Refused::because(e.reason()))?;
+            .map_err(|e| Refused::because(RefusalReason::Token(TokenFault::from(&e))))?;
         let (Some(user_id), Some(session_id)) =
             (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
         else {
-            return Err(Refused::because("invalid_claims"));
+            return Err(Refused::because(RefusalReason::Token(TokenFault::InvalidClaims)));
         };
         let session = match self.effective_mode() {
             RevocationMode::None => None,
@@ -153,9 +260,9 @@ impl Tessera {
                         .check_token(user_id, session_id, issued_at(&claims), &claims.jti)
                 {
                     return Err(Refused::because(match revoked {
-                        Revoked::Session => "session_revoked",
-                        Revoked::Epoch => "epoch_passed",
-                        Revoked::Jti => "jti_denied",
+                        Revoked::Session => RefusalReason::SessionRevoked,
+                        Revoked::Epoch => RefusalReason::EpochPassed,
+                        Revoked::Jti => RefusalReason::JtiDenied,
                     }));
                 }
                 None
@@ -186,17 +293,17 @@ impl Tessera {
             .find_live_session(session_id, now)
             .await?
             .filter(|s| s.user_id == user_id)
-            .ok_or(Refused::because("session_not_live"))?;
+            .ok_or(Refused::because(RefusalReason::SessionNotLive))?;
         let user = self
             .store
             .find_user(user_id)
             .await?
-            .ok_or(Refused::because("session_not_live"))?;
+            .ok_or(Refused::because(RefusalReason::SessionNotLive))?;
         if issued_at(claims) < user.tokens_valid_after {
-            return Err(Refused::because("epoch_passed"));
+            return Err(Refused::because(RefusalReason::EpochPassed));
         }
         if self.store.is_jti_denied(&claims.jti, now).await? {
-            return Err(Refused::because("jti_denied"));
+            return Err(Refused::because(RefusalReason::JtiDenied));
         }
         Ok(session)
     }
@@ -266,4 +373,34 @@ impl Tessera {
 /// short idle timeout, so activity always keeps a session alive.
 fn touch_interval(session: &Session) -> std::time::Duration {
     super::TOUCH_INTERVAL.min(session.idle_timeout / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_label_and_token_faults_keep_the_verifier_s_names() {
+        let labels: std::collections::HashSet<&str> =
+            RefusalReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), RefusalReason::ALL.len());
+        for error in [
+            VerifyError::TooLarge,
+            VerifyError::Malformed,
+            VerifyError::WrongType,
+            VerifyError::UnknownKey,
+            VerifyError::AlgorithmMismatch,
+            VerifyError::InvalidSignature,
+            VerifyError::Expired,
+            VerifyError::WrongIssuer,
+            VerifyError::WrongAudience,
+            VerifyError::InvalidClaims,
+            VerifyError::InvalidKey("bad".into()),
+        ] {
+            let reason = RefusalReason::Token(TokenFault::from(&error));
+            assert_eq!(reason.as_str(), error.reason());
+            assert!(RefusalReason::ALL.contains(&reason), "{reason:?}");
+        }
+    }
 }
