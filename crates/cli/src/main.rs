@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tessera_core::config::{redact_url, Config, ConfigLayer};
+use tessera_core::config::{Config, ConfigLayer};
 use tessera_core::error::AuthError;
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{Timestamp, UserId};
 use tessera_core::secret::Password;
 use tessera_core::service::{KeyPolicy, Tessera};
+use tessera_core::url::redact_url;
 
 mod flags;
 

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use crate::model::{OutboxId, Session, SessionId, Timestamp, UserId, WebhookEventId};
+use crate::url::redact_url;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -127,7 +128,7 @@ impl Webhook {
 impl fmt::Debug for Webhook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Webhook")
-            .field("url", &crate::config::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("events", &self.events)
             .finish_non_exhaustive()
     }

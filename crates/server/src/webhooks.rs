@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::config::origin_of;
 use tessera_core::model::Timestamp;
 use tessera_core::service::Tessera;
+use tessera_core::url::origin_of;
 use tessera_core::webhooks::{signature_header, QueuedMessage, Webhook, SIGNATURE_HEADER};
 use tessera_core::StoreError;
 use tokio::task::{JoinHandle, JoinSet};
