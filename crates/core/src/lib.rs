@@ -16,6 +16,7 @@ pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod text;
 pub mod url;
 pub mod webhooks;
 
