@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod mac;
 pub mod metrics;
 pub mod model;
 pub mod password;
