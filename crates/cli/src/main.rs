@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tessera_core::config::{redact_url, Config, ConfigLayer};
+use tessera_core::config::{Config, ConfigLayer};
 use tessera_core::error::AuthError;
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{Timestamp, UserId};
 use tessera_core::secret::Password;
 use tessera_core::service::{KeyPolicy, Tessera};
+use tessera_core::url::redact_url;
 
 mod flags;
 
@@ -312,11 +313,7 @@ async fn user(tessera: Arc<Tessera>, command: UserCommand) -> CliResult {
             println!("{}", user.id);
         }
         UserCommand::List => {
-            for user in tessera
-                .users()
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            for user in tessera.users().await.map_err(|e| e.to_string())? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     user.id,
@@ -388,11 +385,7 @@ async fn keys(tessera: Arc<Tessera>, command: KeysCommand) -> CliResult {
             let lifetime =
                 tessera_core::keys::retired_key_lifetime(tessera.config().access_token_ttl);
             let now = Timestamp::now();
-            for key in tessera
-                .signing_keys()
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            for key in tessera.signing_keys().await.map_err(|e| e.to_string())? {
                 let state = match key.retired_at {
                     None => "active".to_owned(),
                     Some(at) if at.saturating_add(lifetime) > now => {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::keys::Algorithm;
+use crate::url::{origin_of, redact_url};
 use crate::webhooks::{EventType, Webhook, WebhookSecret};
 
 /// One setting: its key and what `--help` says of it.
@@ -512,37 +513,6 @@ impl fmt::Debug for Config {
     }
 }
 
-/// A URL fit for logs and error lines: any password in its user-info becomes `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-/// `scheme://host[:port]` of an http(s) URL, lower-cased; `None` for anything else.
-pub fn origin_of(url: &str) -> Option<String> {
-    let url = url.trim();
-    let (scheme, rest) = url.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
-        return None;
-    }
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return None;
-    }
-    Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
-}
-
 /// How a node checks that a valid-looking credential has not been revoked (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevocationMode {
@@ -743,17 +713,6 @@ mod tests {
         assert!(file("allowed_origins = [\"https://a.example/path\"]")
             .resolve()
             .is_err());
-    }
-
-    #[test]
-    fn urls_are_redacted_for_logs() {
-        assert_eq!(
-            redact_url("postgres://tessera:hunter2@db:5432/x"),
-            "postgres://tessera:***@db:5432/x"
-        );
-        assert_eq!(redact_url("redis://:pw@cache/0"), "redis://:***@cache/0");
-        assert_eq!(redact_url("sqlite://tessera.db"), "sqlite://tessera.db");
-        assert_eq!(redact_url("memory"), "memory");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead as _, Payload};
 use chacha20poly1305::{KeyInit as _, XChaCha20Poly1305, XNonce};
-use hmac::{Hmac, Mac as _};
+use hmac::Mac as _;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
     EllipticCurveKeyType, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType,
@@ -28,11 +28,10 @@ use sha2::{Digest as _, Sha256};
 use tessera_verify::{Claims, VerificationKey, Verifier, ACCESS_TOKEN_TYPE, LEEWAY_SECS};
 use zeroize::Zeroizing;
 
+use crate::mac::hmac_sha256;
 use crate::model::{SealedKey, Timestamp};
 
 pub use tessera_verify::Algorithm;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// `XChaCha20`'s 192-bit nonce: large enough to pick at random for every seal without a
 /// counter shared between nodes.
@@ -159,14 +158,7 @@ impl MasterKey {
     /// (`"csrf"`, `"refresh-successor"`, `"key-sealing"`…). The same master and purpose
     /// always give the same sub-key, on every node; different purposes give independent ones.
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        // HMAC zero-pads keys shorter than the hash block (RFC 2104 §2), so keying it with the
-        // padded block is the same function, minus an error path for a length that cannot be
-        // wrong.
-        let mut block = Zeroizing::new([0u8; 64]);
-        block[..32].copy_from_slice(self.0.as_slice());
-        let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new(
-            hmac::digest::Key::<HmacSha256>::from_slice(block.as_slice()),
-        );
+        let mut mac = hmac_sha256(self.0.as_slice());
         mac.update(b"tessera/v1/");
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()
@@ -853,7 +845,8 @@ mod tests {
     #[test]
     fn derive_is_hmac_sha256_with_independent_purposes() {
         let master = MasterKey::generate();
-        let mut mac = <HmacSha256 as hmac::Mac>::new_from_slice(master.0.as_slice()).unwrap();
+        let mut mac =
+            <crate::mac::HmacSha256 as hmac::Mac>::new_from_slice(master.0.as_slice()).unwrap();
         mac.update(b"tessera/v1/csrf");
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
         assert_eq!(master.derive("csrf"), expected);
@@ -913,7 +906,9 @@ mod tests {
                     .map(|_| {
                         scope.spawn(|| {
                             barrier.wait();
-                            MasterKey::load_or_create(&path).unwrap().derive("key-sealing")
+                            MasterKey::load_or_create(&path)
+                                .unwrap()
+                                .derive("key-sealing")
                         })
                     })
                     .collect();

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod mac;
 pub mod metrics;
 pub mod model;
 pub mod password;
@@ -16,6 +17,8 @@ pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod text;
+pub mod url;
 pub mod webhooks;
 
 pub use error::AuthError;

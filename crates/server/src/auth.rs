@@ -75,7 +75,7 @@ pub fn check_origin(
             headers
                 .get(header::REFERER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(tessera_core::config::origin_of)
+                .and_then(tessera_core::url::origin_of)
         });
     match claimed {
         Some(origin) => {

@@ -95,10 +95,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(oauth::introspect))
         .routes(routes!(oauth::jwks))
         .routes(routes!(oauth::metadata))
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .routes(routes!(ops::openapi_json))
+        .routes(routes!(ops::health::healthz))
+        .routes(routes!(ops::health::readyz))
+        .routes(routes!(ops::metrics::metrics))
+        .routes(routes!(ops::openapi::openapi_json))
 }
 
 /// The OpenAPI 3 document of the whole API, as `GET /openapi.json` serves it under `config`.

@@ -18,9 +18,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::config::origin_of;
 use tessera_core::model::Timestamp;
 use tessera_core::service::Tessera;
+use tessera_core::text::truncate;
+use tessera_core::url::origin_of;
 use tessera_core::webhooks::{signature_header, QueuedMessage, Webhook, SIGNATURE_HEADER};
 use tessera_core::StoreError;
 use tokio::task::{JoinHandle, JoinSet};
@@ -244,17 +245,6 @@ fn describe(error: &reqwest::Error) -> String {
     truncate(text, MAX_ERROR_LEN)
 }
 
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
 /// The wait before attempt `attempts + 1`, after `attempts` failures: 1 s, 2 s, 4 s … doubling
 /// up to [`MAX_BACKOFF`].
 pub fn backoff(attempts: u32) -> Duration {
@@ -291,12 +281,5 @@ mod tests {
         let after = Timestamp::now();
         assert!(at >= before.saturating_add(backoff(1)));
         assert!(at <= after.saturating_add(backoff(1)));
-    }
-
-    #[test]
-    fn errors_are_cut_at_a_char_boundary() {
-        let text = truncate("é".repeat(150), MAX_ERROR_LEN);
-        assert!(text.len() <= MAX_ERROR_LEN);
-        assert_eq!(truncate("short".to_owned(), 10), "short");
     }
 }

@@ -95,7 +95,6 @@ impl Tessera {
     }
 }
 
-
 /// Writes the `last_seen_at` of cached cookie sessions back to the store in batches, off the
 /// request path.
 pub(super) fn flush_touches(

@@ -15,7 +15,6 @@ use crate::model::{AdminKey, AdminKeyId, RevocationEvent, SealedKey, Timestamp};
 use crate::secret::AdminSecret;
 use crate::store::Store;
 
-
 /// What a process may do to the signing keys when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyPolicy {

@@ -172,8 +172,10 @@ impl Change {
         if !self.tx.revoke_session(session, self.now).await? {
             return Ok(false);
         }
-        self.revoke(RevocationEvent::SessionRevoked { session }).await?;
-        self.enqueue(&plan.messages(session, user, self.now)).await?;
+        self.revoke(RevocationEvent::SessionRevoked { session })
+            .await?;
+        self.enqueue(&plan.messages(session, user, self.now))
+            .await?;
         Ok(true)
     }
 
@@ -189,7 +191,8 @@ impl Change {
         for session in &revoked {
             self.revoke(RevocationEvent::SessionRevoked { session: *session })
                 .await?;
-            self.enqueue(&plan.messages(*session, user, self.now)).await?;
+            self.enqueue(&plan.messages(*session, user, self.now))
+                .await?;
         }
         Ok(revoked)
     }
@@ -240,8 +243,9 @@ impl Tessera {
         let keys_read_at = feed.cursor().await.ok();
         let csrf_key = Zeroizing::new(master.derive("csrf"));
         let refresh_key = Zeroizing::new(master.derive("refresh-successor"));
-        let keys =
-            Arc::new(LiveKeys::start(Arc::clone(&store), master, Arc::clone(&config), policy).await?);
+        let keys = Arc::new(
+            LiveKeys::start(Arc::clone(&store), master, Arc::clone(&config), policy).await?,
+        );
         let retry = config.max_staleness.min(FEED_POLL_INTERVAL * 5);
         // Every mode follows the log, for withdrawn signing keys; only `cached` keeps (and
         // prunes) revocation state from it.
@@ -323,7 +327,6 @@ impl Tessera {
         }
     }
 
-
     /// Begins a state change at `now` (see [`Change`]).
     async fn change(&self, now: Timestamp) -> Result<Change, AuthError> {
         Ok(Change {
@@ -362,16 +365,6 @@ impl Tessera {
     pub async fn reload_keys(&self) -> Result<(), AuthError> {
         self.keys.reload().await
     }
-}
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-
-fn hmac_with(key: &[u8; 32]) -> HmacSha256 {
-    // HMAC zero-pads a short key to the 64-byte block (RFC 2104 §2), so this is the same MAC
-    // as `new_from_slice(key)` without its impossible error.
-    let mut block = Zeroizing::new([0u8; 64]);
-    block[..32].copy_from_slice(key);
-    <HmacSha256 as hmac::digest::KeyInit>::new(&(*block).into())
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(key_error)`

@@ -5,10 +5,12 @@ use base64::Engine as _;
 use hmac::Mac as _;
 use tracing::info;
 
-use super::{hmac_with, CookieLogin, DeviceInfo, HmacSha256, Principal, Tessera};
+use super::{CookieLogin, DeviceInfo, Principal, Tessera};
 use crate::error::AuthError;
+use crate::mac::{hmac_sha256, HmacSha256};
 use crate::model::{Session, SessionId, Timestamp, User, UserId, Via};
 use crate::secret::{Password, SecretHash, SessionSecret};
+use crate::text::truncate;
 use crate::webhooks::{self, RevokeReason};
 
 impl Tessera {
@@ -120,11 +122,10 @@ impl Tessera {
     }
 
     fn csrf_mac(&self, session: SessionId) -> HmacSha256 {
-        let mut mac = hmac_with(&self.csrf_key);
+        let mut mac = hmac_sha256(&*self.csrf_key);
         mac.update(session.as_uuid().as_bytes());
         mac
     }
-
 
     // ----- sign-out ----------------------------------------------------------------------
 
@@ -190,7 +191,6 @@ impl Tessera {
             .await?)
     }
 
-
     /// Signs one of the user's devices out. `NotFound` alike for an unknown session, one that
     /// is no longer live, and someone else's, so the answer leaks nothing about other users'
     /// sessions.
@@ -254,16 +254,4 @@ impl Tessera {
         info!(session = %session, "session revoked by an administrator");
         Ok(())
     }
-}
-
-/// Cuts `text` to at most `max` bytes at a character boundary.
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }

@@ -6,8 +6,9 @@ use base64::Engine as _;
 use hmac::Mac as _;
 use tracing::{info, warn};
 
-use super::{hmac_with, key_error, DeviceInfo, Tessera, TokenPair};
+use super::{key_error, DeviceInfo, Tessera, TokenPair};
 use crate::error::AuthError;
+use crate::mac::hmac_sha256;
 use crate::model::{RefreshRecord, RevocationEvent, Session, Timestamp, User};
 use crate::rotation::{self, Decision};
 use crate::secret::{Password, RefreshToken};
@@ -106,7 +107,7 @@ impl Tessera {
     }
 
     fn successor_of(&self, token: &RefreshToken) -> RefreshToken {
-        let mut mac = hmac_with(&self.refresh_key);
+        let mut mac = hmac_sha256(&*self.refresh_key);
         mac.update(token.expose_secret().as_bytes());
         RefreshToken::from_derived(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
@@ -169,7 +170,11 @@ impl Tessera {
         // never reuse: revoking is not presenting the token for rotation.
         let refresh = RefreshToken::from_presented(token);
         let mut change = self.change(Timestamp::now()).await?;
-        if let Some(family) = change.tx.refresh_family_for_update(&refresh.to_hash()).await? {
+        if let Some(family) = change
+            .tx
+            .refresh_family_for_update(&refresh.to_hash())
+            .await?
+        {
             let revoked = change
                 .revoke_session(
                     family.id,

@@ -13,7 +13,6 @@ use crate::verify::{Claims, VerifyError};
 /// made-up `kid`, and a reload decrypts every live key.
 const ON_DEMAND_RELOAD_MILLIS: i64 = 5_000;
 
-
 /// Why a credential was refused: for metrics and logs only, never a response body (every
 /// refusal answers the same 401, or 503 when the store could not be asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -250,7 +249,9 @@ impl Tessera {
         let (Some(user_id), Some(session_id)) =
             (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
         else {
-            return Err(Refused::because(RefusalReason::Token(TokenFault::InvalidClaims)));
+            return Err(Refused::because(RefusalReason::Token(
+                TokenFault::InvalidClaims,
+            )));
         };
         let session = match self.effective_mode() {
             RevocationMode::None => None,

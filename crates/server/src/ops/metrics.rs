@@ -1,4 +1,5 @@
-//! Operations (SPEC §3): liveness, readiness, Prometheus metrics and the OpenAPI document.
+//! Prometheus metrics (SPEC §3): the request table filled by [`MetricsLayer`], the text
+//! exposition of it and of the domain counters, and `GET /metrics`.
 //!
 //! Request metrics are a fixed table of atomics, one row per documented route (the OpenAPI
 //! document is the list, so a new route is measured as soon as it is documented). The table
@@ -15,197 +16,17 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde::Serialize;
-use tessera_core::config::Config;
 use tessera_core::metrics::{Counters, RevocationStatus};
+use tessera_core::service::RefusalReason;
 use tower::{Layer, Service};
 use utoipa::openapi::path::PathItem;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::server::Server;
 use utoipa::openapi::OpenApi as OpenApiDocument;
-use utoipa::{OpenApi, ToSchema};
 
+use super::no_store;
 use crate::AppState;
-
-/// The document's fixed parts; the paths are added by the router (`routes!` in `lib.rs`) from
-/// each handler's `#[utoipa::path]`, so what is served and what is documented are one list.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Tessera",
-        description = "Sign-up, browser sessions, OAuth2-shaped tokens, forward-auth \
-                       verification and administration. Errors are `{error, message}` \
-                       except on `/oauth2/*`, which answer RFC 6749 §5.2 \
-                       `{error, error_description}`."
-    ),
-    components(schemas(ApiErrorBody, OAuthErrorBody)),
-    tags(
-        (name = "users", description = "Sign-up and browser sessions (cookie)"),
-        (name = "tokens", description = "OAuth2-shaped token endpoints and key publication"),
-        (name = "verify", description = "Forward-auth for reverse proxies"),
-        (name = "admin", description = "Administration with an admin API key"),
-        (name = "operations", description = "Health, readiness, metrics and this document"),
-    )
-)]
-pub struct ApiDoc;
-
-/// Security scheme names used by the handlers' `security(...)` attributes.
-pub const BEARER: &str = "bearer";
-pub const SESSION_COOKIE: &str = "session_cookie";
-pub const ADMIN_KEY: &str = "admin_key";
-
-/// Completes the document with what only the configuration knows: the public URL and the
-/// session cookie's name.
-pub fn finish_document(mut doc: OpenApiDocument, config: &Config) -> OpenApiDocument {
-    doc.servers = Some(vec![Server::new(config.issuer.clone())]);
-    let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme(
-        BEARER,
-        SecurityScheme::Http(
-            HttpBuilder::new()
-                .scheme(HttpAuthScheme::Bearer)
-                .bearer_format("JWT")
-                .description(Some(
-                    "An access token from `POST /oauth2/token` (RFC 9068 JWT). Needs no CSRF \
-                     token.",
-                ))
-                .build(),
-        ),
-    );
-    components.add_security_scheme(
-        SESSION_COOKIE,
-        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-            config.cookie_name.clone(),
-            "The session cookie set by `POST /v1/login`. Unsafe methods also need the CSRF \
-             token in `X-CSRF-Token` (or form field `csrf_token`)."
-                .to_owned(),
-        ))),
-    );
-    components.add_security_scheme(
-        ADMIN_KEY,
-        SecurityScheme::Http(
-            HttpBuilder::new()
-                .scheme(HttpAuthScheme::Bearer)
-                .description(Some(
-                    "An admin API key created with `tessera admin-key create`. A user's access \
-                     token is never an admin credential.",
-                ))
-                .build(),
-        ),
-    );
-    doc
-}
-
-/// The error shape of `/v1/*` (SPEC §3). Described here for the document only; the server
-/// writes it in `error.rs`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documentation only
-pub struct ApiErrorBody {
-    /// A stable code such as `invalid_credentials` or `unavailable`.
-    error: String,
-    /// Human text; never an internal detail.
-    message: String,
-}
-
-/// RFC 6749 §5.2, the error shape of `/oauth2/*`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documentation only
-pub struct OAuthErrorBody {
-    /// `invalid_request`, `invalid_grant`, `unsupported_grant_type`, `invalid_client`, ...
-    error: String,
-    error_description: Option<String>,
-}
-
-/// `GET /healthz`: the process is up and serving. Says nothing about the store, so an
-/// orchestrator does not restart a node for a database outage it cannot fix.
-#[utoipa::path(
-    get,
-    path = "/healthz",
-    tag = "operations",
-    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object))
-)]
-pub async fn healthz() -> Response {
-    Json(serde_json::json!({ "status": "ok" })).into_response()
-}
-
-/// How long `/readyz` waits for the store: a load balancer's probe must get an answer even when
-/// the database hangs rather than refuses.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
-pub struct Readiness {
-    /// `ready` or `unavailable`.
-    status: &'static str,
-    /// `ok` or `unreachable`; never the cause.
-    store: &'static str,
-    revocation: RevocationView,
-}
-
-#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
-pub struct RevocationView {
-    /// `none`, `cached` or `strict` (SPEC §5).
-    mode: &'static str,
-    /// `false` when the cached mode has not heard the revocation feed within `max_staleness`.
-    fresh: bool,
-    feed_silence_ms: u64,
-    last_lag_ms: u64,
-}
-
-/// The verdict of `/readyz`: ready only when the store answers and revocation is trustworthy,
-/// since a node that cannot see revocations must not be sent traffic (SPEC §7, fail closed).
-fn readiness(store_ok: bool, revocation: RevocationStatus) -> (StatusCode, Readiness) {
-    let ready = store_ok && revocation.fresh;
-    let body = Readiness {
-        status: if ready { "ready" } else { "unavailable" },
-        store: if store_ok { "ok" } else { "unreachable" },
-        revocation: RevocationView {
-            mode: revocation.mode.as_str(),
-            fresh: revocation.fresh,
-            feed_silence_ms: revocation.feed_silence_ms,
-            last_lag_ms: revocation.last_lag_ms,
-        },
-    };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body)
-}
-
-/// `GET /readyz`: 200 when the store is reachable and the revocation feed is fresh, else 503
-/// with the same shape, so an operator sees which half failed.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = "operations",
-    responses(
-        (status = 200, description = "ready for traffic", body = Readiness),
-        (status = 503, description = "store unreachable or revocation feed stale", body = Readiness),
-    )
-)]
-pub async fn readyz(State(state): State<AppState>) -> Response {
-    let store_ok = match tokio::time::timeout(PING_TIMEOUT, state.tessera.ping_store()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: store unreachable");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(timeout = ?PING_TIMEOUT, "readiness: store did not answer in time");
-            false
-        }
-    };
-    let (status, body) = readiness(store_ok, state.tessera.revocation_status());
-    let mut response = (status, Json(body)).into_response();
-    no_store(&mut response);
-    response
-}
 
 /// Prometheus text exposition format, version 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -238,45 +59,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     no_store(&mut response);
     response
 }
-
-/// `GET /openapi.json`: this API as OpenAPI 3, rendered once at start.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "operations",
-    responses((status = 200, description = "this document", body = Object))
-)]
-pub async fn openapi_json(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        state.openapi.clone(),
-    )
-        .into_response()
-}
-
-/// The document as bytes, ready to serve; an (unexpected) serialisation failure serves an
-/// empty object rather than stopping the start.
-pub fn render_document(doc: &OpenApiDocument) -> Bytes {
-    match serde_json::to_vec(doc) {
-        Ok(json) => Bytes::from(json),
-        Err(e) => {
-            tracing::error!(error = %e, "could not render the OpenAPI document");
-            Bytes::from_static(b"{}")
-        }
-    }
-}
-
-fn no_store(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Request metrics
 
 /// Upper bounds of the latency buckets, in seconds. Fine at the low end: a cached-mode
 /// `/v1/verify` answers in tens of microseconds, while a login runs argon2 for tens of ms.
@@ -412,35 +194,32 @@ impl RouteRow {
     }
 }
 
-/// Outcome slots of `tessera_verify_total`: `ok`, or why the credential was refused (the
-/// reasons of `tessera_core::service::Refused` and `tessera_verify::VerifyError::reason`).
-/// A fixed list, so the label set is bounded and counting needs no allocation.
-const VERIFY_OUTCOMES: [&str; 19] = [
-    "ok",
-    "missing_credential",
-    "too_large",
-    "malformed",
-    "wrong_type",
-    "unknown_key",
-    "algorithm_mismatch",
-    "invalid_signature",
-    "expired",
-    "wrong_issuer",
-    "wrong_audience",
-    "invalid_claims",
-    "invalid_key",
-    "session_revoked",
-    "epoch_passed",
-    "jti_denied",
-    "session_not_live",
-    "unauthenticated",
-    "unavailable",
-];
+/// Outcome slots of `tessera_verify_total`: `ok` (slot 0), then each [`RefusalReason`] in the
+/// order of [`RefusalReason::ALL`]. A fixed set, so the label set is bounded and counting
+/// needs no allocation.
+const VERIFY_OUTCOMES: usize = RefusalReason::ALL.len() + 1;
 
-/// Why `/v1/verify` answered as it did, left in the response's extensions by the handler for
-/// the metrics layer.
+fn verify_slot(refused: Option<RefusalReason>) -> usize {
+    match refused {
+        None => 0,
+        Some(reason) => RefusalReason::ALL
+            .iter()
+            .position(|known| *known == reason)
+            .map_or(0, |i| i + 1),
+    }
+}
+
+fn verify_label(slot: usize) -> &'static str {
+    match slot.checked_sub(1) {
+        None => "ok",
+        Some(i) => RefusalReason::ALL.get(i).map_or("ok", |r| r.as_str()),
+    }
+}
+
+/// How `/v1/verify` answered, left in the response's extensions by the handler for the
+/// metrics layer: `None` for a yes, else why not.
 #[derive(Debug, Clone, Copy)]
-pub struct VerifyReason(pub &'static str);
+pub struct VerifyReason(pub Option<RefusalReason>);
 
 /// Request metrics for every documented route, filled by [`MetricsLayer`] and rendered by
 /// `GET /metrics`.
@@ -449,7 +228,7 @@ pub struct HttpMetrics {
     rows: Box<[RouteRow]>,
     index: HashMap<Box<str>, usize>,
     verify_row: Option<usize>,
-    verify: [AtomicU64; VERIFY_OUTCOMES.len()],
+    verify: [AtomicU64; VERIFY_OUTCOMES],
 }
 
 const UNMATCHED_ROW: usize = 0;
@@ -494,7 +273,7 @@ impl HttpMetrics {
         method: usize,
         status: StatusCode,
         elapsed: Duration,
-        reason: Option<&'static str>,
+        verdict: Option<VerifyReason>,
     ) {
         let Some(series) = self.rows.get(row).and_then(|r| r.series.get(method)) else {
             return;
@@ -513,17 +292,16 @@ impl HttpMetrics {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if Some(row) == self.verify_row && method == 0 {
-            let by_status = match status.as_u16() {
-                200..=299 => "ok",
-                401 => "unauthenticated",
-                _ => "unavailable",
-            };
-            let reason = reason.unwrap_or(by_status);
-            let outcome = VERIFY_OUTCOMES
-                .iter()
-                .position(|known| *known == reason)
-                .or_else(|| VERIFY_OUTCOMES.iter().position(|known| *known == by_status));
-            if let Some(counter) = outcome.and_then(|i| self.verify.get(i)) {
+            // The handler's verdict; without one (a rejection before it ran), the status.
+            let refused = verdict.map_or_else(
+                || match status.as_u16() {
+                    200..=299 => None,
+                    401 => Some(RefusalReason::Unauthenticated),
+                    _ => Some(RefusalReason::Unavailable),
+                },
+                |VerifyReason(refused)| refused,
+            );
+            if let Some(counter) = self.verify.get(verify_slot(refused)) {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -551,7 +329,8 @@ impl HttpMetrics {
             "counter",
             "Forward-auth answers of GET /v1/verify by outcome.",
         )?;
-        for (outcome, counter) in VERIFY_OUTCOMES.iter().zip(&self.verify) {
+        for (slot, counter) in self.verify.iter().enumerate() {
+            let outcome = verify_label(slot);
             let value = counter.load(Ordering::Relaxed);
             writeln!(out, "tessera_verify_total{{outcome=\"{outcome}\"}} {value}")?;
         }
@@ -820,7 +599,7 @@ where
                 this.method,
                 response.status(),
                 this.start.elapsed(),
-                response.extensions().get::<VerifyReason>().map(|r| r.0),
+                response.extensions().get::<VerifyReason>().copied(),
             );
         }
         Poll::Ready(result)
@@ -888,7 +667,7 @@ mod tests {
             0,
             StatusCode::UNAUTHORIZED,
             ms(1),
-            Some("jti_denied"),
+            Some(VerifyReason(Some(RefusalReason::JtiDenied))),
         );
         let text = metrics.render(&Counters::default(), status(true));
         assert!(text.contains("tessera_verify_total{outcome=\"jti_denied\"} 1\n"));
