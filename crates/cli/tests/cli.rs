@@ -1157,3 +1157,79 @@ async fn secrets_never_reach_the_logs_at_info_or_trace() {
         eprintln!("{level}: {} log lines checked", log.lines().count());
     }
 }
+
+/// An operation only the CLI offers, failing in the store: it exits non-zero with one line,
+/// leaves no trace, and works once the store does. The failure is real: another writer holds
+/// the SQLite write lock (as a long transaction on another node would), so the command's own
+/// transaction cannot begin within the busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() {
+    use tessera_core::Store as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    // A first user and the first signing key, before the lock.
+    let mut add = tessera(&path);
+    add.args(["user", "add", "first@example.com"]);
+    let user = stdout(&run(add, &format!("{PASSWORD}\n"))).trim().to_owned();
+    let listing = |what: &[&str]| {
+        let mut list = tessera(&path);
+        list.args(what);
+        stdout(&run(list, ""))
+    };
+    let users_before = listing(&["user", "list"]);
+    let keys_before = listing(&["keys", "list"]);
+
+    let database = format!("sqlite://{}", path.join("tessera.db").display());
+    let store = tessera_store::open(&database).await.unwrap();
+    let lock = store.begin().await.unwrap();
+    let commands: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["user".into(), "add".into(), "second@example.com".into()],
+            "correct horse battery\n",
+        ),
+        (
+            vec!["user".into(), "set-roles".into(), user.clone(), "ops".into()],
+            "",
+        ),
+        (vec!["keys".into(), "rotate".into()], ""),
+        (
+            vec!["admin-key".into(), "create".into(), "--name".into(), "x".into()],
+            "",
+        ),
+    ];
+    let failed: Vec<Output> = std::thread::scope(|scope| {
+        let running: Vec<_> = commands
+            .iter()
+            .map(|(args, stdin)| {
+                let path = &path;
+                scope.spawn(move || {
+                    let mut command = tessera(path);
+                    command.args(args);
+                    run(command, stdin)
+                })
+            })
+            .collect();
+        running.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for ((args, _), output) in commands.iter().zip(&failed) {
+        assert!(!output.status.success(), "{args:?} succeeded under the lock");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?} printed a result");
+    }
+    drop(lock);
+
+    assert_eq!(listing(&["user", "list"]), users_before, "no user, no role change");
+    assert_eq!(listing(&["keys", "list"]), keys_before, "no key");
+    for (args, stdin) in &commands {
+        let mut command = tessera(&path);
+        command.args(args);
+        stdout(&run(command, stdin));
+    }
+    let users = listing(&["user", "list"]);
+    assert!(users.contains("second@example.com"), "{users}");
+    assert!(users.lines().any(|l| l.starts_with(&user) && l.contains("\tops\t")), "{users}");
+    assert_eq!(listing(&["keys", "list"]).lines().count(), 2);
+}
