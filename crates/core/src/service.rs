@@ -12,6 +12,7 @@ use sha2::Sha256;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::background::Background;
 use crate::config::{Config, RevocationMode};
 use crate::error::AuthError;
 use crate::keys::{KeyError, KeyRing, MasterKey, SigningKey};
@@ -40,9 +41,6 @@ const FEED_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long delivered (or abandoned) webhook messages stay in the outbox, for inspection,
 /// before housekeeping deletes them.
 const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 86_400);
-
-/// How often cached sessions' `last_seen_at` is written back.
-const TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Cookie sessions one node holds in memory at most (~0.5 KiB each); beyond it, lookups go
 /// to the store, so memory stays bounded whatever the number of users.
@@ -172,15 +170,8 @@ pub struct Tessera {
     feed: Arc<dyn RevocationFeed>,
     /// Cookie sessions whose `last_seen_at` moved in the cache and must reach the store.
     pending_touches: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Tessera {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    /// Starts and stops every background task of this node (`background.rs`).
+    pub(crate) background: Background,
 }
 
 impl Tessera {
@@ -228,23 +219,35 @@ impl Tessera {
         // prunes) revocation state from it.
         let cached = config.revocation_mode == RevocationMode::Cached;
         let keys_changed = Arc::new(tokio::sync::Notify::new());
-        let mut tasks = vec![
-            crate::revocation::follow(
-                cached.then(|| Arc::clone(&cache)),
-                Arc::clone(&feed),
-                Arc::clone(&store),
-                retry,
-                Arc::clone(&keys_changed),
-                keys_read_at,
-            ),
-            reload_keys_when_changed(Arc::clone(&keys), keys_changed, retry),
-        ];
+        let background = Background::new();
+        let follower = crate::revocation::follow(
+            cached.then(|| Arc::clone(&cache)),
+            Arc::clone(&feed),
+            Arc::clone(&store),
+            retry,
+            Arc::clone(&keys_changed),
+            keys_read_at,
+        );
+        background.spawn("revocation feed", |stop| {
+            crate::background::until_stopped(follower, stop)
+        });
+        let reloading = Arc::clone(&keys);
+        let reload = move || {
+            let keys = Arc::clone(&reloading);
+            async move { keys.reload().await }
+        };
+        background.spawn("key ring rebuild", |stop| {
+            crate::background::rebuild_keys_when_changed(reload, keys_changed, retry, stop)
+        });
         if cached {
-            tasks.push(flush_touches(
+            let (store, pending, cache) = (
                 Arc::clone(&store),
                 Arc::clone(&pending_touches),
                 Arc::clone(&cache),
-            ));
+            );
+            background.spawn("last-seen flusher", |stop| {
+                crate::background::flush_touches(store, pending, cache, stop)
+            });
         }
         let service = Self {
             csrf_key,
@@ -258,7 +261,7 @@ impl Tessera {
             cache,
             feed,
             pending_touches,
-            tasks,
+            background,
         };
         Ok(service)
     }
@@ -1161,60 +1164,10 @@ impl LiveKeys {
     }
 }
 
-/// Rebuilds the key ring whenever the feed follower reports a withdrawn key; a failed reload
-/// is retried after `retry`, so a store blip cannot leave a withdrawn key verifying.
-fn reload_keys_when_changed(
-    keys: Arc<LiveKeys>,
-    changed: Arc<tokio::sync::Notify>,
-    retry: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            changed.notified().await;
-            if let Err(e) = keys.reload().await {
-                warn!(error = %e, "could not reload signing keys; retrying");
-                tokio::time::sleep(retry).await;
-                changed.notify_one();
-            }
-        }
-    })
-}
-
 /// How often a cached session's `last_seen_at` is due a write: every minute, or at half a
 /// short idle timeout, so activity always keeps a session alive.
 fn touch_interval(session: &Session) -> Duration {
     TOUCH_INTERVAL.min(session.idle_timeout / 2)
-}
-
-/// Writes the `last_seen_at` of cached cookie sessions back to the store in batches, off the
-/// request path.
-fn flush_touches(
-    store: Arc<dyn Store>,
-    pending: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
-    cache: Arc<RevocationCache>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TOUCH_FLUSH_INTERVAL);
-        let mut ticks: u32 = 0;
-        loop {
-            tick.tick().await;
-            ticks = ticks.wrapping_add(1);
-            let batch: Vec<(SessionId, Timestamp)> = match pending.lock() {
-                Ok(mut pending) => pending.drain().collect(),
-                Err(_) => Vec::new(),
-            };
-            for (session, at) in batch {
-                if let Err(e) = store.touch_session(session, at).await {
-                    tracing::warn!(error = %e, "could not record last_seen_at");
-                }
-            }
-            // Pruning walks the whole cache under its write lock (about a millisecond at
-            // 200 000 entries), so it runs once a minute rather than every flush.
-            if ticks % 12 == 0 {
-                cache.prune(Timestamp::now());
-            }
-        }
-    })
 }
 
 /// Loads the key ring, creating the first key, or rotating when `signing_alg` changed.
