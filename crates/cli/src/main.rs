@@ -107,6 +107,9 @@ enum TokenCommand {
     Inspect { token: String },
 }
 
+/// How long the runtime waits, after `serve` returned, for blocking work still running.
+const SHUTDOWN_LEFTOVERS: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -134,7 +137,11 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Everything that must reach the store has by now (`serve` flushed before returning);
+    // blocking work of a request dropped at the shutdown bound is not waited for long.
+    runtime.shutdown_timeout(SHUTDOWN_LEFTOVERS);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }

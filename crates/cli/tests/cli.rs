@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -270,6 +271,31 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, as an orchestrator stops a service.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits up to `within` for the process to exit on its own, and returns its status.
+    async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tessera serve still running {within:?} after SIGTERM: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -847,18 +873,48 @@ struct Acknowledged {
     rotations: Vec<(String, String)>,
     /// Answers a live server should never give (checked after the burst).
     surprises: Vec<String>,
+    /// Requests sent on a connection the server had accepted that got no complete answer
+    /// (reset or cut off); a connection refused at connect time is not one.
+    incomplete: Vec<String>,
+    /// Answers carrying `Connection: close`: given while the server was shutting down.
+    closing_answers: usize,
 }
 
 /// One request of the burst: `Some((session cookie pair, body))` when the whole answer
-/// arrived with status `want`; `None` when the connection failed (the server was killed), or
-/// when the answer had another status, which is recorded as a surprise.
+/// arrived with status `want`; `None` when the connection was refused (the server stopped
+/// listening), when it failed after the server had accepted it (recorded as incomplete), or
+/// when the answer had another status (recorded as a surprise).
 async fn expect(
     request: reqwest::RequestBuilder,
     want: u16,
     what: &str,
     acked: &Mutex<Acknowledged>,
 ) -> Option<(Option<String>, Value)> {
-    let res = request.send().await.ok()?;
+    let incomplete = |e: &reqwest::Error| {
+        // The whole chain: the top error says only "error sending request".
+        let mut text = format!("{what}: {e}");
+        let mut cause = std::error::Error::source(e);
+        while let Some(next) = cause {
+            let _ = write!(text, ": {next}");
+            cause = next.source();
+        }
+        acked.lock().unwrap().incomplete.push(text);
+    };
+    let res = match request.send().await {
+        Ok(res) => res,
+        Err(e) if e.is_connect() => return None,
+        Err(e) => {
+            incomplete(&e);
+            return None;
+        }
+    };
+    if res
+        .headers()
+        .get("connection")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
+        acked.lock().unwrap().closing_answers += 1;
+    }
     let status = res.status().as_u16();
     let cookie = res
         .headers()
@@ -868,7 +924,13 @@ async fn expect(
         .filter_map(|v| v.split(';').next())
         .find(|pair| pair.starts_with("__Host-tessera_session="))
         .map(str::to_owned);
-    let bytes = res.bytes().await.ok()?;
+    let bytes = match res.bytes().await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            incomplete(&e);
+            return None;
+        }
+    };
     if status != want {
         let body = String::from_utf8_lossy(&bytes);
         acked
@@ -1025,6 +1087,17 @@ async fn kill_9_under_load_loses_no_acknowledged_effect() {
     );
 
     let server = serve_with(dir.path(), "warn", &args).await;
+    assert_effects_kept(&server, &acked, killed, grace).await;
+}
+
+/// After a restart: every effect in `acked` holds on `server`. `stopped` is when the previous
+/// server stopped, which every acknowledged rotation preceded.
+async fn assert_effects_kept(
+    server: &Server,
+    acked: &Acknowledged,
+    stopped: Instant,
+    grace: Duration,
+) {
     let client = reqwest::Client::new();
     for email in &acked.users {
         let res = client
@@ -1036,34 +1109,171 @@ async fn kill_9_under_load_loses_no_acknowledged_effect() {
         assert_eq!(res.status(), 200, "{email} can log in");
     }
     for access in &acked.revoked_access {
-        assert_eq!(verify_bearer(&client, &server, access).await, 401);
+        assert_eq!(verify_bearer(&client, server, access).await, 401);
     }
     for (refresh_token, access) in &acked.revoked_families {
-        assert_eq!(refresh(&client, &server, refresh_token).await.status(), 400);
-        assert_eq!(verify_bearer(&client, &server, access).await, 401);
+        assert_eq!(refresh(&client, server, refresh_token).await.status(), 400);
+        assert_eq!(verify_bearer(&client, server, access).await, 401);
     }
     for cookie in &acked.logged_out {
-        assert_eq!(verify_cookie(&client, &server, cookie).await, 401);
+        assert_eq!(verify_cookie(&client, server, cookie).await, 401);
     }
-    // Every rotation was acknowledged before the kill; past the grace window (with a margin
+    // Every rotation was acknowledged before the stop; past the grace window (with a margin
     // for a coarse clock), replaying its spent token is reuse, not a concurrent refresh.
-    let past_grace = killed + grace * 2;
+    let past_grace = stopped + grace * 2;
     if let Some(wait) = past_grace.checked_duration_since(Instant::now()) {
         tokio::time::sleep(wait).await;
     }
     // The successor first: presenting the spent token is reuse, which revokes the family.
     for (spent, successor) in &acked.rotations {
         assert_eq!(
-            refresh(&client, &server, successor).await.status(),
+            refresh(&client, server, successor).await.status(),
             200,
             "the successor works"
         );
         assert_eq!(
-            refresh(&client, &server, spent).await.status(),
+            refresh(&client, server, spent).await.status(),
             400,
             "the spent token is refused"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_accepted_request_exits_0_and_keeps_every_effect() {
+    const TASKS: usize = 4;
+    const ROUNDS: usize = 12;
+    /// Logouts acknowledged before the signal: well inside the burst of TASKS * ROUNDS.
+    const SIGNAL_AFTER: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(1);
+    let args = ["--issuer", ISSUER, "--refresh-grace", "1s"];
+    let mut server = serve_with(dir.path(), "warn", &args).await;
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    // Each task has its own client, so its own keep-alive connection.
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| tokio::spawn(burst(server.base.clone(), task, ROUNDS, Arc::clone(&acked))))
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().logged_out.len() < SIGNAL_AFTER {
+        assert!(
+            Instant::now() < deadline,
+            "the burst stalled: {:?}",
+            acked.lock().unwrap().surprises
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.terminate(); // mid-burst: requests are in flight
+    let signalled = Instant::now();
+    let status = server.exit_status(Duration::from_secs(60)).await;
+    let took = signalled.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}: {}",
+        server.log()
+    );
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("a burst task did not stop after the server exited")
+            .unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.surprises.is_empty(), "{:?}", acked.surprises);
+    assert!(
+        acked.incomplete.is_empty(),
+        "accepted requests without a complete answer: {:?}",
+        acked.incomplete
+    );
+    assert!(
+        acked.logged_out.len() < TASKS * ROUNDS,
+        "the signal came after the burst"
+    );
+    let log = server.log();
+    assert!(
+        !log.contains("dropped") && !log.contains("aborted"),
+        "nothing was cut off at a bound: {log}"
+    );
+    eprintln!(
+        "exited 0 {took:?} after SIGTERM; {} answers given while shutting down; acknowledged: \
+         {} sign-ups, {} rotations, {} access revocations, {} family revocations, {} logouts",
+        acked.closing_answers,
+        acked.users.len(),
+        acked.rotations.len(),
+        acked.revoked_access.len(),
+        acked.revoked_families.len(),
+        acked.logged_out.len()
+    );
+
+    let server = serve_with(dir.path(), "warn", &args).await;
+    assert_effects_kept(&server, &acked, signalled, grace).await;
+}
+
+/// `last_seen_at` of the caller's session, as `GET /v1/session` shows it.
+async fn last_seen(client: &reqwest::Client, server: &Server, cookie: &str) -> String {
+    let res = client
+        .get(server.url("/v1/session"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["session"]["last_seen_at"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sigterm_writes_a_pending_last_seen_at_to_the_store() {
+    // `cached` mode (the default) batches cookie touches; with a 12 s idle timeout a
+    // session's `last_seen_at` is due a write 6 s after the last one.
+    const IDLE: &str = "12s";
+    const TOUCH_DUE: Duration = Duration::from_millis(6_500);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin_key) = create_admin_key(dir.path());
+    let args = ["--issuer", ISSUER, "--session-idle-timeout", IDLE];
+    let mut server = serve_with(dir.path(), "warn", &args).await;
+    // No idle keep-alive connection to linger over at shutdown.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let email = "last-seen@example.com";
+    let user = sign_up(&client, &server, email).await;
+    let browser = login(&client, &server, email).await;
+    let at_login = last_seen(&client, &server, &browser.cookie).await; // now held in memory
+
+    tokio::time::sleep(TOUCH_DUE).await;
+    last_seen(&client, &server, &browser.cookie).await; // due: moved in memory, pending
+    let touched = last_seen(&client, &server, &browser.cookie).await;
+    assert_ne!(touched, at_login, "the request moved last_seen_at");
+    // At once: the batch is written every 2 s, and shutdown must write what it holds.
+    server.terminate();
+    let status = server.exit_status(Duration::from_secs(60)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}: {}",
+        server.log()
+    );
+
+    // The store's value, read with an admin key so no cookie request touches it again.
+    let server = serve_with(dir.path(), "warn", &args).await;
+    let res = client
+        .get(server.url(&format!("/v1/admin/users/{user}/sessions")))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let sessions: Value = res.json().await.unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+    assert_eq!(
+        sessions[0]["last_seen_at"].as_str().unwrap(),
+        touched,
+        "the pending last_seen_at reached the store at shutdown (login: {at_login})"
+    );
 }
 
 #[tokio::test]
@@ -1171,7 +1381,9 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
     // A first user and the first signing key, before the lock.
     let mut add = tessera(&path);
     add.args(["user", "add", "first@example.com"]);
-    let user = stdout(&run(add, &format!("{PASSWORD}\n"))).trim().to_owned();
+    let user = stdout(&run(add, &format!("{PASSWORD}\n")))
+        .trim()
+        .to_owned();
     let listing = |what: &[&str]| {
         let mut list = tessera(&path);
         list.args(what);
@@ -1189,12 +1401,22 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
             "correct horse battery\n",
         ),
         (
-            vec!["user".into(), "set-roles".into(), user.clone(), "ops".into()],
+            vec![
+                "user".into(),
+                "set-roles".into(),
+                user.clone(),
+                "ops".into(),
+            ],
             "",
         ),
         (vec!["keys".into(), "rotate".into()], ""),
         (
-            vec!["admin-key".into(), "create".into(), "--name".into(), "x".into()],
+            vec![
+                "admin-key".into(),
+                "create".into(),
+                "--name".into(),
+                "x".into(),
+            ],
             "",
         ),
     ];
@@ -1213,7 +1435,10 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
         running.into_iter().map(|r| r.join().unwrap()).collect()
     });
     for ((args, _), output) in commands.iter().zip(&failed) {
-        assert!(!output.status.success(), "{args:?} succeeded under the lock");
+        assert!(
+            !output.status.success(),
+            "{args:?} succeeded under the lock"
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
@@ -1221,7 +1446,11 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
     }
     drop(lock);
 
-    assert_eq!(listing(&["user", "list"]), users_before, "no user, no role change");
+    assert_eq!(
+        listing(&["user", "list"]),
+        users_before,
+        "no user, no role change"
+    );
     assert_eq!(listing(&["keys", "list"]), keys_before, "no key");
     for (args, stdin) in &commands {
         let mut command = tessera(&path);
@@ -1230,6 +1459,11 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
     }
     let users = listing(&["user", "list"]);
     assert!(users.contains("second@example.com"), "{users}");
-    assert!(users.lines().any(|l| l.starts_with(&user) && l.contains("\tops\t")), "{users}");
+    assert!(
+        users
+            .lines()
+            .any(|l| l.starts_with(&user) && l.contains("\tops\t")),
+        "{users}"
+    );
     assert_eq!(listing(&["keys", "list"]).lines().count(), 2);
 }

@@ -5,6 +5,7 @@
 //! [`service::Tessera`], and every backend implements the traits in [`store`] and passes the
 //! one conformance suite in `tessera-store`.
 
+pub mod background;
 pub mod config;
 pub mod error;
 pub mod keys;

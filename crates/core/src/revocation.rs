@@ -345,7 +345,8 @@ impl RevocationCache {
     }
 }
 
-/// Follows the feed for as long as the returned task runs: applies events to `cache` (a
+/// Follows the feed for as long as it is polled (it never returns; the node's
+/// [`Background`](crate::background::Background) runs it until shutdown): applies events to `cache` (a
 /// `cached` node's state; `None` on `strict` and `none` nodes, which keep no revocation state
 /// but must still hear of withdrawn signing keys), keeps freshness, and reloads the whole
 /// state after the feed was lost (events may have been pruned).
@@ -354,83 +355,81 @@ impl RevocationCache {
 /// the feed's position noted before the node read its key ring, where the follower starts;
 /// without it, and at every resynchronisation, `keys_changed` is notified too, since a
 /// withdrawal may lie behind the follower's new cursor.
-pub fn follow(
+pub async fn follow(
     cache: Option<Arc<RevocationCache>>,
     feed: Arc<dyn RevocationFeed>,
     store: Arc<dyn Store>,
     retry: Duration,
     keys_changed: Arc<tokio::sync::Notify>,
     keys_read_at: Option<u64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut cursor: Option<u64> = None;
-        let mut keys_read_at = keys_read_at;
-        loop {
-            let Some(position) = cursor else {
-                // (Re)synchronise: note the position first, so nothing between the snapshot
-                // and the first poll is missed (replaying an event is harmless).
-                let (position, keys_current) = match keys_read_at.take() {
-                    Some(position) => (Ok(position), true),
-                    None => (feed.cursor().await, false),
-                };
-                match position {
-                    Ok(position) => {
-                        let loaded = match &cache {
-                            Some(cache) => cache.load(store.as_ref()).await,
-                            None => Ok(()),
-                        };
-                        match loaded {
-                            Ok(()) => {
-                                cursor = Some(position);
-                                if !keys_current {
-                                    keys_changed.notify_one();
-                                }
-                                if let Some(cache) = &cache {
-                                    cache.heard(None);
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "revocation cache could not load");
-                                tokio::time::sleep(retry).await;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "revocation feed unavailable");
-                        tokio::time::sleep(retry).await;
-                    }
-                }
-                continue;
+) {
+    let mut cursor: Option<u64> = None;
+    let mut keys_read_at = keys_read_at;
+    loop {
+        let Some(position) = cursor else {
+            // (Re)synchronise: note the position first, so nothing between the snapshot
+            // and the first poll is missed (replaying an event is harmless).
+            let (position, keys_current) = match keys_read_at.take() {
+                Some(position) => (Ok(position), true),
+                None => (feed.cursor().await, false),
             };
-            match feed.next(position, retry).await {
-                Ok(events) => {
-                    let newest = events.last().map(|(_, at, _)| *at);
-                    for (seq, _, event) in &events {
-                        if matches!(event, RevocationEvent::KeyWithdrawn { .. }) {
-                            keys_changed.notify_one();
+            match position {
+                Ok(position) => {
+                    let loaded = match &cache {
+                        Some(cache) => cache.load(store.as_ref()).await,
+                        None => Ok(()),
+                    };
+                    match loaded {
+                        Ok(()) => {
+                            cursor = Some(position);
+                            if !keys_current {
+                                keys_changed.notify_one();
+                            }
+                            if let Some(cache) = &cache {
+                                cache.heard(None);
+                            }
                         }
-                        if let Some(cache) = &cache {
-                            cache.apply(event);
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation cache could not load");
+                            tokio::time::sleep(retry).await;
                         }
-                        cursor = Some(*seq);
-                    }
-                    if let Some(cache) = &cache {
-                        cache.heard(newest);
                     }
                 }
                 Err(e) => {
-                    if let Some(cache) = &cache {
-                        tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
-                        cache.lost();
-                    } else {
-                        tracing::warn!(error = %e, "revocation feed lost; a withdrawn signing key is seen at the next key reload until it is back");
-                    }
-                    cursor = None;
+                    tracing::warn!(error = %e, "revocation feed unavailable");
                     tokio::time::sleep(retry).await;
                 }
             }
+            continue;
+        };
+        match feed.next(position, retry).await {
+            Ok(events) => {
+                let newest = events.last().map(|(_, at, _)| *at);
+                for (seq, _, event) in &events {
+                    if matches!(event, RevocationEvent::KeyWithdrawn { .. }) {
+                        keys_changed.notify_one();
+                    }
+                    if let Some(cache) = &cache {
+                        cache.apply(event);
+                    }
+                    cursor = Some(*seq);
+                }
+                if let Some(cache) = &cache {
+                    cache.heard(newest);
+                }
+            }
+            Err(e) => {
+                if let Some(cache) = &cache {
+                    tracing::warn!(error = %e, "revocation feed lost; verifying against the store until it is back");
+                    cache.lost();
+                } else {
+                    tracing::warn!(error = %e, "revocation feed lost; a withdrawn signing key is seen at the next key reload until it is back");
+                }
+                cursor = None;
+                tokio::time::sleep(retry).await;
+            }
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! Handlers parse, call the core and shape the answer; errors become HTTP only in
 //! [`error`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod oauth;
@@ -28,9 +29,6 @@ pub mod ops;
 pub mod webhooks;
 
 use error::ApiError;
-
-/// How often expired denylist entries and long-dead sessions are deleted.
-const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// SPEC §2: request bodies are capped at 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -146,49 +144,41 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves. Background work (key reloads) stops with it.
+/// How long requests in flight at shutdown may still run; later, they are dropped (and
+/// the log says so).
+pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// How long background work gets to finish its step and flush once the requests are done:
+/// longer than a webhook attempt may take, so one in progress completes and is recorded.
+pub const BACKGROUND_BOUND: Duration = Duration::from_secs(15);
+
+/// Serves until `shutdown` resolves, then shuts down in order (SPEC §3 "Operations"): stops
+/// accepting connections, finishes the requests in flight within [`DRAIN_BOUND`], then stops
+/// every background task of the node — the core's and the server's — letting each flush
+/// (pending `last_seen_at` updates, the webhook attempts in progress) within
+/// [`BACKGROUND_BOUND`].
 pub async fn serve(
     listener: TcpListener,
     tessera: Arc<Tessera>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let reloader = {
-        let tessera = Arc::clone(&tessera);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(KEY_RELOAD_INTERVAL);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = tessera.reload_keys().await {
-                    tracing::warn!(error = %e, "could not reload signing keys");
-                }
-            }
-        })
-    };
+    let background = tessera.background();
+    let reloaded = Arc::clone(&tessera);
+    background.spawn("key reload", |stop| {
+        tessera_core::background::reload_keys_periodically(reloaded, KEY_RELOAD_INTERVAL, stop)
+    });
+    let kept = Arc::clone(&tessera);
+    background.spawn("housekeeping", |stop| {
+        tessera_core::background::housekeeping(kept, stop)
+    });
     // At-least-once webhook delivery from the outbox (SPEC §3).
-    let deliverer = webhooks::spawn(Arc::clone(&tessera));
-    let housekeeper = {
-        let tessera = Arc::clone(&tessera);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-            loop {
-                tick.tick().await;
-                match tessera.housekeeping().await {
-                    Ok((pruned, purged)) if pruned + purged > 0 => {
-                        tracing::info!(pruned, purged, "expired revocation state removed");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
-                }
-            }
-        })
-    };
-    let app = router(AppState::new(tessera)).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    reloader.abort();
-    housekeeper.abort();
-    deliverer.abort();
-    result
+    let delivering = Arc::clone(&tessera);
+    background.spawn("webhook delivery", |stop| {
+        webhooks::deliver(delivering, stop)
+    });
+    let app = router(AppState::new(Arc::clone(&tessera)));
+    connections::serve(listener, app, shutdown, DRAIN_BOUND).await;
+    tessera.background().shutdown(BACKGROUND_BOUND).await;
+    tracing::info!("shut down");
+    Ok(())
 }

@@ -12,19 +12,22 @@
 //! with the message. Neither secrets nor bodies are logged, and endpoints appear in logs by
 //! origin only, since a URL's path may itself be a credential.
 //!
-//! Wiring: `let webhooks = webhooks::spawn(Arc::clone(&tessera));` when the server starts,
-//! `webhooks.abort()` when it stops.
+//! Wiring: the server runs [`deliver`] as one of the node's background tasks. At shutdown
+//! it finishes the pass in progress — every attempt it started completes and is recorded —
+//! and starts no other; an attempt cut off at the shutdown bound leaves its message claimed
+//! until the claim expires, then due again, so nothing is lost.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_core::background::Stopping;
 use tessera_core::model::Timestamp;
 use tessera_core::service::Tessera;
 use tessera_core::text::truncate;
 use tessera_core::url::origin_of;
 use tessera_core::webhooks::{signature_header, QueuedMessage, Webhook, SIGNATURE_HEADER};
 use tessera_core::StoreError;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 /// How often the outbox is polled: the usual delay between a change and its first attempt.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -55,36 +58,34 @@ const UNKNOWN_ENDPOINT_GRACE: Duration = Duration::from_secs(600);
 /// The longest `last_error` kept: enough to tell a timeout from a 500.
 const MAX_ERROR_LEN: usize = 200;
 
-/// Starts the delivery worker; it runs until the handle is aborted.
-pub fn spawn(tessera: Arc<Tessera>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let worker = match Worker::new(tessera) {
-            Ok(worker) => worker,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks will not be delivered");
-                return;
-            }
-        };
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// The delivery worker: a pass over the due messages every [`POLL_INTERVAL`], until
+/// shutdown is requested.
+pub async fn deliver(tessera: Arc<Tessera>, mut stop: Stopping) {
+    let worker = match Worker::new(tessera) {
+        Ok(worker) => worker,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks will not be delivered");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.tick(&mut tick).await {
+        // A full batch that was sent means a backlog: take the next one without waiting.
         loop {
-            tick.tick().await;
-            // A full batch that was sent means a backlog: take the next one without waiting.
-            loop {
-                match worker.pass().await {
-                    Ok((due, sent)) if due >= BATCH as usize && sent > 0 => {}
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the webhook outbox");
-                        break;
-                    }
+            match worker.pass().await {
+                Ok((due, sent)) if due >= BATCH as usize && sent > 0 && !stop.is_requested() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the webhook outbox");
+                    break;
                 }
             }
         }
-    })
+    }
 }
 
-/// Sends due outbox messages; [`spawn`] runs one in a loop.
+/// Sends due outbox messages; [`deliver`] runs one in a loop.
 pub struct Worker {
     tessera: Arc<Tessera>,
     client: reqwest::Client,

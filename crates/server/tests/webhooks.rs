@@ -6,7 +6,7 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ struct ReceiverState {
     failures: usize,
     /// While set, every request is answered 503 (the application is down for maintenance).
     refusing: AtomicBool,
+    /// How long each answer takes, in milliseconds (a slow application).
+    answer_after_ms: AtomicU64,
 }
 
 /// An HTTP endpoint on 127.0.0.1 standing in for the application that subscribed.
@@ -63,6 +65,7 @@ impl Receiver {
             hits: Mutex::new(Vec::new()),
             failures,
             refusing: AtomicBool::new(false),
+            answer_after_ms: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/hook", post(receive))
@@ -76,6 +79,12 @@ impl Receiver {
     /// Answers every request 503 from now on (`true`), or stops doing so (`false`).
     fn refuse(&self, refusing: bool) {
         self.state.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// Takes `delay` over every answer from now on.
+    fn answer_after(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap();
+        self.state.answer_after_ms.store(millis, Ordering::SeqCst);
     }
 
     fn hits(&self) -> Vec<Hit> {
@@ -117,15 +126,20 @@ async fn receive(
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         signed: json_type && signature_matches(signature, &body),
     };
-    let mut hits = state.hits.lock().unwrap();
-    hits.push(hit);
-    if state.refusing.load(Ordering::SeqCst) {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if hits.len() <= state.failures {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::NO_CONTENT
-    }
+    let status = {
+        let mut hits = state.hits.lock().unwrap();
+        hits.push(hit);
+        if state.refusing.load(Ordering::SeqCst) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else if hits.len() <= state.failures {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::NO_CONTENT
+        }
+    };
+    let delay = state.answer_after_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    status
 }
 
 /// Recomputes `HMAC-SHA256(secret, "t.body")` as a receiver written from the spec would, and
@@ -225,6 +239,36 @@ async fn failed_deliveries_are_retried_with_backoff_then_never_again() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(receiver.hits().len(), 3);
     assert!(waiting_for(&server, &url).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_delivery_in_progress_at_shutdown_completes_and_is_recorded() {
+    let (listener, url) = loopback().await;
+    let receiver = Receiver::start(listener, 0);
+    // Slower than the connections take to drain (an idle keep-alive connection lingers), so
+    // the attempt is still in progress when background work is told to stop.
+    let answer_after = tessera_server::connections::IDLE_LINGER + Duration::from_secs(2);
+    receiver.answer_after(answer_after);
+    let mut server = support::start(&webhook_settings(&url, &["session.created"])).await;
+
+    server.browser().await;
+    // The receiver has the request and holds its answer: the attempt is in progress.
+    let hit = receiver.wait_for(1, Duration::from_secs(10)).await[0].at;
+    assert_eq!(
+        waiting_for(&server, &url).await.len(),
+        1,
+        "claimed, not yet recorded"
+    );
+    server.stop().await;
+    assert!(
+        hit.elapsed() >= answer_after,
+        "shutdown waited for the answer"
+    );
+    assert!(
+        waiting_for(&server, &url).await.is_empty(),
+        "the attempt finished before shutdown did, and its success was recorded"
+    );
+    assert_eq!(receiver.hits().len(), 1);
 }
 
 #[tokio::test]

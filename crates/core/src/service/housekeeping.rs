@@ -1,23 +1,17 @@
 //! Background work and the state it keeps: `last_seen_at` write-back, pruning what can no
 //! longer decide anything, and the webhook outbox the delivery worker drains.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Tessera;
 use crate::error::AuthError;
-use crate::model::{OutboxId, SessionId, Timestamp};
-use crate::revocation::RevocationCache;
-use crate::store::{Store, StoreError};
+use crate::model::{OutboxId, Timestamp};
+use crate::store::StoreError;
 use crate::webhooks::QueuedMessage;
 
 /// How long delivered (or abandoned) webhook messages stay in the outbox, for inspection,
 /// before housekeeping deletes them.
 const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 86_400);
-
-/// How often cached sessions' `last_seen_at` is written back.
-const TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Tessera {
     /// Deletes what can no longer decide anything: denylisted `jti`s past their `exp`, and
@@ -93,35 +87,4 @@ impl Tessera {
     ) -> Result<bool, StoreError> {
         self.store.give_up(id, at, error).await
     }
-}
-
-/// Writes the `last_seen_at` of cached cookie sessions back to the store in batches, off the
-/// request path.
-pub(super) fn flush_touches(
-    store: Arc<dyn Store>,
-    pending: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
-    cache: Arc<RevocationCache>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TOUCH_FLUSH_INTERVAL);
-        let mut ticks: u32 = 0;
-        loop {
-            tick.tick().await;
-            ticks = ticks.wrapping_add(1);
-            let batch: Vec<(SessionId, Timestamp)> = match pending.lock() {
-                Ok(mut pending) => pending.drain().collect(),
-                Err(_) => Vec::new(),
-            };
-            for (session, at) in batch {
-                if let Err(e) = store.touch_session(session, at).await {
-                    tracing::warn!(error = %e, "could not record last_seen_at");
-                }
-            }
-            // Pruning walks the whole cache under its write lock (about a millisecond at
-            // 200 000 entries), so it runs once a minute rather than every flush.
-            if ticks % 12 == 0 {
-                cache.prune(Timestamp::now());
-            }
-        }
-    })
 }

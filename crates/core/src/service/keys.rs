@@ -3,7 +3,6 @@
 //! is one transaction, so nodes starting at once on a fresh database agree on one key.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -175,25 +174,6 @@ async fn ring_from_store(
         &config.audience,
     )
     .map_err(key_error)
-}
-
-/// Rebuilds the key ring whenever the feed follower reports a withdrawn key; a failed reload
-/// is retried after `retry`, so a store blip cannot leave a withdrawn key verifying.
-pub(super) fn reload_keys_when_changed(
-    keys: Arc<LiveKeys>,
-    changed: Arc<tokio::sync::Notify>,
-    retry: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            changed.notified().await;
-            if let Err(e) = keys.reload().await {
-                warn!(error = %e, "could not reload signing keys; retrying");
-                tokio::time::sleep(retry).await;
-                changed.notify_one();
-            }
-        }
-    })
 }
 
 /// Whether a node starting under `policy` must make a new signing key: none is active, or

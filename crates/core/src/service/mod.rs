@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use crate::background::Background;
 use crate::config::{Config, RevocationMode};
 use crate::error::AuthError;
 use crate::keys::MasterKey;
@@ -125,15 +126,8 @@ pub struct Tessera {
     feed: Arc<dyn RevocationFeed>,
     /// Cookie sessions whose `last_seen_at` moved in the cache and must reach the store.
     pending_touches: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Tessera {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    /// Starts and stops every background task of this node (`background.rs`).
+    pub(crate) background: Background,
 }
 
 /// One state change in the making: the store transaction, and the revocations it carries, to
@@ -251,23 +245,35 @@ impl Tessera {
         // prunes) revocation state from it.
         let cached = config.revocation_mode == RevocationMode::Cached;
         let keys_changed = Arc::new(tokio::sync::Notify::new());
-        let mut tasks = vec![
-            crate::revocation::follow(
-                cached.then(|| Arc::clone(&cache)),
-                Arc::clone(&feed),
-                Arc::clone(&store),
-                retry,
-                Arc::clone(&keys_changed),
-                keys_read_at,
-            ),
-            keys::reload_keys_when_changed(Arc::clone(&keys), keys_changed, retry),
-        ];
+        let background = Background::new();
+        let follower = crate::revocation::follow(
+            cached.then(|| Arc::clone(&cache)),
+            Arc::clone(&feed),
+            Arc::clone(&store),
+            retry,
+            Arc::clone(&keys_changed),
+            keys_read_at,
+        );
+        background.spawn("revocation feed", |stop| {
+            crate::background::until_stopped(follower, stop)
+        });
+        let reloading = Arc::clone(&keys);
+        let reload = move || {
+            let keys = Arc::clone(&reloading);
+            async move { keys.reload().await }
+        };
+        background.spawn("key ring rebuild", |stop| {
+            crate::background::rebuild_keys_when_changed(reload, keys_changed, retry, stop)
+        });
         if cached {
-            tasks.push(housekeeping::flush_touches(
+            let (store, pending, cache) = (
                 Arc::clone(&store),
                 Arc::clone(&pending_touches),
                 Arc::clone(&cache),
-            ));
+            );
+            background.spawn("last-seen flusher", |stop| {
+                crate::background::flush_touches(store, pending, cache, stop)
+            });
         }
         let service = Self {
             csrf_key,
@@ -281,7 +287,7 @@ impl Tessera {
             cache,
             feed,
             pending_touches,
-            tasks,
+            background,
         };
         Ok(service)
     }

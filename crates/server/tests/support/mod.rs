@@ -26,12 +26,30 @@ pub struct TestServer {
     pub config: Config,
     dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `tessera_server::serve`, which returns once the node has shut down.
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+impl TestServer {
+    /// Shuts the node down as SIGTERM does (requests finished, background work stopped and
+    /// flushed) and waits until it has; the store stays readable through `tessera`.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(served) = self.served.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(60), served)
+                .await
+                .expect("the node did not shut down within 60 s")
+                .unwrap();
         }
     }
 }
@@ -123,7 +141,7 @@ async fn launch(
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = Arc::clone(&tessera);
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         tessera_server::serve(listener, served, async {
             let _ = rx.await;
         })
@@ -141,6 +159,7 @@ async fn launch(
         config: (*config).clone(),
         dir: None,
         shutdown: Some(tx),
+        served: Some(served),
     }
 }
 
