@@ -210,10 +210,9 @@ async fn fill(store: &Arc<dyn Store>, count: usize) {
         writers.spawn(async move {
             for _ in (task..count).step_by(FILL_TASKS) {
                 // A UUID, as the service's own jtis are.
-                store
-                    .deny_jti(&UserId::new().to_string(), exp)
-                    .await
-                    .unwrap();
+                let mut tx = store.begin().await.unwrap();
+                tx.deny_jti(&UserId::new().to_string(), exp).await.unwrap();
+                tx.commit().await.unwrap();
             }
             for i in (task..count).step_by(FILL_TASKS) {
                 let user = User {
@@ -224,8 +223,10 @@ async fn fill(store: &Arc<dyn Store>, count: usize) {
                     created_at: now,
                     tokens_valid_after: Timestamp::from_unix(0),
                 };
-                store.insert_user(&user).await.unwrap();
-                assert!(store.bump_epoch(user.id, now, &[]).await.unwrap());
+                let mut tx = store.begin().await.unwrap();
+                tx.insert_user(&user).await.unwrap();
+                assert_eq!(tx.bump_epoch(user.id, now).await.unwrap(), Some(now));
+                tx.commit().await.unwrap();
             }
         });
     }

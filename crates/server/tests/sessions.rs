@@ -625,7 +625,9 @@ async fn last_seen_is_written_at_most_once_a_minute() {
         ip: None,
         revoked_at: None,
     };
-    store.insert_session(&stale, &[]).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_session(&stale).await.unwrap();
+    tx.commit().await.unwrap();
     let cookie = format!("__Host-tessera_session={}", secret.expose_secret());
     assert_eq!(server.session_with_cookie(&cookie).await.status(), 200);
     let touched = store

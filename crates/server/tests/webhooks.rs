@@ -467,8 +467,12 @@ async fn a_message_for_an_endpoint_no_longer_configured_is_given_up() {
     );
     let new = tessera_core::webhooks::signed_out_everywhere(&[gone], user, 0, Timestamp::now());
     let store = server.tessera.store();
-    assert!(store.bump_epoch(user, long_ago, &old).await.unwrap());
-    assert!(store.bump_epoch(user, long_ago, &new).await.unwrap());
+    for queued in [&old, &new] {
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.bump_epoch(user, long_ago).await.unwrap().is_some());
+        tx.enqueue(queued).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 
     let worker = webhooks::Worker::new(Arc::clone(&server.tessera)).unwrap();
     assert_eq!(worker.deliver_due().await.unwrap(), 0, "nothing sent");
