@@ -83,8 +83,11 @@ pub trait StoreTx: Send {
     /// value, and returns it; `None` if there is no such user. Epochs therefore strictly
     /// increase, also when two bumps of one user race on two nodes: each gets its own value,
     /// and a token minted between them is dead by the second.
-    async fn bump_epoch(&mut self, id: UserId, at: Timestamp)
-        -> Result<Option<Timestamp>, StoreError>;
+    async fn bump_epoch(
+        &mut self,
+        id: UserId,
+        at: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError>;
 
     // ----- sessions and refresh families
 
