@@ -48,6 +48,8 @@ const READERS: u32 = 4;
 /// Attempts at applying migrations: two processes migrating one fresh file at once make
 /// the slower one fail once, after which it finds the schema in place.
 const MIGRATION_ATTEMPTS: u32 = 3;
+/// Attempts at opening the first connection: see [`connect`].
+const CONNECT_ATTEMPTS: u32 = 5;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -92,17 +94,9 @@ impl SqliteStore {
     /// Several stores, in one process or several, may open the same file at once.
     pub async fn open(url_or_path: &str) -> Result<Self, StoreError> {
         let options = connect_options(url_or_path)?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|err| open_failed(url_or_path, &err))?;
+        let writer = connect(url_or_path, &options, 1).await?;
         migrate(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_with(options)
-            .await
-            .map_err(|err| open_failed(url_or_path, &err))?;
+        let reader = connect(url_or_path, &options, READERS).await?;
         tracing::debug!(database = %url_or_path, "opened SQLite store");
         Ok(Self { writer, reader })
     }
@@ -137,6 +131,40 @@ fn connect_options(url_or_path: &str) -> Result<SqliteConnectOptions, StoreError
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT))
+}
+
+/// A pool of up to `max` connections, its first one opened. Two processes creating one fresh
+/// file at once race to switch it to WAL, and SQLite answers the loser `SQLITE_BUSY` at once,
+/// without waiting in `busy_timeout`; the loser retries, and then finds the file in WAL mode.
+async fn connect(
+    database: &str,
+    options: &SqliteConnectOptions,
+    max: u32,
+) -> Result<SqlitePool, StoreError> {
+    let mut attempt = 1;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(err) if attempt < CONNECT_ATTEMPTS && is_busy(&err) => {
+                tracing::debug!(attempt, error = %err, "SQLite file busy while opening; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(open_failed(database, &err)),
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, extended codes included.
+fn is_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 fn open_failed(database: &str, err: &sqlx::Error) -> StoreError {
