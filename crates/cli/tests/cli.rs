@@ -1374,8 +1374,6 @@ async fn secrets_never_reach_the_logs_at_info_or_trace() {
 /// transaction cannot begin within the busy timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() {
-    use tessera_core::Store as _;
-
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // A first user and the first signing key, before the lock.

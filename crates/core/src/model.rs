@@ -320,20 +320,6 @@ pub struct RefreshRecord {
     pub rotated_at: Option<Timestamp>,
 }
 
-/// What presenting a refresh token did (RFC 9700 §4.14.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rotation {
-    /// A live, never-used token: it is now spent and its successor is stored.
-    Rotated(Session),
-    /// The token just before the current one, presented again within the grace window (two
-    /// tabs refreshing at once): the caller hands out the same successor again.
-    Replayed(Session),
-    /// Any other reuse: the family (session) has been revoked as compromised.
-    ReuseDetected(SessionId),
-    /// Unknown token, or a family that is expired or revoked.
-    Invalid,
-}
-
 /// A signing key as stored: the private half sealed under the master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedKey {

@@ -19,30 +19,38 @@
 //! The expression yields `Option<impl Fixture>`: `None` skips the case loudly (the builder
 //! may print why, e.g. a service that is not reachable; see [`crate::testing`]), and a fixture
 //! may carry a guard that must outlive the store, such as the temporary directory of a
-//! database file: `(store, guard)`. The races (the `concurrent_*` cases) share the fixture
-//! between tasks, so it must be `Send + Sync + 'static`.
+//! database file: `(store, guard)`. The races (the `concurrent_*` cases and the revocation-log
+//! cases that need a second task) share the fixture between tasks, so it must be
+//! `Send + Sync + 'static`.
+//!
+//! Every change goes through a transaction ([`Store::begin`], then
+//! [`StoreTx::commit`]), as the core makes them; the refresh cases carry out the core's
+//! rotation rule ([`rotation::decide`], unit-tested in the core) on what the backend reads for
+//! update, so they check that a backend reads and writes what the rule needs.
 //!
 //! Cases fail with `assert!`: this module is test code shipped in the library so that every
 //! backend's tests share it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
-    Session, SessionId, Timestamp, User, UserId, Via,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
+    SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
+use tessera_core::rotation::{self, Decision, PresentedToken};
 use tessera_core::secret::{SecretHash, SessionSecret};
 // For the races, whose store is a fixture's associated type: its supertraits' methods are
 // only found with the traits in scope.
 use tessera_core::store::{
-    DenylistStore as _, OutboxStore as _, RefreshStore as _, SessionStore as _, UserStore as _,
+    DenylistStore as _, OutboxStore as _, RevocationLog as _, SessionStore as _, StoreTx,
+    UserStore as _,
 };
-use tessera_core::webhooks::{
-    self, EventType, OutboxMessage, QueuedMessage, RevokeReason, Webhook, WebhookPlan,
-    WebhookSecret,
-};
+use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
 
 /// Something that holds a store for the duration of one case.
@@ -134,12 +142,13 @@ macro_rules! conformance_suite {
             unknown_user_is_none,
             users_are_listed_in_creation_order,
             set_roles_replaces_roles,
-            bump_epoch_never_lowers,
+            bump_epoch_moves_past_the_current_epoch,
             session_round_trips_by_id_and_hash,
             duplicate_session_conflicts,
             token_sessions_need_no_secret_hash,
             session_of_unknown_user_is_refused,
             unknown_session_is_none,
+            session_for_update_is_found_in_every_state,
             session_dies_when_idle,
             session_dies_at_absolute_expiry,
             revoked_session_is_not_found,
@@ -150,16 +159,17 @@ macro_rules! conformance_suite {
             revoke_user_sessions_keeps_the_current_one,
             list_live_sessions_is_newest_first_and_only_live,
             refresh_insert_rules,
+            spending_needs_an_unspent_token_and_a_free_successor,
             rotation_spends_the_token_and_touches_the_session,
             replay_within_grace_is_replayed,
             replay_after_grace_revokes_the_family,
             replay_of_an_older_token_revokes_the_family,
             unknown_refresh_token_is_invalid,
             refresh_of_a_dead_session_is_invalid,
-            revoke_family_of_the_current_token,
-            revoke_family_of_a_spent_token,
-            revoke_family_of_an_unknown_token_is_none,
-            revoke_family_of_a_dead_session_keeps_it_as_it_is,
+            family_of_the_current_token_is_found_and_revoked,
+            family_of_a_spent_token_is_found_and_revoked,
+            family_of_an_unknown_token_is_none,
+            family_of_a_dead_session_is_found_as_it_is,
             revoked_sessions_since_filters_by_time,
             epochs_since_filters_by_time,
             purge_dead_sessions_keeps_live_ones,
@@ -174,25 +184,47 @@ macro_rules! conformance_suite {
             revoked_admin_key_is_not_found,
             ping_answers,
             revocation_log_is_ordered_and_resumable,
+            revocation_entries_of_a_dropped_transaction_never_appear,
             revocation_log_prunes_only_old_events,
-            outbox_is_written_with_the_change,
-            revocations_queue_a_message_per_revoked_session,
-            refresh_reuse_and_family_revocation_queue_their_messages,
+            outbox_messages_commit_with_their_change,
+            revocations_and_their_messages_commit_together,
+            refresh_reuse_and_its_messages_commit_together,
             due_messages_come_earliest_first_and_honour_the_limit,
             claimed_message_is_hidden_until_its_claim_expires,
             rescheduled_message_waits_until_its_next_attempt,
             finished_messages_are_never_due_again,
             prune_outbox_removes_only_long_finished_messages,
+            a_transaction_reads_its_own_writes,
+            a_dropped_transaction_leaves_nothing,
+            a_transaction_is_invisible_until_it_commits,
+            a_failed_write_rolls_back_the_whole_transaction,
         );
         $crate::conformance_suite!($make_store; parallel:
             concurrent_rotations_rotate_once,
             concurrent_sign_ups_with_one_email_insert_one_user,
-            concurrent_epoch_bumps_keep_the_latest,
+            concurrent_epoch_bumps_each_get_their_own_epoch,
             concurrent_revocations_of_a_session_revoke_it_once,
             concurrent_family_revocations_revoke_it_once,
             concurrent_denials_of_a_jti_keep_the_latest_expiry,
             concurrent_claims_of_a_message_claim_it_once,
+            concurrent_appends_are_read_once_and_in_order,
+            a_later_commit_with_a_lower_position_is_never_skipped,
         );
+    };
+}
+
+/// Runs `$call`, an expression over the transaction `$tx`, in a transaction of its own and
+/// commits it, as the core does for a one-step operation. The call's error is returned, and
+/// then the transaction is dropped (rolled back) instead of committed.
+macro_rules! committed {
+    ($store:expr, |$tx:ident| $call:expr) => {
+        async {
+            let mut $tx = $store.begin().await?;
+            let value = $call.await?;
+            $tx.commit().await?;
+            Ok::<_, StoreError>(value)
+        }
+        .await
     };
 }
 
@@ -220,6 +252,11 @@ fn just_after(t: Timestamp) -> Timestamp {
     Timestamp::from_unix_millis(t.as_unix_millis() + 1)
 }
 
+/// `millis` milliseconds after `t`.
+fn plus_millis(t: Timestamp, millis: i64) -> Timestamp {
+    Timestamp::from_unix_millis(t.as_unix_millis() + millis)
+}
+
 fn secs(n: i64) -> Duration {
     Duration::from_secs(u64::try_from(n).unwrap())
 }
@@ -230,6 +267,11 @@ fn secs(n: i64) -> Duration {
 /// delete what a parallel case still needs nor count its rows. One case per table, at most.
 fn past(offset: i64) -> Timestamp {
     Timestamp::from_unix_millis((1_000_000_000 + offset) * 1000 + 456)
+}
+
+/// The beginning of time: "everything stored", for the reads that filter by a time.
+fn forever_ago() -> Timestamp {
+    Timestamp::from_unix(i64::MIN)
 }
 
 fn fresh_jti() -> String {
@@ -243,6 +285,14 @@ fn fresh_hash() -> SecretHash {
 
 fn fresh_email() -> Email {
     Email::parse(&format!("user-{}@example.test", UserId::new())).unwrap()
+}
+
+/// A log entry no other case appends.
+fn fresh_event() -> RevocationEvent {
+    RevocationEvent::JtiDenied {
+        jti: fresh_jti(),
+        expires_at: at(900),
+    }
 }
 
 fn new_user(created_at: Timestamp) -> User {
@@ -273,16 +323,37 @@ fn new_session(user: &User, via: Via, created_at: Timestamp) -> Session {
     }
 }
 
+fn first_token(session: &Session) -> RefreshRecord {
+    RefreshRecord {
+        hash: fresh_hash(),
+        session_id: session.id,
+        issued_at: session.created_at,
+        rotated_at: None,
+    }
+}
+
+async fn insert_user<S: Store + ?Sized>(store: &S, user: &User) {
+    committed!(store, |tx| tx.insert_user(user)).unwrap();
+}
+
+async fn insert_session<S: Store + ?Sized>(store: &S, session: &Session) {
+    committed!(store, |tx| tx.insert_session(session)).unwrap();
+}
+
+async fn revoke_session<S: Store + ?Sized>(store: &S, id: SessionId, at: Timestamp) -> bool {
+    committed!(store, |tx| tx.revoke_session(id, at)).unwrap()
+}
+
 async fn seeded_user<S: Store + ?Sized>(store: &S) -> User {
     let user = new_user(at(0));
-    store.insert_user(&user).await.unwrap();
+    insert_user(store, &user).await;
     user
 }
 
 async fn seeded_session<S: Store + ?Sized>(store: &S, via: Via) -> Session {
     let user = seeded_user(store).await;
     let session = new_session(&user, via, at(0));
-    store.insert_session(&session, &[]).await.unwrap();
+    insert_session(store, &session).await;
     session
 }
 
@@ -295,20 +366,21 @@ async fn seeded_family<S: Store + ?Sized>(store: &S) -> (Session, SecretHash) {
 
 /// Stores the first refresh token of `session`'s family.
 async fn family_of<S: Store + ?Sized>(store: &S, session: &Session) -> SecretHash {
-    let first = fresh_hash();
-    let record = RefreshRecord {
-        hash: first,
-        session_id: session.id,
-        issued_at: session.created_at,
-        rotated_at: None,
-    };
-    store.insert_refresh(&record).await.unwrap();
-    first
+    let record = first_token(session);
+    committed!(store, |tx| tx.insert_refresh(&record)).unwrap();
+    record.hash
 }
 
 fn touched(session: &Session, last_seen_at: Timestamp) -> Session {
     Session {
         last_seen_at,
+        ..session.clone()
+    }
+}
+
+fn revoked(session: &Session, revoked_at: Timestamp) -> Session {
+    Session {
+        revoked_at: Some(revoked_at),
         ..session.clone()
     }
 }
@@ -320,18 +392,100 @@ fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, rule: &str
     }
 }
 
+/// What the core does with a presented refresh token (RFC 9700 §4.14.2), in one transaction:
+/// reads it for update, decides with [`rotation::decide`], and carries the decision out —
+/// spends the token for `successor`, or revokes the family as stolen — then commits. Returns
+/// the decision.
+async fn present<S: Store + ?Sized>(
+    store: &S,
+    presented: &SecretHash,
+    successor: &SecretHash,
+    now: Timestamp,
+) -> Decision {
+    let mut tx = store.begin().await.unwrap();
+    let token = tx.refresh_token_for_update(presented, now).await.unwrap();
+    let decision = rotation::decide(token, now, GRACE);
+    match &decision {
+        Decision::Rotate(_) => tx.spend_refresh(presented, successor, now).await.unwrap(),
+        Decision::Reuse(session) => assert!(tx.revoke_session(session.id, now).await.unwrap()),
+        Decision::Replay(_) | Decision::Invalid => {}
+    }
+    tx.commit().await.unwrap();
+    decision
+}
+
+/// [`present`] for a token the case expects to rotate: setting up a family's history.
+async fn rotate<S: Store + ?Sized>(
+    store: &S,
+    presented: &SecretHash,
+    successor: &SecretHash,
+    now: Timestamp,
+) {
+    let decision = present(store, presented, successor, now).await;
+    assert!(matches!(decision, Decision::Rotate(_)), "{decision:?}");
+}
+
+/// The presented token as the backend reads it for update, in a transaction then dropped.
+async fn read_token<S: Store + ?Sized>(
+    store: &S,
+    presented: &SecretHash,
+    now: Timestamp,
+) -> Option<PresentedToken> {
+    let mut tx = store.begin().await.unwrap();
+    tx.refresh_token_for_update(presented, now).await.unwrap()
+}
+
+/// The family of a presented token as the backend reads it for update (transaction dropped).
+async fn read_family<S: Store + ?Sized>(store: &S, presented: &SecretHash) -> Option<Session> {
+    let mut tx = store.begin().await.unwrap();
+    tx.refresh_family_for_update(presented).await.unwrap()
+}
+
+/// The `revoked_at` the store reports for `session`, if any, via `revoked_sessions_since`.
+async fn revoked_at_of<S: Store + ?Sized>(store: &S, session: &Session) -> Option<Timestamp> {
+    let revoked = store.revoked_sessions_since(forever_ago()).await.unwrap();
+    let mut ours = revoked.into_iter().filter(|(id, _, _)| *id == session.id);
+    let (_, user, revoked_at) = ours.next()?;
+    assert_eq!(user, session.user_id);
+    assert!(ours.next().is_none(), "session listed twice");
+    Some(revoked_at)
+}
+
+/// Every log entry after `cursor`, read to the end in pages as a feed would.
+async fn log_after<S: Store + ?Sized>(
+    store: &S,
+    mut cursor: u64,
+) -> Vec<(u64, Timestamp, RevocationEvent)> {
+    let mut read = Vec::new();
+    loop {
+        let page = store.events_after(cursor, 500).await.unwrap();
+        let Some(last) = page.last() else {
+            return read;
+        };
+        cursor = last.0;
+        read.extend(page);
+    }
+}
+
+/// How many times `event` is in `log`.
+fn occurrences(log: &[(u64, Timestamp, RevocationEvent)], event: &RevocationEvent) -> usize {
+    log.iter().filter(|(_, _, e)| e == event).count()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Users
 
 pub async fn user_round_trips_by_id_and_email<S: Store + ?Sized>(store: &S) {
     let mut user = new_user(at(0));
     user.roles = vec!["admin".to_owned(), "a,b \"quoted\"".to_owned()];
-    store.insert_user(&user).await.unwrap();
+    insert_user(store, &user).await;
     assert_eq!(store.find_user(user.id).await.unwrap(), Some(user.clone()));
     assert_eq!(
         store.find_user_by_email(&user.email).await.unwrap(),
-        Some(user)
+        Some(user.clone())
     );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.user_for_update(user.id).await.unwrap(), Some(user));
 }
 
 pub async fn duplicate_email_conflicts<S: Store + ?Sized>(store: &S) {
@@ -340,7 +494,7 @@ pub async fn duplicate_email_conflicts<S: Store + ?Sized>(store: &S) {
         email: first.email.clone(),
         ..new_user(at(5))
     };
-    assert_conflict(store.insert_user(&second).await, "email");
+    assert_conflict(committed!(store, |tx| tx.insert_user(&second)), "email");
     assert_eq!(store.find_user(second.id).await.unwrap(), None);
     assert_eq!(
         store.find_user_by_email(&first.email).await.unwrap(),
@@ -349,11 +503,18 @@ pub async fn duplicate_email_conflicts<S: Store + ?Sized>(store: &S) {
 }
 
 pub async fn unknown_user_is_none<S: Store + ?Sized>(store: &S) {
-    assert_eq!(store.find_user(UserId::new()).await.unwrap(), None);
+    let id = UserId::new();
+    assert_eq!(store.find_user(id).await.unwrap(), None);
     assert_eq!(
         store.find_user_by_email(&fresh_email()).await.unwrap(),
         None
     );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.user_for_update(id).await.unwrap(), None);
+    assert!(!tx.set_roles(id, &["admin".to_owned()]).await.unwrap());
+    assert_eq!(tx.bump_epoch(id, at(1)).await.unwrap(), None);
+    tx.commit().await.unwrap();
+    assert_eq!(store.find_user(id).await.unwrap(), None);
 }
 
 pub async fn users_are_listed_in_creation_order<S: Store + ?Sized>(store: &S) {
@@ -362,7 +523,7 @@ pub async fn users_are_listed_in_creation_order<S: Store + ?Sized>(store: &S) {
     let first = new_user(at(10));
     let last = new_user(at(30));
     for user in [&middle, &first, &last] {
-        store.insert_user(user).await.unwrap();
+        insert_user(store, user).await;
     }
     let ours: Vec<UserId> = store
         .list_users()
@@ -378,12 +539,14 @@ pub async fn users_are_listed_in_creation_order<S: Store + ?Sized>(store: &S) {
 pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
     let user = seeded_user(store).await;
     let roles = vec!["admin".to_owned(), "ops".to_owned()];
-    assert!(store.set_roles(user.id, &roles, &[]).await.unwrap());
+    assert!(committed!(store, |tx| tx.set_roles(user.id, &roles)).unwrap());
     assert_eq!(
         store.find_user(user.id).await.unwrap().unwrap().roles,
         roles
     );
-    assert!(store.set_roles(user.id, &[], &[]).await.unwrap());
+    // The same roles again: the user exists, so `true`.
+    assert!(committed!(store, |tx| tx.set_roles(user.id, &roles)).unwrap());
+    assert!(committed!(store, |tx| tx.set_roles(user.id, &[])).unwrap());
     assert!(store
         .find_user(user.id)
         .await
@@ -391,18 +554,48 @@ pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
         .unwrap()
         .roles
         .is_empty());
-    assert!(!store.set_roles(UserId::new(), &roles, &[]).await.unwrap());
+    assert!(!committed!(store, |tx| tx.set_roles(UserId::new(), &roles)).unwrap());
 }
 
-pub async fn bump_epoch_never_lowers<S: Store + ?Sized>(store: &S) {
+pub async fn bump_epoch_moves_past_the_current_epoch<S: Store + ?Sized>(store: &S) {
     let user = seeded_user(store).await;
     let epoch = |user: Option<User>| user.unwrap().tokens_valid_after;
-    assert!(store.bump_epoch(user.id, at(100), &[]).await.unwrap());
+    let bump = |at: Timestamp| async move {
+        committed!(store, |tx| tx.bump_epoch(user.id, at))
+            .unwrap()
+            .unwrap()
+    };
+    // Later than the current epoch: exactly `at`, to the millisecond.
+    assert_eq!(bump(at(100)).await, at(100));
     assert_eq!(epoch(store.find_user(user.id).await.unwrap()), at(100));
-    // An older bump (a slow node, a retry) must not resurrect tokens.
-    assert!(store.bump_epoch(user.id, at(50), &[]).await.unwrap());
-    assert_eq!(epoch(store.find_user(user.id).await.unwrap()), at(100));
-    assert!(!store.bump_epoch(UserId::new(), at(100), &[]).await.unwrap());
+    // An older bump (a slow node, a retry) never lowers it, and still moves it on: a token
+    // minted at the previous epoch is dead by this one.
+    assert_eq!(bump(at(50)).await, just_after(at(100)));
+    // So does a second bump within the same millisecond.
+    assert_eq!(bump(just_after(at(100))).await, plus_millis(at(100), 2));
+    assert_eq!(
+        epoch(store.find_user(user.id).await.unwrap()),
+        plus_millis(at(100), 2)
+    );
+
+    // Within one transaction, each bump sees the one before it.
+    let mut tx = store.begin().await.unwrap();
+    let first = tx.bump_epoch(user.id, at(200)).await.unwrap();
+    let second = tx.bump_epoch(user.id, at(200)).await.unwrap();
+    assert_eq!((first, second), (Some(at(200)), Some(just_after(at(200)))));
+    assert_eq!(
+        tx.user_for_update(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens_valid_after,
+        just_after(at(200))
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        epoch(store.find_user(user.id).await.unwrap()),
+        just_after(at(200))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,12 +620,18 @@ pub async fn duplicate_session_conflicts<S: Store + ?Sized>(store: &S) {
         secret_hash: Some(fresh_hash()),
         ..session.clone()
     };
-    assert_conflict(store.insert_session(&same_id, &[]).await, "session");
+    assert_conflict(
+        committed!(store, |tx| tx.insert_session(&same_id)),
+        "session",
+    );
     let same_hash = Session {
         id: SessionId::new(),
         ..session.clone()
     };
-    assert_conflict(store.insert_session(&same_hash, &[]).await, "session");
+    assert_conflict(
+        committed!(store, |tx| tx.insert_session(&same_hash)),
+        "session",
+    );
     assert_eq!(
         store.find_live_session(same_hash.id, at(1)).await.unwrap(),
         None
@@ -453,8 +652,8 @@ pub async fn token_sessions_need_no_secret_hash<S: Store + ?Sized>(store: &S) {
     first.ip = None;
     let second = new_session(&user, Via::Token, at(1));
     assert_eq!(first.secret_hash, None);
-    store.insert_session(&first, &[]).await.unwrap();
-    store.insert_session(&second, &[]).await.unwrap();
+    insert_session(store, &first).await;
+    insert_session(store, &second).await;
     assert_eq!(
         store.find_live_session(first.id, at(2)).await.unwrap(),
         Some(first)
@@ -467,7 +666,7 @@ pub async fn token_sessions_need_no_secret_hash<S: Store + ?Sized>(store: &S) {
 
 pub async fn session_of_unknown_user_is_refused<S: Store + ?Sized>(store: &S) {
     let session = new_session(&new_user(at(0)), Via::Cookie, at(0));
-    assert!(store.insert_session(&session, &[]).await.is_err());
+    assert!(committed!(store, |tx| tx.insert_session(&session)).is_err());
     assert_eq!(
         store.find_live_session(session.id, at(1)).await.unwrap(),
         None
@@ -485,10 +684,41 @@ pub async fn unknown_session_is_none<S: Store + ?Sized>(store: &S) {
         None
     );
     store.touch_session(id, at(0)).await.unwrap();
-    assert!(!store
-        .revoke_session(id, at(0), &WebhookPlan::none())
-        .await
-        .unwrap());
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.session_for_update(id).await.unwrap(), None);
+    assert!(!tx.revoke_session(id, at(0)).await.unwrap());
+    tx.commit().await.unwrap();
+}
+
+/// A session read for update comes back whatever its state — live, idle, past its end or
+/// revoked — because the core decides what each state means.
+pub async fn session_for_update_is_found_in_every_state<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let live = new_session(&user, Via::Cookie, at(0));
+    let idle = Session {
+        idle_timeout: secs(1),
+        ..new_session(&user, Via::Cookie, at(0))
+    };
+    let ended = Session {
+        expires_at: at(1),
+        ..new_session(&user, Via::Token, at(0))
+    };
+    let gone = new_session(&user, Via::Token, at(0));
+    for session in [&live, &idle, &ended, &gone] {
+        insert_session(store, session).await;
+    }
+    assert!(revoke_session(store, gone.id, at(5)).await);
+    let mut tx = store.begin().await.unwrap();
+    for session in [live, idle, ended] {
+        assert_eq!(
+            tx.session_for_update(session.id).await.unwrap(),
+            Some(session)
+        );
+    }
+    assert_eq!(
+        tx.session_for_update(gone.id).await.unwrap(),
+        Some(revoked(&gone, at(5)))
+    );
 }
 
 pub async fn session_dies_when_idle<S: Store + ?Sized>(store: &S) {
@@ -531,7 +761,7 @@ pub async fn session_dies_at_absolute_expiry<S: Store + ?Sized>(store: &S) {
         expires_at: at(5_000),
         ..new_session(&user, Via::Cookie, at(0))
     };
-    store.insert_session(&session, &[]).await.unwrap();
+    insert_session(store, &session).await;
     // Activity keeps the idle expiry ahead, but not past the absolute end.
     store.touch_session(session.id, at(3_000)).await.unwrap();
     store.touch_session(session.id, at(4_900)).await.unwrap();
@@ -558,10 +788,7 @@ pub async fn session_dies_at_absolute_expiry<S: Store + ?Sized>(store: &S) {
 
 pub async fn revoked_session_is_not_found<S: Store + ?Sized>(store: &S) {
     let session = seeded_session(store, Via::Cookie).await;
-    assert!(store
-        .revoke_session(session.id, at(10), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, session.id, at(10)).await);
     assert_eq!(
         store.find_live_session(session.id, at(11)).await.unwrap(),
         None
@@ -629,10 +856,7 @@ pub async fn touch_does_not_revive_a_dead_session<S: Store + ?Sized>(store: &S) 
     );
 
     let revoked = seeded_session(store, Via::Cookie).await;
-    assert!(store
-        .revoke_session(revoked.id, at(10), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, revoked.id, at(10)).await);
     store.touch_session(revoked.id, at(20)).await.unwrap();
     assert_eq!(
         store.find_live_session(revoked.id, at(21)).await.unwrap(),
@@ -642,25 +866,17 @@ pub async fn touch_does_not_revive_a_dead_session<S: Store + ?Sized>(store: &S) 
 
 pub async fn revoke_session_is_idempotent<S: Store + ?Sized>(store: &S) {
     let session = seeded_session(store, Via::Cookie).await;
-    assert!(store
-        .revoke_session(session.id, at(10), &WebhookPlan::none())
-        .await
-        .unwrap());
-    // The retry after a timeout: nothing left to revoke, no error.
-    assert!(!store
-        .revoke_session(session.id, at(11), &WebhookPlan::none())
-        .await
-        .unwrap());
-    assert!(!store
-        .revoke_session(SessionId::new(), at(11), &WebhookPlan::none())
-        .await
-        .unwrap());
-    // A session that already died of inactivity was not live: nothing was revoked.
+    assert!(revoke_session(store, session.id, at(10)).await);
+    // The retry after a timeout: nothing left to revoke, no error, the first time kept.
+    assert!(!revoke_session(store, session.id, at(11)).await);
+    assert_eq!(revoked_at_of(store, &session).await, Some(at(10)));
+    assert!(!revoke_session(store, SessionId::new(), at(11)).await);
+    // A session that already died of inactivity is still marked revoked, once: whether it may
+    // be revoked is the core's rule, and a revoked mark is what every reader trusts.
     let expired = seeded_session(store, Via::Cookie).await;
-    assert!(!store
-        .revoke_session(expired.id, at(IDLE_SECS), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, expired.id, at(IDLE_SECS)).await);
+    assert!(!revoke_session(store, expired.id, at(IDLE_SECS + 1)).await);
+    assert_eq!(revoked_at_of(store, &expired).await, Some(at(IDLE_SECS)));
 }
 
 pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store: &S) {
@@ -670,18 +886,17 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
     let already = new_session(&user, Via::Cookie, at(2));
     let stranger = seeded_session(store, Via::Cookie).await;
     for session in [&current, &other, &already] {
-        store.insert_session(session, &[]).await.unwrap();
+        insert_session(store, session).await;
     }
-    assert!(store
-        .revoke_session(already.id, at(5), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, already.id, at(5)).await);
 
     // Only `other`: `already` was revoked before and `current` is kept.
-    let revoked = store
-        .revoke_user_sessions(user.id, Some(current.id), at(10), &WebhookPlan::none())
-        .await
-        .unwrap();
+    let revoked = committed!(store, |tx| tx.revoke_user_sessions(
+        user.id,
+        Some(current.id),
+        at(10)
+    ))
+    .unwrap();
     assert_eq!(revoked, vec![other.id]);
     assert!(store
         .find_live_session(current.id, at(11))
@@ -692,6 +907,7 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
         store.find_live_session(other.id, at(11)).await.unwrap(),
         None
     );
+    assert_eq!(revoked_at_of(store, &already).await, Some(at(5)));
     assert!(store
         .find_live_session(stranger.id, at(11))
         .await
@@ -699,10 +915,7 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
         .is_some());
 
     assert_eq!(
-        store
-            .revoke_user_sessions(user.id, None, at(20), &WebhookPlan::none())
-            .await
-            .unwrap(),
+        committed!(store, |tx| tx.revoke_user_sessions(user.id, None, at(20))).unwrap(),
         vec![current.id]
     );
     assert_eq!(
@@ -714,16 +927,18 @@ pub async fn revoke_user_sessions_keeps_the_current_one<S: Store + ?Sized>(store
         .await
         .unwrap()
         .is_empty());
-    assert!(store
-        .revoke_user_sessions(user.id, None, at(30), &WebhookPlan::none())
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .revoke_user_sessions(UserId::new(), None, at(30), &WebhookPlan::none())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        committed!(store, |tx| tx.revoke_user_sessions(user.id, None, at(30)))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(committed!(store, |tx| tx.revoke_user_sessions(
+        UserId::new(),
+        None,
+        at(30)
+    ))
+    .unwrap()
+    .is_empty());
 }
 
 pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>(store: &S) {
@@ -742,13 +957,10 @@ pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>
     };
     // Inserted out of order: the order is `created_at`, not insertion.
     for session in [&middle, &revoked, &old, &idle, &new, &ended] {
-        store.insert_session(session, &[]).await.unwrap();
+        insert_session(store, session).await;
     }
     let stranger = seeded_session(store, Via::Cookie).await;
-    assert!(store
-        .revoke_session(revoked.id, at(160), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, revoked.id, at(160)).await);
 
     let listed = store.list_live_sessions(user.id, at(300)).await.unwrap();
     assert_eq!(listed, vec![new, middle, old]);
@@ -767,7 +979,8 @@ pub async fn list_live_sessions_is_newest_first_and_only_live<S: Store + ?Sized>
 }
 
 // ---------------------------------------------------------------------------------------------
-// Refresh families (RFC 9700 §4.14.2)
+// Refresh families (RFC 9700 §4.14.2). The rule is the core's (`rotation::decide`); these
+// cases check that a backend reads for update what the rule needs and writes what it decides.
 
 pub async fn refresh_insert_rules<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
@@ -777,49 +990,111 @@ pub async fn refresh_insert_rules<S: Store + ?Sized>(store: &S) {
         issued_at: at(1),
         rotated_at: None,
     };
-    assert_conflict(store.insert_refresh(&again).await, "refresh");
+    assert_conflict(committed!(store, |tx| tx.insert_refresh(&again)), "refresh");
     let orphan = RefreshRecord {
         hash: fresh_hash(),
         session_id: SessionId::new(),
         issued_at: at(1),
         rotated_at: None,
     };
-    assert!(store.insert_refresh(&orphan).await.is_err());
-    let rotation = store
-        .rotate_refresh(
-            &orphan.hash,
-            &fresh_hash(),
-            at(2),
-            GRACE,
-            &WebhookPlan::none(),
-        )
-        .await;
-    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+    assert!(committed!(store, |tx| tx.insert_refresh(&orphan)).is_err());
+    assert_eq!(read_token(store, &orphan.hash, at(2)).await, None);
+    assert_eq!(read_family(store, &orphan.hash).await, None);
+    // The first token as stored: current (never rotated), of a live family.
+    assert_eq!(
+        read_token(store, &first, at(2)).await,
+        Some(PresentedToken {
+            live_session: Some(session.clone()),
+            rotated_at: None,
+            successor_unspent: false,
+        })
+    );
+    assert_eq!(read_family(store, &first).await, Some(session));
+}
+
+/// `spend_refresh` carries out a rotation decided in the same transaction, so it refuses what
+/// no decision could have allowed, and a refusal leaves the family as it was.
+pub async fn spending_needs_an_unspent_token_and_a_free_successor<S: Store + ?Sized>(store: &S) {
+    let (session, first) = seeded_family(store).await;
+    let (_, other_family) = seeded_family(store).await;
+    // A successor that is already some token's hash: a conflict, nothing spent.
+    assert_conflict(
+        committed!(store, |tx| tx.spend_refresh(&first, &other_family, at(5))),
+        "refresh",
+    );
+    assert_eq!(
+        read_token(store, &first, at(6)).await.unwrap().rotated_at,
+        None
+    );
+    let second = fresh_hash();
+    committed!(store, |tx| tx.spend_refresh(&first, &second, at(10))).unwrap();
+    // Spent already, or unknown: an error, and nothing changes.
+    assert!(committed!(store, |tx| tx.spend_refresh(&first, &fresh_hash(), at(11))).is_err());
+    assert!(committed!(store, |tx| tx.spend_refresh(
+        &fresh_hash(),
+        &fresh_hash(),
+        at(11)
+    ))
+    .is_err());
+    assert_eq!(
+        read_token(store, &first, at(12)).await,
+        Some(PresentedToken {
+            live_session: Some(touched(&session, at(10))),
+            rotated_at: Some(at(10)),
+            successor_unspent: true,
+        })
+    );
 }
 
 pub async fn rotation_spends_the_token_and_touches_the_session<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let (second, third) = (fresh_hash(), fresh_hash());
 
-    let rotation = store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(100))));
+    assert_eq!(
+        present(store, &first, &second, at(100)).await,
+        Decision::Rotate(session.clone())
+    );
     assert_eq!(
         store.find_live_session(session.id, at(100)).await.unwrap(),
         Some(touched(&session, at(100)))
     );
+    // The spent token names its rotation and an unspent successor; the successor is current.
+    assert_eq!(
+        read_token(store, &first, at(101)).await,
+        Some(PresentedToken {
+            live_session: Some(touched(&session, at(100))),
+            rotated_at: Some(at(100)),
+            successor_unspent: true,
+        })
+    );
+    assert_eq!(
+        read_token(store, &second, at(101)).await,
+        Some(PresentedToken {
+            live_session: Some(touched(&session, at(100))),
+            rotated_at: None,
+            successor_unspent: false,
+        })
+    );
 
     // The successor is a full member of the family.
-    let rotation = store
-        .rotate_refresh(&second, &third, at(200), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(200))));
+    assert_eq!(
+        read_family(store, &second).await,
+        Some(touched(&session, at(100)))
+    );
+    assert_eq!(
+        present(store, &second, &third, at(200)).await,
+        Decision::Rotate(touched(&session, at(100)))
+    );
     assert_eq!(
         store.find_live_session(session.id, at(200)).await.unwrap(),
         Some(touched(&session, at(200)))
+    );
+    // Its parent's successor is spent now.
+    assert!(
+        !read_token(store, &first, at(201))
+            .await
+            .unwrap()
+            .successor_unspent
     );
 }
 
@@ -827,153 +1102,126 @@ pub async fn replay_within_grace_is_replayed<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let second = fresh_hash();
     let after_rotation = touched(&session, at(100));
-    store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
+    assert!(matches!(
+        present(store, &first, &second, at(100)).await,
+        Decision::Rotate(_)
+    ));
 
     // Two tabs refreshing at once; up to and including `grace` later, to the millisecond.
     for now in [at(100), at(105), at(110)] {
-        let rotation = store
-            .rotate_refresh(&first, &second, now, GRACE, &WebhookPlan::none())
-            .await
-            .unwrap();
-        assert_eq!(rotation, Rotation::Replayed(after_rotation.clone()));
+        assert_eq!(
+            present(store, &first, &second, now).await,
+            Decision::Replay(after_rotation.clone())
+        );
     }
     // Nothing changed: the session was not touched, the successor is still unused.
     assert_eq!(
         store.find_live_session(session.id, at(110)).await.unwrap(),
-        Some(after_rotation)
+        Some(after_rotation.clone())
     );
-    let rotation = store
-        .rotate_refresh(&second, &fresh_hash(), at(111), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(111))));
+    assert_eq!(
+        present(store, &second, &fresh_hash(), at(111)).await,
+        Decision::Rotate(after_rotation)
+    );
 }
 
 pub async fn replay_after_grace_revokes_the_family<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let second = fresh_hash();
-    store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
+    rotate(store, &first, &second, at(100)).await;
 
     // One millisecond past the grace window is reuse.
-    let rotation = store
-        .rotate_refresh(
-            &first,
-            &second,
-            just_after(at(110)),
-            GRACE,
-            &WebhookPlan::none(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::ReuseDetected(session.id));
+    let thief = just_after(at(110));
+    assert_eq!(
+        present(store, &first, &second, thief).await,
+        Decision::Reuse(touched(&session, at(100)))
+    );
     assert_eq!(
         store.find_live_session(session.id, at(111)).await.unwrap(),
         None
     );
+    assert_eq!(revoked_at_of(store, &session).await, Some(thief));
     // The thief's and the victim's tokens are both dead now.
-    let rotation = store
-        .rotate_refresh(&second, &fresh_hash(), at(112), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Invalid);
-    let rotation = store
-        .rotate_refresh(&first, &second, at(113), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Invalid);
+    assert_eq!(
+        present(store, &second, &fresh_hash(), at(112)).await,
+        Decision::Invalid
+    );
+    assert_eq!(
+        present(store, &first, &second, at(113)).await,
+        Decision::Invalid
+    );
 }
 
 pub async fn replay_of_an_older_token_revokes_the_family<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let (second, third) = (fresh_hash(), fresh_hash());
-    store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    store
-        .rotate_refresh(&second, &third, at(101), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
+    rotate(store, &first, &second, at(100)).await;
+    rotate(store, &second, &third, at(101)).await;
 
     // The parent of the current token is still within grace …
-    let rotation = store
-        .rotate_refresh(&second, &third, at(102), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Replayed(touched(&session, at(101))));
+    assert_eq!(
+        present(store, &second, &third, at(102)).await,
+        Decision::Replay(touched(&session, at(101)))
+    );
     // … but the grand-parent's successor was already used: theft, even within grace.
-    let rotation = store
-        .rotate_refresh(&first, &second, at(103), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::ReuseDetected(session.id));
+    assert_eq!(
+        present(store, &first, &second, at(103)).await,
+        Decision::Reuse(touched(&session, at(101)))
+    );
     assert_eq!(
         store.find_live_session(session.id, at(103)).await.unwrap(),
         None
     );
-    let rotation = store
-        .rotate_refresh(&third, &fresh_hash(), at(104), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Invalid);
+    assert_eq!(
+        present(store, &third, &fresh_hash(), at(104)).await,
+        Decision::Invalid
+    );
 }
 
 pub async fn unknown_refresh_token_is_invalid<S: Store + ?Sized>(store: &S) {
-    let rotation = store
-        .rotate_refresh(
-            &fresh_hash(),
-            &fresh_hash(),
-            at(0),
-            GRACE,
-            &WebhookPlan::none(),
-        )
-        .await;
-    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+    let unknown = fresh_hash();
+    assert_eq!(read_token(store, &unknown, at(0)).await, None);
+    assert_eq!(
+        present(store, &unknown, &fresh_hash(), at(0)).await,
+        Decision::Invalid
+    );
 }
 
 pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) {
     // Revoked: neither a fresh token nor a replayed one does anything, not even a reuse alarm.
-    let (revoked, first) = seeded_family(store).await;
+    let (revoked_family, first) = seeded_family(store).await;
     let second = fresh_hash();
-    store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert!(store
-        .revoke_session(revoked.id, at(101), &WebhookPlan::none())
-        .await
-        .unwrap());
+    rotate(store, &first, &second, at(100)).await;
+    assert!(revoke_session(store, revoked_family.id, at(101)).await);
     for presented in [&second, &first] {
-        let rotation = store
-            .rotate_refresh(
-                presented,
-                &fresh_hash(),
-                at(102),
-                GRACE,
-                &WebhookPlan::none(),
-            )
-            .await;
-        assert_eq!(rotation.unwrap(), Rotation::Invalid);
+        assert_eq!(
+            present(store, presented, &fresh_hash(), at(102)).await,
+            Decision::Invalid
+        );
     }
+    // The token is still known as it was; only its family is gone.
+    assert_eq!(
+        read_token(store, &first, at(102)).await,
+        Some(PresentedToken {
+            live_session: None,
+            rotated_at: Some(at(100)),
+            successor_unspent: true,
+        })
+    );
 
-    // Idle-expired.
+    // Idle-expired, to the millisecond.
     let (idle, first) = seeded_family(store).await;
-    let rotation = store
-        .rotate_refresh(
-            &first,
-            &fresh_hash(),
-            at(IDLE_SECS),
-            GRACE,
-            &WebhookPlan::none(),
-        )
-        .await;
-    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+    assert_eq!(
+        read_token(store, &first, just_before(at(IDLE_SECS)))
+            .await
+            .unwrap()
+            .live_session,
+        Some(idle.clone())
+    );
+    assert_eq!(
+        present(store, &first, &fresh_hash(), at(IDLE_SECS)).await,
+        Decision::Invalid
+    );
     assert_eq!(
         store
             .find_live_session(idle.id, at(IDLE_SECS - 1))
@@ -988,108 +1236,83 @@ pub async fn refresh_of_a_dead_session_is_invalid<S: Store + ?Sized>(store: &S) 
         expires_at: at(500),
         ..new_session(&user, Via::Token, at(0))
     };
-    store.insert_session(&ended, &[]).await.unwrap();
+    insert_session(store, &ended).await;
     let first = family_of(store, &ended).await;
     let second = fresh_hash();
-    let rotation = store
-        .rotate_refresh(&first, &second, at(499), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&ended, at(499))));
-    let rotation = store
-        .rotate_refresh(&second, &fresh_hash(), at(500), GRACE, &WebhookPlan::none())
-        .await;
-    assert_eq!(rotation.unwrap(), Rotation::Invalid);
+    assert_eq!(
+        present(store, &first, &second, at(499)).await,
+        Decision::Rotate(ended)
+    );
+    assert_eq!(
+        present(store, &second, &fresh_hash(), at(500)).await,
+        Decision::Invalid
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
-// Revoking a refresh family (RFC 7009)
+// Revoking a refresh family (RFC 7009): the core reads the family of the presented token for
+// update and revokes its session.
 
-/// The `revoked_at` the store reports for `session`, if any, via `revoked_sessions_since`.
-async fn revoked_at_of<S: Store + ?Sized>(store: &S, session: &Session) -> Option<Timestamp> {
-    let revoked = store
-        .revoked_sessions_since(Timestamp::from_unix(i64::MIN))
-        .await
-        .unwrap();
-    let mut ours = revoked.into_iter().filter(|(id, _, _)| *id == session.id);
-    let (_, user, revoked_at) = ours.next()?;
-    assert_eq!(user, session.user_id);
-    assert!(ours.next().is_none(), "session listed twice");
-    Some(revoked_at)
+/// What the core does for RFC 7009: revokes the family of `presented` at `at` if it is known;
+/// returns the family as read and whether this call revoked it.
+async fn revoke_family_of<S: Store + ?Sized>(
+    store: &S,
+    presented: &SecretHash,
+    at: Timestamp,
+) -> Option<(Session, bool)> {
+    let mut tx = store.begin().await.unwrap();
+    let family = tx.refresh_family_for_update(presented).await.unwrap()?;
+    let revoked = tx.revoke_session(family.id, at).await.unwrap();
+    tx.commit().await.unwrap();
+    Some((family, revoked))
 }
 
-pub async fn revoke_family_of_the_current_token<S: Store + ?Sized>(store: &S) {
+pub async fn family_of_the_current_token_is_found_and_revoked<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     // Another device of the same user is not part of the family.
-    let sibling = new_session(
-        &store.find_user(session.user_id).await.unwrap().unwrap(),
-        Via::Token,
-        at(0),
-    );
-    store.insert_session(&sibling, &[]).await.unwrap();
+    let user = store.find_user(session.user_id).await.unwrap().unwrap();
+    let sibling = new_session(&user, Via::Token, at(0));
+    insert_session(store, &sibling).await;
     let sibling_token = family_of(store, &sibling).await;
 
     assert_eq!(
-        store
-            .revoke_family_of(&first, at(50), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Some(session.id)
+        revoke_family_of(store, &first, at(50)).await,
+        Some((session.clone(), true))
     );
     assert_eq!(
         store.find_live_session(session.id, at(50)).await.unwrap(),
         None
     );
     assert_eq!(revoked_at_of(store, &session).await, Some(at(50)));
-    let rotation = store
-        .rotate_refresh(&first, &fresh_hash(), at(51), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Invalid);
-
-    // Idempotent: a retry answers alike and keeps the first revocation's time.
     assert_eq!(
-        store
-            .revoke_family_of(&first, at(60), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Some(session.id)
+        present(store, &first, &fresh_hash(), at(51)).await,
+        Decision::Invalid
+    );
+
+    // Idempotent: a retry finds the family, revoked, and keeps the first revocation's time.
+    assert_eq!(
+        revoke_family_of(store, &first, at(60)).await,
+        Some((revoked(&session, at(50)), false))
     );
     assert_eq!(revoked_at_of(store, &session).await, Some(at(50)));
 
     assert_eq!(revoked_at_of(store, &sibling).await, None);
-    let rotation = store
-        .rotate_refresh(
-            &sibling_token,
-            &fresh_hash(),
-            at(70),
-            GRACE,
-            &WebhookPlan::none(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&sibling, at(70))));
+    assert_eq!(
+        present(store, &sibling_token, &fresh_hash(), at(70)).await,
+        Decision::Rotate(sibling)
+    );
 }
 
-pub async fn revoke_family_of_a_spent_token<S: Store + ?Sized>(store: &S) {
+pub async fn family_of_a_spent_token_is_found_and_revoked<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
     let (second, third) = (fresh_hash(), fresh_hash());
-    store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    store
-        .rotate_refresh(&second, &third, at(200), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
+    rotate(store, &first, &second, at(100)).await;
+    rotate(store, &second, &third, at(200)).await;
 
-    // A stale copy of the family still signs the device out, and is not taken for theft.
+    // A stale copy of the family still names the device, so revoking it signs the device out.
     assert_eq!(
-        store
-            .revoke_family_of(&first, at(300), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Some(session.id)
+        revoke_family_of(store, &first, at(300)).await,
+        Some((touched(&session, at(200)), true))
     );
     assert_eq!(revoked_at_of(store, &session).await, Some(at(300)));
     assert_eq!(
@@ -1097,82 +1320,61 @@ pub async fn revoke_family_of_a_spent_token<S: Store + ?Sized>(store: &S) {
         None
     );
     // The family's head is dead too.
-    let rotation = store
-        .rotate_refresh(&third, &fresh_hash(), at(301), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Invalid);
+    assert_eq!(
+        present(store, &third, &fresh_hash(), at(301)).await,
+        Decision::Invalid
+    );
     // So is the replay the grace window would otherwise have allowed.
-    let rotation = store
-        .rotate_refresh(&second, &third, at(205), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Invalid);
+    assert_eq!(
+        present(store, &second, &third, at(205)).await,
+        Decision::Invalid
+    );
 }
 
-pub async fn revoke_family_of_an_unknown_token_is_none<S: Store + ?Sized>(store: &S) {
+pub async fn family_of_an_unknown_token_is_none<S: Store + ?Sized>(store: &S) {
     let (session, first) = seeded_family(store).await;
-    assert_eq!(
-        store
-            .revoke_family_of(&fresh_hash(), at(10), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(revoke_family_of(store, &fresh_hash(), at(10)).await, None);
     // Nothing else was touched.
     assert_eq!(revoked_at_of(store, &session).await, None);
-    let rotation = store
-        .rotate_refresh(&first, &fresh_hash(), at(11), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&session, at(11))));
+    assert_eq!(
+        present(store, &first, &fresh_hash(), at(11)).await,
+        Decision::Rotate(session)
+    );
 }
 
-pub async fn revoke_family_of_a_dead_session_keeps_it_as_it_is<S: Store + ?Sized>(store: &S) {
+pub async fn family_of_a_dead_session_is_found_as_it_is<S: Store + ?Sized>(store: &S) {
     // Already revoked: the token is still known, and the first revocation's time stays.
-    let (revoked, first) = seeded_family(store).await;
-    assert!(store
-        .revoke_session(revoked.id, at(10), &WebhookPlan::none())
-        .await
-        .unwrap());
+    let (gone, first) = seeded_family(store).await;
+    assert!(revoke_session(store, gone.id, at(10)).await);
     assert_eq!(
-        store
-            .revoke_family_of(&first, at(20), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Some(revoked.id)
+        read_family(store, &first).await,
+        Some(revoked(&gone, at(10)))
     );
-    assert_eq!(revoked_at_of(store, &revoked).await, Some(at(10)));
+    assert_eq!(
+        revoke_family_of(store, &first, at(20)).await,
+        Some((revoked(&gone, at(10)), false))
+    );
+    assert_eq!(revoked_at_of(store, &gone).await, Some(at(10)));
 
     // Revoked as stolen: the same.
     let (stolen, first) = seeded_family(store).await;
     let second = fresh_hash();
-    store
-        .rotate_refresh(&first, &second, at(100), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    let rotation = store
-        .rotate_refresh(&first, &second, at(200), GRACE, &WebhookPlan::none())
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::ReuseDetected(stolen.id));
+    rotate(store, &first, &second, at(100)).await;
+    assert!(matches!(
+        present(store, &first, &second, at(200)).await,
+        Decision::Reuse(_)
+    ));
     assert_eq!(
-        store
-            .revoke_family_of(&second, at(300), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Some(stolen.id)
+        revoke_family_of(store, &second, at(300)).await,
+        Some((revoked(&touched(&stolen, at(100)), at(200)), false))
     );
     assert_eq!(revoked_at_of(store, &stolen).await, Some(at(200)));
 
     // Idle-expired but never revoked: known, and now marked revoked; still not live.
     let (idle, first) = seeded_family(store).await;
     assert_eq!(
-        store
-            .revoke_family_of(&first, at(IDLE_SECS + 10), &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Some(idle.id)
+        revoke_family_of(store, &first, at(IDLE_SECS + 10)).await,
+        Some((idle.clone(), true))
     );
     assert_eq!(revoked_at_of(store, &idle).await, Some(at(IDLE_SECS + 10)));
     assert_eq!(
@@ -1193,21 +1395,12 @@ pub async fn revoked_sessions_since_filters_by_time<S: Store + ?Sized>(store: &S
     let late = new_session(&user, Via::Token, at(0));
     let never = new_session(&user, Via::Cookie, at(0));
     for session in [&early, &late, &never] {
-        store.insert_session(session, &[]).await.unwrap();
+        insert_session(store, session).await;
     }
     let other = seeded_session(store, Via::Token).await;
-    assert!(store
-        .revoke_session(early.id, at(100), &WebhookPlan::none())
-        .await
-        .unwrap());
-    assert!(store
-        .revoke_session(late.id, at(200), &WebhookPlan::none())
-        .await
-        .unwrap());
-    assert!(store
-        .revoke_session(other.id, at(300), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, early.id, at(100)).await);
+    assert!(revoke_session(store, late.id, at(200)).await);
+    assert!(revoke_session(store, other.id, at(300)).await);
 
     let ours = |since: Timestamp| async move {
         let ids = [early.id, late.id, never.id, other.id];
@@ -1239,8 +1432,11 @@ pub async fn epochs_since_filters_by_time<S: Store + ?Sized>(store: &S) {
     let quiet = seeded_user(store).await;
     let bumped = seeded_user(store).await;
     let later = seeded_user(store).await;
-    assert!(store.bump_epoch(bumped.id, at(500), &[]).await.unwrap());
-    assert!(store.bump_epoch(later.id, at(900), &[]).await.unwrap());
+    let bump = |id: UserId, at: Timestamp| async move {
+        committed!(store, |tx| tx.bump_epoch(id, at)).unwrap()
+    };
+    assert_eq!(bump(bumped.id, at(500)).await, Some(at(500)));
+    assert_eq!(bump(later.id, at(900)).await, Some(at(900)));
     let ours = |since: Timestamp| async move {
         let ids = [quiet.id, bumped.id, later.id];
         let mut listed: Vec<(UserId, Timestamp)> = store
@@ -1253,7 +1449,7 @@ pub async fn epochs_since_filters_by_time<S: Store + ?Sized>(store: &S) {
         listed.sort_by_key(|(_, epoch)| *epoch);
         listed
     };
-    // A new user's epoch is its creation.
+    // This user's epoch was set to its creation.
     assert_eq!(
         ours(at(0)).await,
         vec![(quiet.id, at(0)), (bumped.id, at(500)), (later.id, at(900))]
@@ -1272,11 +1468,11 @@ pub async fn epochs_since_filters_by_time<S: Store + ?Sized>(store: &S) {
 
 pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
     let user = new_user(past(0));
-    store.insert_user(&user).await.unwrap();
+    insert_user(store, &user).await;
     let session = |via| new_session(&user, via, past(0));
     let live = session(Via::Token);
-    let revoked = session(Via::Token);
-    let revoked_later = session(Via::Token);
+    let gone = session(Via::Token);
+    let gone_later = session(Via::Token);
     let ended = Session {
         expires_at: past(200),
         ..session(Via::Token)
@@ -1290,20 +1486,14 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
         idle_timeout: secs(500),
         ..session(Via::Token)
     };
-    let all = [&live, &revoked, &revoked_later, &ended, &idle, &boundary];
+    let all = [&live, &gone, &gone_later, &ended, &idle, &boundary];
     let mut tokens = Vec::new();
     for s in all {
-        store.insert_session(s, &[]).await.unwrap();
+        insert_session(store, s).await;
         tokens.push(family_of(store, s).await);
     }
-    assert!(store
-        .revoke_session(revoked.id, past(100), &WebhookPlan::none())
-        .await
-        .unwrap());
-    assert!(store
-        .revoke_session(revoked_later.id, past(1_000), &WebhookPlan::none())
-        .await
-        .unwrap());
+    assert!(revoke_session(store, gone.id, past(100)).await);
+    assert!(revoke_session(store, gone_later.id, past(1_000)).await);
 
     let before = past(500);
     assert_eq!(store.purge_dead_sessions(before).await.unwrap(), 3);
@@ -1315,42 +1505,43 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
         store.list_live_sessions(user.id, past(400)).await.unwrap(),
         vec![boundary.clone(), live.clone()]
     );
-    let rotation = store
-        .rotate_refresh(
-            &tokens[0],
-            &fresh_hash(),
-            past(600),
-            GRACE,
-            &WebhookPlan::none(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rotation, Rotation::Rotated(touched(&live, past(600))));
     assert_eq!(
-        revoked_at_of(store, &revoked_later).await,
-        Some(past(1_000))
+        present(store, &tokens[0], &fresh_hash(), past(600)).await,
+        Decision::Rotate(live.clone())
     );
+    assert_eq!(revoked_at_of(store, &gone_later).await, Some(past(1_000)));
 
     // The dead are gone, refresh tokens included: their tokens are unknown now.
-    assert_eq!(revoked_at_of(store, &revoked).await, None);
+    assert_eq!(revoked_at_of(store, &gone).await, None);
     for (s, token) in all.iter().zip(&tokens) {
-        let kept = [live.id, revoked_later.id, boundary.id].contains(&s.id);
-        let family = store
-            .revoke_family_of(token, past(2_000), &WebhookPlan::none())
-            .await
-            .unwrap();
+        let kept = [live.id, gone_later.id, boundary.id].contains(&s.id);
+        let family = read_family(store, token).await.map(|f| f.id);
         assert_eq!(family, kept.then_some(s.id), "session {:?}", s.id);
+        assert_eq!(
+            read_token(store, token, past(2_000)).await.is_some(),
+            kept,
+            "session {:?}",
+            s.id
+        );
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The access-token denylist (SPEC §5)
 
+async fn deny<S: Store + ?Sized>(store: &S, jti: &str, expires_at: Timestamp) {
+    committed!(store, |tx| tx.deny_jti(jti, expires_at)).unwrap();
+}
+
 pub async fn denied_jti_is_refused_until_it_expires<S: Store + ?Sized>(store: &S) {
     let (jti, other) = (fresh_jti(), fresh_jti());
-    store.deny_jti(&jti, at(100)).await.unwrap();
+    deny(store, &jti, at(100)).await;
     assert!(store.is_jti_denied(&jti, at(0)).await.unwrap());
     assert!(store.is_jti_denied(&jti, at(99)).await.unwrap());
+    assert!(store
+        .is_jti_denied(&jti, just_before(at(100)))
+        .await
+        .unwrap());
     // Refused while `now < exp`, which is when the token itself stops verifying.
     assert!(!store.is_jti_denied(&jti, at(100)).await.unwrap());
     assert!(!store.is_jti_denied(&jti, at(101)).await.unwrap());
@@ -1374,11 +1565,16 @@ pub async fn denied_jti_is_refused_until_it_expires<S: Store + ?Sized>(store: &S
 
 pub async fn denying_a_jti_twice_keeps_the_later_expiry<S: Store + ?Sized>(store: &S) {
     let jti = fresh_jti();
-    store.deny_jti(&jti, at(100)).await.unwrap();
-    store.deny_jti(&jti, at(200)).await.unwrap();
+    deny(store, &jti, at(100)).await;
+    deny(store, &jti, at(200)).await;
     assert!(store.is_jti_denied(&jti, at(150)).await.unwrap());
-    // An earlier expiry arriving late (a retry, another node) does not shorten the denial.
-    store.deny_jti(&jti, at(150)).await.unwrap();
+    // An earlier expiry arriving late (a retry, another node) does not shorten the denial,
+    // also when both land in one transaction.
+    deny(store, &jti, at(150)).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.deny_jti(&jti, at(120)).await.unwrap();
+    tx.deny_jti(&jti, at(130)).await.unwrap();
+    tx.commit().await.unwrap();
     assert!(store.is_jti_denied(&jti, at(199)).await.unwrap());
     assert!(!store.is_jti_denied(&jti, at(200)).await.unwrap());
     let ours: Vec<(String, Timestamp)> = store
@@ -1397,7 +1593,7 @@ pub async fn prune_denylist_removes_only_expired_entries<S: Store + ?Sized>(stor
         .map(|offset| (fresh_jti(), past(offset)))
         .collect();
     for (jti, expires_at) in &jtis {
-        store.deny_jti(jti, *expires_at).await.unwrap();
+        deny(store, jti, *expires_at).await;
     }
     let now = past(20);
     // The entries expiring at `past(10)` and exactly at `now`.
@@ -1405,10 +1601,7 @@ pub async fn prune_denylist_removes_only_expired_entries<S: Store + ?Sized>(stor
     assert_eq!(store.prune_denylist(now).await.unwrap(), 0);
 
     // Everything still stored, not only what is in force: from the beginning of time.
-    let stored = store
-        .denied_jtis(Timestamp::from_unix(i64::MIN))
-        .await
-        .unwrap();
+    let stored = store.denied_jtis(forever_ago()).await.unwrap();
     let mut ours: Vec<(String, Timestamp)> = stored
         .iter()
         .filter(|entry| jtis.contains(entry))
@@ -1444,11 +1637,18 @@ fn new_signing_key(created_at: Timestamp) -> SealedKey {
     }
 }
 
-async fn our_keys<S: Store + ?Sized>(store: &S, kids: &[&str]) -> Vec<SealedKey> {
-    let keys = store.signing_keys().await.unwrap();
+fn ours_only(keys: Vec<SealedKey>, kids: &[&str]) -> Vec<SealedKey> {
     keys.into_iter()
         .filter(|k| kids.contains(&k.kid.as_str()))
         .collect()
+}
+
+async fn our_keys<S: Store + ?Sized>(store: &S, kids: &[&str]) -> Vec<SealedKey> {
+    ours_only(store.signing_keys().await.unwrap(), kids)
+}
+
+async fn insert_key<S: Store + ?Sized>(store: &S, key: &SealedKey) {
+    committed!(store, |tx| tx.insert_signing_key(key)).unwrap();
 }
 
 pub async fn signing_keys_are_listed_oldest_first<S: Store + ?Sized>(store: &S) {
@@ -1459,49 +1659,55 @@ pub async fn signing_keys_are_listed_oldest_first<S: Store + ?Sized>(store: &S) 
         retired_at: Some(at(300)),
         ..new_signing_key(at(100))
     };
-    store.insert_signing_key(&newer).await.unwrap();
-    store.insert_signing_key(&older).await.unwrap();
-    let keys = our_keys(store, &[&newer.kid, &older.kid]).await;
-    assert_eq!(keys, vec![older, newer]);
+    insert_key(store, &newer).await;
+    insert_key(store, &older).await;
+    let kids = [newer.kid.as_str(), older.kid.as_str()];
+    assert_eq!(
+        our_keys(store, &kids).await,
+        vec![older.clone(), newer.clone()]
+    );
+    let mut tx = store.begin().await.unwrap();
+    let for_update = tx.signing_keys_for_update().await.unwrap();
+    assert_eq!(ours_only(for_update, &kids), vec![older, newer]);
 }
 
 pub async fn duplicate_kid_conflicts<S: Store + ?Sized>(store: &S) {
     let key = new_signing_key(at(0));
-    store.insert_signing_key(&key).await.unwrap();
+    insert_key(store, &key).await;
     let same_kid = SealedKey {
         alg: "ES256".to_owned(),
+        kid: key.kid.clone(),
         ..new_signing_key(at(1))
     };
-    let same_kid = SealedKey {
-        kid: key.kid.clone(),
-        ..same_kid
-    };
-    assert_conflict(store.insert_signing_key(&same_kid).await, "kid");
+    assert_conflict(
+        committed!(store, |tx| tx.insert_signing_key(&same_kid)),
+        "kid",
+    );
     assert_eq!(our_keys(store, &[&key.kid]).await, vec![key]);
 }
 
 pub async fn retire_signing_key_once<S: Store + ?Sized>(store: &S) {
     let key = new_signing_key(at(0));
-    store.insert_signing_key(&key).await.unwrap();
-    assert!(store.retire_signing_key(&key.kid, at(300)).await.unwrap());
-    assert!(!store.retire_signing_key(&key.kid, at(400)).await.unwrap());
+    insert_key(store, &key).await;
+    assert!(committed!(store, |tx| tx.retire_signing_key(&key.kid, at(300))).unwrap());
+    assert!(!committed!(store, |tx| tx.retire_signing_key(&key.kid, at(400))).unwrap());
     let retired = SealedKey {
         retired_at: Some(at(300)),
         ..key.clone()
     };
     assert_eq!(our_keys(store, &[&key.kid]).await, vec![retired]);
     let unknown = format!("kid-{}", UserId::new());
-    assert!(!store.retire_signing_key(&unknown, at(300)).await.unwrap());
+    assert!(!committed!(store, |tx| tx.retire_signing_key(&unknown, at(300))).unwrap());
 }
 
 pub async fn delete_signing_key<S: Store + ?Sized>(store: &S) {
     let key = new_signing_key(at(0));
     let kept = new_signing_key(at(1));
-    store.insert_signing_key(&key).await.unwrap();
-    store.insert_signing_key(&kept).await.unwrap();
-    assert!(store.delete_signing_key(&key.kid).await.unwrap());
+    insert_key(store, &key).await;
+    insert_key(store, &kept).await;
+    assert!(committed!(store, |tx| tx.delete_signing_key(&key.kid)).unwrap());
     assert_eq!(our_keys(store, &[&key.kid, &kept.kid]).await, vec![kept]);
-    assert!(!store.delete_signing_key(&key.kid).await.unwrap());
+    assert!(!committed!(store, |tx| tx.delete_signing_key(&key.kid)).unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1517,15 +1723,39 @@ fn new_admin_key() -> AdminKey {
     }
 }
 
+async fn insert_admin_key<S: Store + ?Sized>(store: &S, key: &AdminKey) {
+    committed!(store, |tx| tx.insert_admin_key(key)).unwrap();
+}
+
 pub async fn admin_key_round_trips<S: Store + ?Sized>(store: &S) {
     let key = new_admin_key();
-    store.insert_admin_key(&key).await.unwrap();
+    insert_admin_key(store, &key).await;
     assert_eq!(
         store.find_live_admin_key(&key.hash).await.unwrap(),
-        Some(key)
+        Some(key.clone())
     );
     assert_eq!(
         store.find_live_admin_key(&fresh_hash()).await.unwrap(),
+        None
+    );
+    let same_hash = AdminKey {
+        id: AdminKeyId::new(),
+        ..key.clone()
+    };
+    assert_conflict(
+        committed!(store, |tx| tx.insert_admin_key(&same_hash)),
+        "admin_key",
+    );
+    let same_id = AdminKey {
+        hash: fresh_hash(),
+        ..key
+    };
+    assert_conflict(
+        committed!(store, |tx| tx.insert_admin_key(&same_id)),
+        "admin_key",
+    );
+    assert_eq!(
+        store.find_live_admin_key(&same_id.hash).await.unwrap(),
         None
     );
 }
@@ -1533,15 +1763,12 @@ pub async fn admin_key_round_trips<S: Store + ?Sized>(store: &S) {
 pub async fn revoked_admin_key_is_not_found<S: Store + ?Sized>(store: &S) {
     let key = new_admin_key();
     let other = new_admin_key();
-    store.insert_admin_key(&key).await.unwrap();
-    store.insert_admin_key(&other).await.unwrap();
-    assert!(store.revoke_admin_key(key.id, at(10)).await.unwrap());
+    insert_admin_key(store, &key).await;
+    insert_admin_key(store, &other).await;
+    assert!(committed!(store, |tx| tx.revoke_admin_key(key.id, at(10))).unwrap());
     assert_eq!(store.find_live_admin_key(&key.hash).await.unwrap(), None);
-    assert!(!store.revoke_admin_key(key.id, at(11)).await.unwrap());
-    assert!(!store
-        .revoke_admin_key(AdminKeyId::new(), at(11))
-        .await
-        .unwrap());
+    assert!(!committed!(store, |tx| tx.revoke_admin_key(key.id, at(11))).unwrap());
+    assert!(!committed!(store, |tx| tx.revoke_admin_key(AdminKeyId::new(), at(11))).unwrap());
     assert_eq!(
         store.find_live_admin_key(&other.hash).await.unwrap(),
         Some(other)
@@ -1556,8 +1783,8 @@ pub async fn ping_answers<S: Store + ?Sized>(store: &S) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Revocation log. Other cases may append concurrently on a shared store, so these look for
-// their own events rather than counting.
+// Revocation log (see the contract on `RevocationLog`). Other cases may append concurrently on
+// a shared store, so these look for their own entries rather than counting.
 
 pub async fn revocation_log_is_ordered_and_resumable<S: Store + ?Sized>(store: &S) {
     let user = UserId::new();
@@ -1571,25 +1798,36 @@ pub async fn revocation_log_is_ordered_and_resumable<S: Store + ?Sized>(store: &
             jti: fresh_jti(),
             expires_at: at(900),
         },
+        RevocationEvent::KeyWithdrawn {
+            kid: format!("kid-{}", UserId::new()),
+        },
     ];
+    // Three in one transaction, one in the next.
     let mut seqs = Vec::new();
-    for event in &events {
-        seqs.push(store.append_event(event, at(1)).await.unwrap());
+    let mut tx = store.begin().await.unwrap();
+    for event in &events[..3] {
+        seqs.push(tx.append_revocation(event, at(1)).await.unwrap());
     }
+    tx.commit().await.unwrap();
+    seqs.push(committed!(store, |tx| tx.append_revocation(&events[3], at(2))).unwrap());
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "strictly increasing: {seqs:?}"
     );
     assert!(seqs[0] > cursor);
-    assert!(store.latest_event().await.unwrap() >= seqs[2]);
+    assert!(store.latest_event().await.unwrap() >= seqs[3]);
 
-    let read = store.events_after(cursor, 10_000).await.unwrap();
-    let mine: Vec<&RevocationEvent> = read
+    let read = log_after(store, cursor).await;
+    let mine: Vec<(u64, &RevocationEvent)> = read
         .iter()
         .filter(|(seq, _, _)| seqs.contains(seq))
-        .map(|(_, _, event)| event)
+        .map(|(seq, _, event)| (*seq, event))
         .collect();
-    assert_eq!(mine, events.iter().collect::<Vec<_>>(), "in order, intact");
+    let expected: Vec<(u64, &RevocationEvent)> = seqs.iter().copied().zip(&events).collect();
+    assert_eq!(
+        mine, expected,
+        "in order, intact, at the positions returned"
+    );
     assert!(read.windows(2).all(|w| w[0].0 < w[1].0));
     assert!(read.iter().all(|(seq, _, _)| *seq > cursor));
 
@@ -1600,6 +1838,34 @@ pub async fn revocation_log_is_ordered_and_resumable<S: Store + ?Sized>(store: &
     assert_eq!(store.events_after(cursor, 1).await.unwrap().len(), 1);
     let stamped = read.iter().find(|(seq, _, _)| *seq == seqs[1]).unwrap();
     assert_eq!(stamped.1, at(1));
+    let stamped = read.iter().find(|(seq, _, _)| *seq == seqs[3]).unwrap();
+    assert_eq!(stamped.1, at(2));
+}
+
+/// An entry exists exactly when the transaction that appended it committed: not while it is
+/// open, never when it is dropped.
+pub async fn revocation_entries_of_a_dropped_transaction_never_appear<S: Store + ?Sized>(
+    store: &S,
+) {
+    let cursor = store.latest_event().await.unwrap();
+    let (dropped, kept) = (fresh_event(), fresh_event());
+
+    let mut tx = store.begin().await.unwrap();
+    tx.append_revocation(&dropped, at(1)).await.unwrap();
+    assert_eq!(occurrences(&log_after(store, cursor).await, &dropped), 0);
+    drop(tx);
+    assert_eq!(occurrences(&log_after(store, cursor).await, &dropped), 0);
+
+    let mut tx = store.begin().await.unwrap();
+    let position = tx.append_revocation(&kept, at(2)).await.unwrap();
+    assert_eq!(occurrences(&log_after(store, cursor).await, &kept), 0);
+    tx.commit().await.unwrap();
+
+    let log = log_after(store, cursor).await;
+    assert_eq!(occurrences(&log, &dropped), 0);
+    assert_eq!(occurrences(&log, &kept), 1);
+    assert!(log.contains(&(position, at(2), kept)), "at its position");
+    assert!(store.latest_event().await.unwrap() >= position);
 }
 
 /// The one case that deletes log entries by time: its era is [`past`].
@@ -1613,39 +1879,68 @@ pub async fn revocation_log_prunes_only_old_events<S: Store + ?Sized>(store: &S)
         expires_at: past(200),
     };
     let cursor = store.latest_event().await.unwrap();
-    let old_seq = store.append_event(&old, past(10)).await.unwrap();
-    let young_seq = store.append_event(&young, past(100)).await.unwrap();
+    let old_seq = committed!(store, |tx| tx.append_revocation(&old, past(10))).unwrap();
+    let young_seq = committed!(store, |tx| tx.append_revocation(&young, past(100))).unwrap();
     assert!(store.prune_events(past(50)).await.unwrap() >= 1);
-    let left: Vec<u64> = store
-        .events_after(cursor, 10_000)
+    let left: Vec<u64> = log_after(store, cursor)
         .await
-        .unwrap()
         .into_iter()
         .map(|(seq, _, _)| seq)
         .collect();
     assert!(!left.contains(&old_seq));
     assert!(left.contains(&young_seq));
-    // Sequence numbers are never reused after pruning.
-    let next = store.append_event(&old, past(101)).await.unwrap();
+    // Positions are never reused after pruning.
+    let next = committed!(store, |tx| tx.append_revocation(&old, past(101))).unwrap();
     assert!(next > young_seq);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Webhook outbox. Each case sends to an endpoint of its own and looks only at that endpoint's
-// messages, so cases sharing one outbox do not see each other's.
+// messages, so cases sharing one outbox do not see each other's. Messages are built here, as
+// plain records: which events a change reports is the core's business, not the store's.
 
 /// An endpoint no other case uses.
 fn fresh_endpoint() -> String {
     format!("https://hooks.example.test/{}", UserId::new())
 }
 
-/// An endpoint subscribed to every event.
-fn hook(endpoint: &str) -> Webhook {
-    Webhook {
-        url: endpoint.to_owned(),
-        secret: WebhookSecret::new("conformance".to_owned()),
-        events: EventType::ALL.to_vec(),
+/// One message of `event_type` for `endpoint`, with `data` as its body's `data`.
+fn message(
+    endpoint: &str,
+    event_type: EventType,
+    created_at: Timestamp,
+    data: &serde_json::Value,
+) -> OutboxMessage {
+    let event_id = WebhookEventId::new();
+    let body = json!({
+        "id": event_id,
+        "type": event_type.as_str(),
+        "created_at": created_at.to_rfc3339(),
+        "data": data,
+    });
+    OutboxMessage {
+        id: OutboxId::new(),
+        event_id,
+        endpoint: endpoint.to_owned(),
+        event_type,
+        body: body.to_string(),
+        created_at,
     }
+}
+
+/// A `session.revoked` message for `session`.
+fn session_revoked(
+    endpoint: &str,
+    session: SessionId,
+    user: UserId,
+    at: Timestamp,
+) -> OutboxMessage {
+    message(
+        endpoint,
+        EventType::SessionRevoked,
+        at,
+        &json!({"session_id": session, "user_id": user, "reason": "administrator"}),
+    )
 }
 
 /// The messages for `endpoint` due at `now`, in the store's order.
@@ -1681,47 +1976,99 @@ async fn queued_one<S: Store + ?Sized>(
     created_at: Timestamp,
 ) -> OutboxId {
     let user = seeded_user(store).await;
-    let outbox = webhooks::signed_out_everywhere(&[hook(endpoint)], user.id, 0, created_at);
-    assert!(store
-        .bump_epoch(user.id, created_at, &outbox)
-        .await
-        .unwrap());
-    outbox[0].id
+    let queued = message(
+        endpoint,
+        EventType::UserSignedOutEverywhere,
+        created_at,
+        &json!({"user_id": user.id, "sessions_revoked": 0}),
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.bump_epoch(user.id, created_at).await.unwrap().is_some());
+    tx.enqueue(std::slice::from_ref(&queued)).await.unwrap();
+    tx.commit().await.unwrap();
+    queued.id
 }
 
-pub async fn outbox_is_written_with_the_change<S: Store + ?Sized>(store: &S) {
+/// Messages are queued in the transaction of the change they report: visible when it commits,
+/// gone with it when it does not; and they come back intact, earliest first.
+pub async fn outbox_messages_commit_with_their_change<S: Store + ?Sized>(store: &S) {
     let endpoint = fresh_endpoint();
-    let hooks = [hook(&endpoint)];
     let user = seeded_user(store).await;
     let session = new_session(&user, Via::Cookie, at(0));
-    let created = webhooks::session_created(&hooks, &session);
-    assert_eq!(created.len(), 1);
-    store.insert_session(&session, &created).await.unwrap();
+    let created = message(
+        &endpoint,
+        EventType::SessionCreated,
+        at(0),
+        &json!({"user_id": user.id, "session_id": session.id, "via": "cookie"}),
+    );
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_session(&session).await.unwrap();
+    tx.enqueue(std::slice::from_ref(&created)).await.unwrap();
+    assert!(
+        due_for(store, &endpoint, at(10)).await.is_empty(),
+        "not before commit"
+    );
+    tx.commit().await.unwrap();
 
-    // A change refused is an event never queued.
-    let again = webhooks::session_created(&hooks, &session);
-    assert_conflict(store.insert_session(&session, &again).await, "session");
+    // A change refused is an event never queued, whatever was queued before the refusal.
+    let again = message(&endpoint, EventType::SessionCreated, at(1), &json!({}));
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(std::slice::from_ref(&again)).await.unwrap();
+    assert_conflict(tx.insert_session(&session).await, "session");
+    drop(tx);
     let orphan = new_session(&new_user(at(0)), Via::Token, at(0));
-    let orphaned = webhooks::session_created(&hooks, &orphan);
-    assert!(store.insert_session(&orphan, &orphaned).await.is_err());
+    let orphaned = message(&endpoint, EventType::SessionCreated, at(1), &json!({}));
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(std::slice::from_ref(&orphaned)).await.unwrap();
+    assert!(tx.insert_session(&orphan).await.is_err());
+    drop(tx);
 
     let roles = vec!["admin".to_owned()];
-    let changed = webhooks::roles_changed(&hooks, user.id, &roles, at(5));
-    assert!(store.set_roles(user.id, &roles, &changed).await.unwrap());
-    // The same roles again change nothing, so nothing is announced.
-    let unchanged = webhooks::roles_changed(&hooks, user.id, &roles, at(6));
-    assert!(store.set_roles(user.id, &roles, &unchanged).await.unwrap());
-    let stranger = UserId::new();
-    let nobody = webhooks::roles_changed(&hooks, stranger, &roles, at(6));
-    assert!(!store.set_roles(stranger, &roles, &nobody).await.unwrap());
+    let changed = message(
+        &endpoint,
+        EventType::UserRolesChanged,
+        at(5),
+        &json!({"user_id": user.id, "roles": roles}),
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.set_roles(user.id, &roles).await.unwrap());
+    tx.enqueue(std::slice::from_ref(&changed)).await.unwrap();
+    tx.commit().await.unwrap();
 
-    let everywhere = webhooks::signed_out_everywhere(&hooks, user.id, 1, at(7));
-    assert!(store.bump_epoch(user.id, at(7), &everywhere).await.unwrap());
-    let nobody = webhooks::signed_out_everywhere(&hooks, stranger, 0, at(7));
-    assert!(!store.bump_epoch(stranger, at(7), &nobody).await.unwrap());
+    // Nothing to report (an unknown user), so the core drops the transaction.
+    let nobody = message(
+        &endpoint,
+        EventType::UserSignedOutEverywhere,
+        at(6),
+        &json!({}),
+    );
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(std::slice::from_ref(&nobody)).await.unwrap();
+    assert_eq!(tx.bump_epoch(UserId::new(), at(6)).await.unwrap(), None);
+    drop(tx);
+
+    // Two messages of one event (one per endpoint) in one call, with their change.
+    let other = fresh_endpoint();
+    let everywhere = message(
+        &endpoint,
+        EventType::UserSignedOutEverywhere,
+        at(7),
+        &json!({"user_id": user.id, "sessions_revoked": 1}),
+    );
+    let copy = OutboxMessage {
+        id: OutboxId::new(),
+        endpoint: other.clone(),
+        ..everywhere.clone()
+    };
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.bump_epoch(user.id, at(7)).await.unwrap(), Some(at(7)));
+    tx.enqueue(&[everywhere.clone(), copy.clone()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
 
     let due = due_for(store, &endpoint, at(10)).await;
-    let expected: Vec<OutboxMessage> = [created, changed, everywhere].concat();
+    let expected = vec![created, changed, everywhere];
     let stored: Vec<OutboxMessage> = due.iter().map(|q| q.message.clone()).collect();
     assert_eq!(stored, expected, "intact, earliest first, and nothing else");
     for queued in &due {
@@ -1730,53 +2077,81 @@ pub async fn outbox_is_written_with_the_change<S: Store + ?Sized>(store: &S) {
         assert_eq!(queued.next_attempt_at, queued.message.created_at);
     }
     assert_eq!(data(&due[0])["session_id"], session.id.to_string());
-    assert_eq!(data(&due[1])["roles"], serde_json::json!(["admin"]));
+    assert_eq!(data(&due[1])["roles"], json!(["admin"]));
+    let copies = due_for(store, &other, at(10)).await;
+    assert_eq!(ids(&copies), [copy.id]);
+    assert_eq!(
+        copies[0].message.body, due[2].message.body,
+        "one body per event"
+    );
     // Due from the time of their change, not before.
     assert_eq!(ids(&due_for(store, &endpoint, at(6)).await), ids(&due[..2]));
+
+    // An id taken, by a queued message or earlier in the same call: the whole call is refused.
+    let fresh = message(&endpoint, EventType::SessionCreated, at(8), &json!({}));
+    for batch in [
+        vec![fresh.clone(), expected[0].clone()],
+        vec![fresh.clone(), fresh.clone()],
+    ] {
+        assert_conflict(committed!(store, |tx| tx.enqueue(&batch)), "outbox");
+    }
+    assert_eq!(due_for(store, &endpoint, at(10)).await.len(), 3);
 }
 
-pub async fn revocations_queue_a_message_per_revoked_session<S: Store + ?Sized>(store: &S) {
+/// Revocations and the messages that report them commit together: one message per session the
+/// transaction revoked, none for a session revoked already.
+pub async fn revocations_and_their_messages_commit_together<S: Store + ?Sized>(store: &S) {
     let endpoint = fresh_endpoint();
-    let plan = WebhookPlan::session_revoked(&[hook(&endpoint)], RevokeReason::Administrator);
     let user = seeded_user(store).await;
     let sessions: Vec<Session> = (0..4)
         .map(|_| new_session(&user, Via::Cookie, at(0)))
         .collect();
     for session in &sessions {
-        store.insert_session(session, &[]).await.unwrap();
+        insert_session(store, session).await;
     }
     let (first, keep) = (&sessions[0], &sessions[3]);
-
-    assert!(store.revoke_session(first.id, at(10), &plan).await.unwrap());
-    // Revoking nothing queues nothing: already revoked, unknown, or dead of inactivity.
-    assert!(!store.revoke_session(first.id, at(11), &plan).await.unwrap());
-    assert!(!store
-        .revoke_session(SessionId::new(), at(11), &plan)
-        .await
-        .unwrap());
     let idle = new_session(&user, Via::Token, at(0));
-    store.insert_session(&idle, &[]).await.unwrap();
-    assert!(!store
-        .revoke_session(idle.id, at(IDLE_SECS), &plan)
-        .await
-        .unwrap());
+    insert_session(store, &idle).await;
+
+    let revoke_one = |id: SessionId, at: Timestamp| {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let revoked = tx.revoke_session(id, at).await.unwrap();
+            if revoked {
+                tx.enqueue(&[session_revoked(&endpoint, id, user.id, at)])
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+            revoked
+        }
+    };
+    assert!(revoke_one(first.id, at(10)).await);
+    assert!(!revoke_one(first.id, at(11)).await);
+    assert!(!revoke_one(SessionId::new(), at(11)).await);
     assert_eq!(due_for(store, &endpoint, at(100)).await.len(), 1);
 
-    let mut revoked = store
-        .revoke_user_sessions(user.id, Some(keep.id), at(20), &plan)
+    let mut tx = store.begin().await.unwrap();
+    let mut revoked = tx
+        .revoke_user_sessions(user.id, Some(keep.id), at(20))
         .await
         .unwrap();
-    assert_eq!(revoked.len(), 3, "the two others and the idle one");
-    assert!(store
-        .revoke_user_sessions(user.id, Some(keep.id), at(21), &plan)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .revoke_user_sessions(UserId::new(), None, at(21), &plan)
-        .await
-        .unwrap()
-        .is_empty());
+    let messages: Vec<OutboxMessage> = revoked
+        .iter()
+        .map(|id| session_revoked(&endpoint, *id, user.id, at(20)))
+        .collect();
+    tx.enqueue(&messages).await.unwrap();
+    assert_eq!(due_for(store, &endpoint, at(100)).await.len(), 1, "not yet");
+    tx.commit().await.unwrap();
+    assert_eq!(revoked.len(), 3, "the two others and the token session");
+    assert!(committed!(store, |tx| tx.revoke_user_sessions(
+        user.id,
+        Some(keep.id),
+        at(21)
+    ))
+    .unwrap()
+    .is_empty());
 
     let due = due_for(store, &endpoint, at(100)).await;
     revoked.insert(0, first.id);
@@ -1797,45 +2172,47 @@ pub async fn revocations_queue_a_message_per_revoked_session<S: Store + ?Sized>(
     assert!(due[1..].iter().all(|q| q.message.created_at == at(20)));
 }
 
-pub async fn refresh_reuse_and_family_revocation_queue_their_messages<S: Store + ?Sized>(
-    store: &S,
-) {
+/// Refresh reuse revokes the family and queues its alarms in one transaction.
+pub async fn refresh_reuse_and_its_messages_commit_together<S: Store + ?Sized>(store: &S) {
     let endpoint = fresh_endpoint();
-    let plan = WebhookPlan::reuse_detected(&[hook(&endpoint)]);
     let (session, first) = seeded_family(store).await;
     let second = fresh_hash();
-    // Rotation and a replay within grace are no events.
-    assert!(matches!(
-        store
-            .rotate_refresh(&first, &second, at(100), GRACE, &plan)
-            .await
-            .unwrap(),
-        Rotation::Rotated(_)
-    ));
-    assert!(matches!(
-        store
-            .rotate_refresh(&first, &second, at(101), GRACE, &plan)
-            .await
-            .unwrap(),
-        Rotation::Replayed(_)
-    ));
-    assert!(due_for(store, &endpoint, at(1_000)).await.is_empty());
+    rotate(store, &first, &second, at(100)).await;
 
-    assert_eq!(
-        store
-            .rotate_refresh(&first, &fresh_hash(), at(200), GRACE, &plan)
-            .await
-            .unwrap(),
-        Rotation::ReuseDetected(session.id)
-    );
+    let reuse = |now: Timestamp, commit: bool| {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let token = tx.refresh_token_for_update(&first, now).await.unwrap();
+            let Decision::Reuse(family) = rotation::decide(token, now, GRACE) else {
+                return false;
+            };
+            assert!(tx.revoke_session(family.id, now).await.unwrap());
+            let data = json!({"session_id": family.id, "user_id": family.user_id});
+            let alarms = [
+                message(&endpoint, EventType::RefreshReuseDetected, now, &data),
+                session_revoked(&endpoint, family.id, family.user_id, now),
+            ];
+            tx.enqueue(&alarms).await.unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            }
+            true
+        }
+    };
+    // A crash between the revocation and its alarms is a transaction never committed:
+    // neither happened.
+    assert!(reuse(at(200), false).await);
+    assert!(due_for(store, &endpoint, at(1_000)).await.is_empty());
+    assert!(store
+        .find_live_session(session.id, at(200))
+        .await
+        .unwrap()
+        .is_some());
+
+    assert!(reuse(at(201), true).await);
     // The family is dead now: presenting it again is no new event.
-    assert_eq!(
-        store
-            .rotate_refresh(&first, &fresh_hash(), at(201), GRACE, &plan)
-            .await
-            .unwrap(),
-        Rotation::Invalid
-    );
+    assert!(!reuse(at(202), true).await);
     let due = due_for(store, &endpoint, at(1_000)).await;
     let types: Vec<EventType> = due.iter().map(|q| q.message.event_type).collect();
     assert_eq!(
@@ -1845,51 +2222,22 @@ pub async fn refresh_reuse_and_family_revocation_queue_their_messages<S: Store +
     for queued in &due {
         assert_eq!(data(queued)["session_id"], session.id.to_string());
         assert_eq!(data(queued)["user_id"], session.user_id.to_string());
-        assert_eq!(queued.message.created_at, at(200));
+        assert_eq!(queued.message.created_at, at(201));
     }
-    assert_eq!(data(&due[1])["reason"], "refresh_reuse_detected");
-
-    // RFC 7009: one message when the family is revoked, none when it already was.
-    let endpoint = fresh_endpoint();
-    let plan = WebhookPlan::session_revoked(&[hook(&endpoint)], RevokeReason::TokenRevoked);
-    let (family, token) = seeded_family(store).await;
-    for revoked_at in [at(50), at(60)] {
-        assert_eq!(
-            store
-                .revoke_family_of(&token, revoked_at, &plan)
-                .await
-                .unwrap(),
-            Some(family.id)
-        );
-    }
-    assert_eq!(
-        store
-            .revoke_family_of(&fresh_hash(), at(60), &plan)
-            .await
-            .unwrap(),
-        None
-    );
-    let due = due_for(store, &endpoint, at(1_000)).await;
-    assert_eq!(due.len(), 1);
-    assert_eq!(data(&due[0])["session_id"], family.id.to_string());
-    assert_eq!(data(&due[0])["reason"], "token_revoked");
-    assert_eq!(due[0].message.created_at, at(50));
+    assert_eq!(revoked_at_of(store, &session).await, Some(at(201)));
 }
 
 pub async fn due_messages_come_earliest_first_and_honour_the_limit<S: Store + ?Sized>(store: &S) {
     let endpoint = fresh_endpoint();
-    let hooks = [hook(&endpoint)];
-    let user = seeded_user(store).await;
     // Queued out of time order: due order is by time, then by queueing order.
-    let roles = vec!["writer".to_owned()];
-    let late = webhooks::roles_changed(&hooks, user.id, &roles, at(30));
-    let early = webhooks::signed_out_everywhere(&hooks, user.id, 0, at(10));
-    let tie = webhooks::signed_out_everywhere(&hooks, user.id, 1, at(10));
-    assert!(store.set_roles(user.id, &roles, &late).await.unwrap());
-    assert!(store.bump_epoch(user.id, at(10), &early).await.unwrap());
-    assert!(store.bump_epoch(user.id, at(10), &tie).await.unwrap());
+    let late = message(&endpoint, EventType::UserRolesChanged, at(30), &json!({}));
+    let early = message(&endpoint, EventType::SessionCreated, at(10), &json!({}));
+    let tie = message(&endpoint, EventType::SessionRevoked, at(10), &json!({}));
+    for queued in [&late, &early, &tie] {
+        committed!(store, |tx| tx.enqueue(std::slice::from_ref(queued))).unwrap();
+    }
 
-    let order = vec![early[0].id, tie[0].id, late[0].id];
+    let order = vec![early.id, tie.id, late.id];
     assert_eq!(ids(&due_for(store, &endpoint, at(40)).await), order);
     assert_eq!(ids(&due_for(store, &endpoint, at(29)).await), order[..2]);
     assert!(due_for(store, &endpoint, at(9)).await.is_empty());
@@ -1912,6 +2260,9 @@ pub async fn claimed_message_is_hidden_until_its_claim_expires<S: Store + ?Sized
     // A second worker loses the race.
     assert!(!store.claim_message(id, at(2), at(62)).await.unwrap());
     assert!(due_for(store, &endpoint, at(60)).await.is_empty());
+    assert!(due_for(store, &endpoint, just_before(at(61)))
+        .await
+        .is_empty());
     // The claimant never reported back (it died): the message is due again, attempts unchanged.
     let due = due_for(store, &endpoint, at(61)).await;
     assert_eq!(ids(&due), [id]);
@@ -1949,13 +2300,8 @@ pub async fn rescheduled_message_waits_until_its_next_attempt<S: Store + ?Sized>
 
 pub async fn finished_messages_are_never_due_again<S: Store + ?Sized>(store: &S) {
     let (one, two) = (fresh_endpoint(), fresh_endpoint());
-    let user = seeded_user(store).await;
-    // One event for two endpoints: two messages, one body.
-    let outbox = webhooks::signed_out_everywhere(&[hook(&one), hook(&two)], user.id, 0, at(0));
-    assert_eq!(outbox.len(), 2);
-    assert_eq!(outbox[0].body, outbox[1].body);
-    assert!(store.bump_epoch(user.id, at(0), &outbox).await.unwrap());
-    let (delivered, abandoned) = (outbox[0].id, outbox[1].id);
+    let delivered = queued_one(store, &one, at(0)).await;
+    let abandoned = queued_one(store, &two, at(0)).await;
 
     assert!(store.mark_delivered(delivered, at(1)).await.unwrap());
     assert!(store
@@ -1998,6 +2344,435 @@ pub async fn prune_outbox_removes_only_long_finished_messages<S: Store + ?Sized>
     // A waiting message is never pruned, however old.
     assert_eq!(ids(&due_for(store, &endpoint, past(30)).await), [waiting]);
     assert!(!store.mark_delivered(delivered, past(30)).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions: all or nothing, and nothing before commit. One scene writes one of every kind
+// of change, so each case below sees every kind.
+
+/// Records committed before a transaction, and what one transaction adds and changes.
+struct Scene {
+    /// Committed: gets new roles and a bumped epoch.
+    user: User,
+    /// Committed: a device of `user` that gets revoked.
+    victim: Session,
+    /// Committed: a signing key that gets retired, and one that gets deleted.
+    old_key: SealedKey,
+    doomed_key: SealedKey,
+    /// Committed: an admin key that gets revoked.
+    old_admin: AdminKey,
+    /// New: a user with a cookie session and a token session with its first refresh token.
+    new_user: User,
+    cookie: Session,
+    device: Session,
+    refresh: RefreshRecord,
+    jti: String,
+    key: SealedKey,
+    admin: AdminKey,
+    roles: Vec<String>,
+    epoch: Timestamp,
+    event: RevocationEvent,
+    endpoint: String,
+    message: OutboxMessage,
+    /// The log's position before the transaction.
+    cursor: u64,
+}
+
+async fn scene<S: Store + ?Sized>(store: &S) -> Scene {
+    let user = seeded_user(store).await;
+    let victim = new_session(&user, Via::Cookie, at(0));
+    insert_session(store, &victim).await;
+    let (old_key, doomed_key) = (new_signing_key(at(0)), new_signing_key(at(1)));
+    insert_key(store, &old_key).await;
+    insert_key(store, &doomed_key).await;
+    let old_admin = new_admin_key();
+    insert_admin_key(store, &old_admin).await;
+    let new_user = new_user(at(1));
+    let cookie = new_session(&new_user, Via::Cookie, at(1));
+    let device = new_session(&new_user, Via::Token, at(2));
+    let endpoint = fresh_endpoint();
+    Scene {
+        refresh: first_token(&device),
+        message: message(&endpoint, EventType::SessionCreated, at(2), &json!({})),
+        user,
+        victim,
+        old_key,
+        doomed_key,
+        old_admin,
+        new_user,
+        cookie,
+        device,
+        jti: fresh_jti(),
+        key: new_signing_key(at(2)),
+        admin: new_admin_key(),
+        roles: vec!["changed".to_owned()],
+        epoch: at(50),
+        event: fresh_event(),
+        endpoint,
+        cursor: store.latest_event().await.unwrap(),
+    }
+}
+
+/// Makes every change of the scene in `tx`, checking on the way that the transaction's reads
+/// see its own writes.
+async fn write_scene(tx: &mut dyn StoreTx, scene: &Scene) {
+    tx.insert_user(&scene.new_user).await.unwrap();
+    tx.insert_session(&scene.cookie).await.unwrap();
+    tx.insert_session(&scene.device).await.unwrap();
+    tx.insert_refresh(&scene.refresh).await.unwrap();
+    assert!(tx.revoke_session(scene.victim.id, at(40)).await.unwrap());
+    assert!(tx.set_roles(scene.user.id, &scene.roles).await.unwrap());
+    assert_eq!(
+        tx.bump_epoch(scene.user.id, scene.epoch).await.unwrap(),
+        Some(scene.epoch)
+    );
+    tx.deny_jti(&scene.jti, at(900)).await.unwrap();
+    tx.insert_signing_key(&scene.key).await.unwrap();
+    assert!(tx
+        .retire_signing_key(&scene.old_key.kid, at(40))
+        .await
+        .unwrap());
+    assert!(tx.delete_signing_key(&scene.doomed_key.kid).await.unwrap());
+    tx.insert_admin_key(&scene.admin).await.unwrap();
+    assert!(tx
+        .revoke_admin_key(scene.old_admin.id, at(40))
+        .await
+        .unwrap());
+    let position = tx.append_revocation(&scene.event, at(40)).await.unwrap();
+    assert!(position > scene.cursor);
+    tx.enqueue(std::slice::from_ref(&scene.message))
+        .await
+        .unwrap();
+
+    // Its own writes, read back through it.
+    assert_eq!(
+        tx.user_for_update(scene.new_user.id).await.unwrap(),
+        Some(scene.new_user.clone())
+    );
+    let user = tx.user_for_update(scene.user.id).await.unwrap().unwrap();
+    assert_eq!(
+        (user.roles, user.tokens_valid_after),
+        (scene.roles.clone(), scene.epoch)
+    );
+    assert_eq!(
+        tx.session_for_update(scene.cookie.id).await.unwrap(),
+        Some(scene.cookie.clone())
+    );
+    assert_eq!(
+        tx.session_for_update(scene.victim.id).await.unwrap(),
+        Some(revoked(&scene.victim, at(40)))
+    );
+    assert_eq!(
+        tx.refresh_token_for_update(&scene.refresh.hash, at(3))
+            .await
+            .unwrap(),
+        Some(PresentedToken {
+            live_session: Some(scene.device.clone()),
+            rotated_at: None,
+            successor_unspent: false,
+        })
+    );
+    assert_eq!(
+        tx.refresh_family_for_update(&scene.refresh.hash)
+            .await
+            .unwrap(),
+        Some(scene.device.clone())
+    );
+    let kids = [
+        scene.old_key.kid.as_str(),
+        scene.doomed_key.kid.as_str(),
+        scene.key.kid.as_str(),
+    ];
+    let retired = SealedKey {
+        retired_at: Some(at(40)),
+        ..scene.old_key.clone()
+    };
+    assert_eq!(
+        ours_only(tx.signing_keys_for_update().await.unwrap(), &kids),
+        vec![retired, scene.key.clone()]
+    );
+}
+
+/// Checks, through every read method, that none of the scene's changes is visible.
+/// `through_a_transaction` also reads for update, which needs the writer: only when no
+/// transaction is open.
+async fn assert_scene_not_written<S: Store + ?Sized>(
+    store: &S,
+    scene: &Scene,
+    through_a_transaction: bool,
+) {
+    // Users.
+    assert_eq!(store.find_user(scene.new_user.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_user_by_email(&scene.new_user.email)
+            .await
+            .unwrap(),
+        None
+    );
+    let users = store.list_users().await.unwrap();
+    assert!(!users.iter().any(|u| u.id == scene.new_user.id));
+    assert!(users.contains(&scene.user), "roles and epoch unchanged");
+    assert_eq!(
+        store.find_user(scene.user.id).await.unwrap(),
+        Some(scene.user.clone())
+    );
+    assert!(!store
+        .epochs_since(scene.epoch)
+        .await
+        .unwrap()
+        .iter()
+        .any(|(id, _)| *id == scene.user.id));
+    // Sessions.
+    for session in [&scene.cookie, &scene.device] {
+        assert_eq!(
+            store.find_live_session(session.id, at(3)).await.unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&scene.cookie.secret_hash.unwrap(), at(3))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .list_live_sessions(scene.new_user.id, at(3))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .list_live_sessions(scene.user.id, at(41))
+            .await
+            .unwrap(),
+        vec![scene.victim.clone()]
+    );
+    assert_eq!(revoked_at_of(store, &scene.victim).await, None);
+    // The denylist.
+    assert!(!store.is_jti_denied(&scene.jti, at(3)).await.unwrap());
+    assert!(!store
+        .denied_jtis(at(3))
+        .await
+        .unwrap()
+        .iter()
+        .any(|(jti, _)| *jti == scene.jti));
+    // Keys.
+    let kids = [
+        scene.old_key.kid.as_str(),
+        scene.doomed_key.kid.as_str(),
+        scene.key.kid.as_str(),
+    ];
+    assert_eq!(
+        our_keys(store, &kids).await,
+        vec![scene.old_key.clone(), scene.doomed_key.clone()]
+    );
+    assert_eq!(
+        store.find_live_admin_key(&scene.admin.hash).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_live_admin_key(&scene.old_admin.hash)
+            .await
+            .unwrap(),
+        Some(scene.old_admin.clone())
+    );
+    // What reports the change.
+    assert_eq!(
+        occurrences(&log_after(store, scene.cursor).await, &scene.event),
+        0
+    );
+    assert!(due_for(store, &scene.endpoint, at(1_000)).await.is_empty());
+
+    if through_a_transaction {
+        assert_scene_not_written_for_update(store, scene).await;
+    }
+}
+
+/// The reads for update of [`assert_scene_not_written`], in a transaction then dropped.
+async fn assert_scene_not_written_for_update<S: Store + ?Sized>(store: &S, scene: &Scene) {
+    let kids = [
+        scene.old_key.kid.as_str(),
+        scene.doomed_key.kid.as_str(),
+        scene.key.kid.as_str(),
+    ];
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.user_for_update(scene.new_user.id).await.unwrap(), None);
+    assert_eq!(tx.session_for_update(scene.cookie.id).await.unwrap(), None);
+    assert_eq!(
+        tx.session_for_update(scene.victim.id).await.unwrap(),
+        Some(scene.victim.clone())
+    );
+    assert_eq!(
+        tx.refresh_token_for_update(&scene.refresh.hash, at(3))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        tx.refresh_family_for_update(&scene.refresh.hash)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        ours_only(tx.signing_keys_for_update().await.unwrap(), &kids),
+        vec![scene.old_key.clone(), scene.doomed_key.clone()]
+    );
+}
+
+/// Checks, through every read method, that all of the scene's changes are visible.
+async fn assert_scene_written<S: Store + ?Sized>(store: &S, scene: &Scene) {
+    assert_eq!(
+        store.find_user(scene.new_user.id).await.unwrap(),
+        Some(scene.new_user.clone())
+    );
+    assert_eq!(
+        store
+            .find_user_by_email(&scene.new_user.email)
+            .await
+            .unwrap(),
+        Some(scene.new_user.clone())
+    );
+    let changed = User {
+        roles: scene.roles.clone(),
+        tokens_valid_after: scene.epoch,
+        ..scene.user.clone()
+    };
+    let users = store.list_users().await.unwrap();
+    assert!(users.contains(&scene.new_user) && users.contains(&changed));
+    assert!(store
+        .epochs_since(scene.epoch)
+        .await
+        .unwrap()
+        .contains(&(scene.user.id, scene.epoch)));
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&scene.cookie.secret_hash.unwrap(), at(3))
+            .await
+            .unwrap(),
+        Some(scene.cookie.clone())
+    );
+    assert_eq!(
+        store
+            .list_live_sessions(scene.new_user.id, at(3))
+            .await
+            .unwrap(),
+        vec![scene.device.clone(), scene.cookie.clone()]
+    );
+    assert_eq!(
+        store
+            .find_live_session(scene.victim.id, at(41))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(revoked_at_of(store, &scene.victim).await, Some(at(40)));
+    assert!(store.is_jti_denied(&scene.jti, at(3)).await.unwrap());
+    let kids = [
+        scene.old_key.kid.as_str(),
+        scene.doomed_key.kid.as_str(),
+        scene.key.kid.as_str(),
+    ];
+    let retired = SealedKey {
+        retired_at: Some(at(40)),
+        ..scene.old_key.clone()
+    };
+    assert_eq!(
+        our_keys(store, &kids).await,
+        vec![retired, scene.key.clone()]
+    );
+    assert_eq!(
+        store.find_live_admin_key(&scene.admin.hash).await.unwrap(),
+        Some(scene.admin.clone())
+    );
+    assert_eq!(
+        store
+            .find_live_admin_key(&scene.old_admin.hash)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        occurrences(&log_after(store, scene.cursor).await, &scene.event),
+        1
+    );
+    let due = due_for(store, &scene.endpoint, at(1_000)).await;
+    assert_eq!(ids(&due), [scene.message.id]);
+    assert_eq!(
+        read_token(store, &scene.refresh.hash, at(3)).await,
+        Some(PresentedToken {
+            live_session: Some(scene.device.clone()),
+            rotated_at: None,
+            successor_unspent: false,
+        })
+    );
+}
+
+/// Reads through a transaction see its own writes, of every kind (checked by `write_scene`).
+pub async fn a_transaction_reads_its_own_writes<S: Store + ?Sized>(store: &S) {
+    let scene = scene(store).await;
+    let mut tx = store.begin().await.unwrap();
+    write_scene(&mut *tx, &scene).await;
+}
+
+/// A transaction dropped without commit (an error, a panic, a cancelled request) leaves no
+/// trace of any of its writes, and frees the writer for the next one.
+pub async fn a_dropped_transaction_leaves_nothing<S: Store + ?Sized>(store: &S) {
+    let scene = scene(store).await;
+    let mut tx = store.begin().await.unwrap();
+    write_scene(&mut *tx, &scene).await;
+    drop(tx);
+    assert_scene_not_written(store, &scene, true).await;
+    // A dropped transaction's writes are not waiting somewhere either: the same writes in a
+    // new transaction meet no conflict, and commit.
+    let mut tx = store.begin().await.unwrap();
+    write_scene(&mut *tx, &scene).await;
+    tx.commit().await.unwrap();
+    assert_scene_written(store, &scene).await;
+}
+
+/// Readers see nothing of an open transaction, however long it stays open, and all of it once
+/// it commits.
+pub async fn a_transaction_is_invisible_until_it_commits<S: Store + ?Sized>(store: &S) {
+    let scene = scene(store).await;
+    let mut tx = store.begin().await.unwrap();
+    write_scene(&mut *tx, &scene).await;
+    assert_scene_not_written(store, &scene, false).await;
+    store.ping().await.unwrap();
+    tx.commit().await.unwrap();
+    assert_scene_written(store, &scene).await;
+}
+
+/// A write that fails half-way (here a conflict) leaves none of the transaction's earlier
+/// writes, whether the transaction is then dropped or, wrongly, committed: committing it
+/// fails, rather than keeping half an operation.
+pub async fn a_failed_write_rolls_back_the_whole_transaction<S: Store + ?Sized>(store: &S) {
+    let scene = scene(store).await;
+    let mut tx = store.begin().await.unwrap();
+    write_scene(&mut *tx, &scene).await;
+    let taken = User {
+        email: scene.user.email.clone(),
+        ..new_user(at(3))
+    };
+    assert_conflict(tx.insert_user(&taken).await, "email");
+    drop(tx);
+    assert_scene_not_written(store, &scene, true).await;
+
+    // The same, failing on a conflict with the transaction's own write, then committed.
+    let mut tx = store.begin().await.unwrap();
+    write_scene(&mut *tx, &scene).await;
+    assert_conflict(
+        tx.enqueue(std::slice::from_ref(&scene.message)).await,
+        "outbox",
+    );
+    assert!(
+        tx.commit().await.is_err(),
+        "a failed transaction must not commit"
+    );
+    assert_scene_not_written(store, &scene, true).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2050,9 +2825,9 @@ fn single_winner(outcomes: &[bool], what: &str) -> usize {
 }
 
 /// RFC 9700 §4.14.2 under a burst of concurrent refreshes of one token (a client retrying, or
-/// two tabs): exactly one rotates it, every other call is answered as a replay within the
-/// grace period with the same successor, none of them mistakes the burst for theft, and the
-/// successor is stored once.
+/// two tabs): the read for update serialises them, so exactly one rotates it, every other call
+/// reads the rotation and is a replay within the grace period (never mistaken for theft), and
+/// the successor is stored once.
 pub async fn concurrent_rotations_rotate_once<F>(fixture: Arc<F>)
 where
     F: Fixture + Send + Sync + 'static,
@@ -2060,43 +2835,27 @@ where
     let store = fixture.store();
     let (session, first) = seeded_family(store).await;
     let second = fresh_hash();
-    let endpoint = fresh_endpoint();
-    let on_reuse = Arc::new(WebhookPlan::reuse_detected(&[hook(&endpoint)]));
-    let outcomes = race(&fixture, |fixture, _| {
-        let on_reuse = Arc::clone(&on_reuse);
-        async move {
-            fixture
-                .store()
-                .rotate_refresh(&first, &second, at(100), GRACE, &on_reuse)
-                .await
-                .unwrap()
-        }
+    let outcomes = race(&fixture, |fixture, _| async move {
+        present(fixture.store(), &first, &second, at(100)).await
     })
     .await;
-    let expected = touched(&session, at(100));
     let rotated = outcomes
         .iter()
-        .filter(|r| **r == Rotation::Rotated(expected.clone()))
+        .filter(|d| **d == Decision::Rotate(session.clone()))
         .count();
     let replayed = outcomes
         .iter()
-        .filter(|r| **r == Rotation::Replayed(expected.clone()))
+        .filter(|d| **d == Decision::Replay(touched(&session, at(100))))
         .count();
     assert_eq!(
         (rotated, replayed),
         (1, RACERS - 1),
         "one rotation, the rest replays: {outcomes:?}"
     );
-    assert!(
-        due_for(store, &endpoint, at(200)).await.is_empty(),
-        "no reuse was reported"
-    );
+    assert_eq!(revoked_at_of(store, &session).await, None, "no reuse");
     assert_eq!(
-        store
-            .rotate_refresh(&second, &fresh_hash(), at(101), GRACE, &on_reuse)
-            .await
-            .unwrap(),
-        Rotation::Rotated(touched(&session, at(101))),
+        present(store, &second, &fresh_hash(), at(101)).await,
+        Decision::Rotate(touched(&session, at(100))),
         "the successor was stored, once, and rotates in turn"
     );
 }
@@ -2119,7 +2878,7 @@ where
     );
     let outcomes = race(&fixture, |fixture, i| {
         let users = Arc::clone(&users);
-        async move { fixture.store().insert_user(&users[i]).await }
+        async move { committed!(fixture.store(), |tx| tx.insert_user(&users[i])) }
     })
     .await;
     let mut inserted = Vec::new();
@@ -2142,36 +2901,56 @@ where
     }
 }
 
-/// Concurrent epoch bumps (sign-out everywhere on two devices, a role change meanwhile): every
-/// call finds the user, each queues its message, and the epoch ends at the latest of them —
-/// a bump that loses the race never lowers it.
-pub async fn concurrent_epoch_bumps_keep_the_latest<F>(fixture: Arc<F>)
+/// Concurrent epoch bumps of one user (sign-out everywhere on two devices, a role change
+/// meanwhile), each logging its epoch and queueing its message in its transaction: every call
+/// gets its own epoch, never below its own time, the epochs strictly increase in the order
+/// their transactions committed (the log's order), and the user ends at the largest — a token
+/// minted between two bumps is dead by the second.
+pub async fn concurrent_epoch_bumps_each_get_their_own_epoch<F>(fixture: Arc<F>)
 where
     F: Fixture + Send + Sync + 'static,
 {
     let store = fixture.store();
     let user = seeded_user(store).await;
-    let endpoint = fresh_endpoint();
-    let outboxes: Arc<Vec<Vec<OutboxMessage>>> = Arc::new(
-        (0..RACERS)
-            .map(|i| {
-                webhooks::signed_out_everywhere(&[hook(&endpoint)], user.id, 0, racer_time(1, i))
-            })
-            .collect(),
-    );
-    let outcomes = race(&fixture, |fixture, i| {
-        let outboxes = Arc::clone(&outboxes);
+    let endpoint: Arc<str> = fresh_endpoint().into();
+    let cursor = store.latest_event().await.unwrap();
+    // Many racers share a millisecond, so most bumps must move one past the epoch before.
+    let time = |i: usize| plus_millis(at(1), i64::try_from(i % 4).unwrap());
+    let epochs = race(&fixture, |fixture, i| {
+        let endpoint = Arc::clone(&endpoint);
         async move {
-            fixture
-                .store()
-                .bump_epoch(user.id, racer_time(1, i), &outboxes[i])
-                .await
-                .unwrap()
+            let mut tx = fixture.store().begin().await.unwrap();
+            let epoch = tx.bump_epoch(user.id, time(i)).await.unwrap().unwrap();
+            let bumped = RevocationEvent::EpochBumped {
+                user: user.id,
+                epoch,
+            };
+            tx.append_revocation(&bumped, time(i)).await.unwrap();
+            let data = json!({"user_id": user.id});
+            tx.enqueue(&[message(
+                &endpoint,
+                EventType::UserSignedOutEverywhere,
+                time(i),
+                &data,
+            )])
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            epoch
         }
     })
     .await;
-    assert!(outcomes.iter().all(|found| *found), "{outcomes:?}");
-    let latest = racer_time(1, RACERS - 1);
+    for (i, epoch) in epochs.iter().enumerate() {
+        assert!(*epoch >= time(i), "bump {i} got {epoch:?}, before its time");
+    }
+    let distinct: BTreeSet<Timestamp> = epochs.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        RACERS,
+        "each bump its own epoch: {epochs:?}"
+    );
+    let largest = *distinct.last().unwrap();
+    assert!(largest >= plus_millis(at(1), i64::try_from(RACERS).unwrap() - 1));
     assert_eq!(
         store
             .find_user(user.id)
@@ -2179,19 +2958,32 @@ where
             .unwrap()
             .unwrap()
             .tokens_valid_after,
-        latest
+        largest
+    );
+    assert!(store
+        .epochs_since(largest)
+        .await
+        .unwrap()
+        .contains(&(user.id, largest)));
+    let logged: Vec<Timestamp> = log_after(store, cursor)
+        .await
+        .into_iter()
+        .filter_map(|(_, _, event)| match event {
+            RevocationEvent::EpochBumped { user: u, epoch } if u == user.id => Some(epoch),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        logged.windows(2).all(|w| w[0] < w[1]),
+        "in commit order, epochs strictly increase: {logged:?}"
     );
     assert_eq!(
-        store
-            .epochs_since(latest)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|(id, _)| *id == user.id),
-        Some((user.id, latest))
+        logged.iter().copied().collect::<BTreeSet<_>>(),
+        distinct,
+        "each epoch logged once, as returned"
     );
     assert_eq!(
-        due_for(store, &endpoint, latest).await.len(),
+        due_for(store, &endpoint, at(2)).await.len(),
         RACERS,
         "every bump queued its message"
     );
@@ -2206,19 +2998,19 @@ where
 {
     let store = fixture.store();
     let session = seeded_session(store, Via::Cookie).await;
-    let endpoint = fresh_endpoint();
-    let plan = Arc::new(WebhookPlan::session_revoked(
-        &[hook(&endpoint)],
-        RevokeReason::Administrator,
-    ));
+    let endpoint: Arc<str> = fresh_endpoint().into();
     let outcomes = race(&fixture, |fixture, i| {
-        let plan = Arc::clone(&plan);
+        let endpoint = Arc::clone(&endpoint);
         async move {
-            fixture
-                .store()
-                .revoke_session(session.id, racer_time(10, i), &plan)
-                .await
-                .unwrap()
+            let at = racer_time(10, i);
+            let mut tx = fixture.store().begin().await.unwrap();
+            let revoked = tx.revoke_session(session.id, at).await.unwrap();
+            if revoked {
+                let queued = session_revoked(&endpoint, session.id, session.user_id, at);
+                tx.enqueue(&[queued]).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            revoked
         }
     })
     .await;
@@ -2236,46 +3028,45 @@ where
 }
 
 /// Concurrent RFC 7009 revocations of one refresh family (a client revoking from two places):
-/// every call names the family's session, the session is revoked once, at one of the callers'
-/// times, and exactly one `session.revoked` message is queued.
+/// every call finds the family's session, exactly one revokes it, at its own time, and
+/// exactly one `session.revoked` message is queued.
 pub async fn concurrent_family_revocations_revoke_it_once<F>(fixture: Arc<F>)
 where
     F: Fixture + Send + Sync + 'static,
 {
     let store = fixture.store();
     let (session, first) = seeded_family(store).await;
-    let endpoint = fresh_endpoint();
-    let plan = Arc::new(WebhookPlan::session_revoked(
-        &[hook(&endpoint)],
-        RevokeReason::TokenRevoked,
-    ));
+    let endpoint: Arc<str> = fresh_endpoint().into();
     let outcomes = race(&fixture, |fixture, i| {
-        let plan = Arc::clone(&plan);
+        let endpoint = Arc::clone(&endpoint);
         async move {
-            fixture
-                .store()
-                .revoke_family_of(&first, racer_time(10, i), &plan)
-                .await
-                .unwrap()
+            let at = racer_time(10, i);
+            let mut tx = fixture.store().begin().await.unwrap();
+            let family = tx.refresh_family_for_update(&first).await.unwrap().unwrap();
+            let revoked = tx.revoke_session(family.id, at).await.unwrap();
+            if revoked {
+                let queued = session_revoked(&endpoint, family.id, family.user_id, at);
+                tx.enqueue(&[queued]).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            (family.id, revoked)
         }
     })
     .await;
     assert!(
-        outcomes.iter().all(|named| *named == Some(session.id)),
+        outcomes.iter().all(|(named, _)| *named == session.id),
         "{outcomes:?}"
     );
-    let revoked_at = revoked_at_of(store, &session).await.unwrap();
-    assert!(
-        (0..RACERS).any(|i| racer_time(10, i) == revoked_at),
-        "revoked at {revoked_at:?}, a time no caller gave"
+    let revoked: Vec<bool> = outcomes.iter().map(|(_, revoked)| *revoked).collect();
+    let winner = single_winner(&revoked, "family revocation");
+    assert_eq!(
+        revoked_at_of(store, &session).await,
+        Some(racer_time(10, winner))
     );
     assert_eq!(due_for(store, &endpoint, at(100)).await.len(), 1);
     assert_eq!(
-        store
-            .rotate_refresh(&first, &fresh_hash(), at(50), GRACE, &WebhookPlan::none())
-            .await
-            .unwrap(),
-        Rotation::Invalid
+        present(store, &first, &fresh_hash(), at(50)).await,
+        Decision::Invalid
     );
 }
 
@@ -2289,15 +3080,17 @@ where
     let jti: Arc<str> = fresh_jti().into();
     let outcomes = race(&fixture, |fixture, i| {
         let jti = Arc::clone(&jti);
-        async move { fixture.store().deny_jti(&jti, racer_time(100, i)).await }
+        async move { committed!(fixture.store(), |tx| tx.deny_jti(&jti, racer_time(100, i))) }
     })
     .await;
     for outcome in outcomes {
         outcome.unwrap();
     }
     let latest = racer_time(100, RACERS - 1);
-    let just_before = Timestamp::from_unix(latest.as_unix() - 1);
-    assert!(store.is_jti_denied(&jti, just_before).await.unwrap());
+    assert!(store
+        .is_jti_denied(&jti, just_before(latest))
+        .await
+        .unwrap());
     assert!(!store.is_jti_denied(&jti, latest).await.unwrap());
     let entries: Vec<_> = store
         .denied_jtis(at(0))
@@ -2329,12 +3122,148 @@ where
     let winner = single_winner(&outcomes, "claim_message");
     let until = racer_time(61, winner);
     assert!(due_for(store, &endpoint, at(60)).await.is_empty());
-    assert!(
-        due_for(store, &endpoint, Timestamp::from_unix(until.as_unix() - 1))
-            .await
-            .is_empty()
-    );
+    assert!(due_for(store, &endpoint, just_before(until))
+        .await
+        .is_empty());
     assert_eq!(ids(&due_for(store, &endpoint, until).await), [id]);
+}
+
+/// Transactions per racer in [`concurrent_appends_are_read_once_and_in_order`]; every third
+/// is dropped instead of committed.
+const APPENDS: usize = 6;
+
+/// A reader following the log with a cursor while many transactions append and commit (and
+/// some are dropped) sees every committed entry exactly once, in position order, each racer's
+/// entries in the order it committed them, and no entry of a dropped transaction.
+pub async fn concurrent_appends_are_read_once_and_in_order<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let run = UserId::new();
+    let entry = move |racer: usize, n: usize, k: usize| RevocationEvent::JtiDenied {
+        jti: format!("{run}/{racer}/{n}/{k}"),
+        expires_at: at(900),
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (fixture, done) = (Arc::clone(&fixture), Arc::clone(&done));
+        let mut cursor = fixture.store().latest_event().await.unwrap();
+        async move {
+            let mut read = Vec::new();
+            loop {
+                // Whether every writer had finished before this read: then an empty page is
+                // the end of the log.
+                let finished = done.load(Ordering::SeqCst);
+                let page = fixture.store().events_after(cursor, 7).await.unwrap();
+                let Some(last) = page.last() else {
+                    if finished {
+                        return read;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                cursor = last.0;
+                read.extend(page);
+            }
+        }
+    });
+    let committed = race(&fixture, |fixture, racer| async move {
+        let mut mine = Vec::new();
+        for n in 0..APPENDS {
+            let mut tx = fixture.store().begin().await.unwrap();
+            let pair = [entry(racer, n, 0), entry(racer, n, 1)];
+            for event in &pair {
+                tx.append_revocation(event, at(1)).await.unwrap();
+            }
+            if n % 3 == 2 {
+                drop(tx);
+            } else {
+                tx.commit().await.unwrap();
+                mine.extend(pair);
+            }
+        }
+        mine
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
+    let read = reader.await.unwrap();
+
+    assert!(
+        read.windows(2).all(|w| w[0].0 < w[1].0),
+        "positions strictly increase as read"
+    );
+    let prefix = format!("{run}/");
+    let ours: Vec<&RevocationEvent> = read
+        .iter()
+        .map(|(_, _, event)| event)
+        .filter(|event| matches!(event, RevocationEvent::JtiDenied { jti, .. } if jti.starts_with(&prefix)))
+        .collect();
+    let expected: usize = committed.iter().map(Vec::len).sum();
+    assert_eq!(
+        ours.len(),
+        expected,
+        "every committed entry, once, and nothing else"
+    );
+    for (racer, mine) in committed.iter().enumerate() {
+        for event in mine {
+            let times = ours.iter().filter(|read| **read == event).count();
+            assert_eq!(times, 1, "racer {racer}: {event:?}");
+        }
+        let in_read_order: Vec<&RevocationEvent> = ours
+            .iter()
+            .copied()
+            .filter(|event| mine.contains(event))
+            .collect();
+        assert_eq!(
+            in_read_order,
+            mine.iter().collect::<Vec<_>>(),
+            "racer {racer}"
+        );
+    }
+}
+
+/// The log's hardest promise: an entry that commits *after* a reader has read past a higher
+/// position is still read. Transaction A appends first and stays open; B appends and commits
+/// meanwhile; a reader polls; then A commits. A backend that hands out positions before commit
+/// (A gets 7, B gets 8, B commits first, the reader moves its cursor to 8, then A's 7 appears
+/// behind it) fails here. SQLite and the memory store pass by making B wait for A's writer
+/// lock; other backends must serialise appenders or hold readers back (see `RevocationLog`).
+pub async fn a_later_commit_with_a_lower_position_is_never_skipped<F>(fixture: Arc<F>)
+where
+    F: Fixture + Send + Sync + 'static,
+{
+    let store = fixture.store();
+    let (first, second) = (fresh_event(), fresh_event());
+    let mut cursor = store.latest_event().await.unwrap();
+    let mut read = Vec::new();
+
+    let mut a = store.begin().await.unwrap();
+    a.append_revocation(&first, at(1)).await.unwrap();
+    let b = tokio::spawn({
+        let (fixture, second) = (Arc::clone(&fixture), second.clone());
+        async move {
+            let mut b = fixture.store().begin().await.unwrap();
+            b.append_revocation(&second, at(2)).await.unwrap();
+            b.commit().await.unwrap();
+        }
+    });
+    // A feed polling while A is open: whatever it reads moves its cursor on.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let page = log_after(store, cursor).await;
+        if let Some(last) = page.last() {
+            cursor = last.0;
+        }
+        read.extend(page);
+    }
+    assert_eq!(occurrences(&read, &first), 0, "A is not committed yet");
+    a.commit().await.unwrap();
+    b.await.unwrap();
+    read.extend(log_after(store, cursor).await);
+
+    assert_eq!(occurrences(&read, &first), 1, "A's entry was skipped");
+    assert_eq!(occurrences(&read, &second), 1);
+    assert!(read.windows(2).all(|w| w[0].0 < w[1].0));
 }
 
 #[cfg(test)]

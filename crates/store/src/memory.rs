@@ -2,62 +2,86 @@
 //!
 //! A product feature, not a test double: it passes the same conformance suite as the durable
 //! backends, so an application's tests and a single-process demo see exactly the semantics
-//! of production. All state sits behind one [`RwLock`], so operations touching several maps
-//! (a refresh rotation, a session with its hash index) are atomic; no lock is ever held
-//! across an `.await` (the trait methods do not await at all).
+//! of production, transactions included.
+//!
+//! **How a transaction works.** The committed state is a set of persistent maps ([`imbl`]),
+//! which share structure when cloned, so a clone of the whole state costs O(1) and each write
+//! to the clone copies only the path it changes. Readers take the committed state's
+//! [`RwLock`] for the length of one lookup, never across an `.await`. A transaction
+//! ([`Store::begin`]) first takes the writer lock, a [`tokio::sync::Mutex`] held for its whole
+//! life (one writer at a time, as SQLite's write lock), then works on its own clone of the
+//! committed state: its reads see its own writes and nothing another writer could change, and
+//! no reader sees any of them. [`StoreTx::commit`] swaps the clone in as the new committed
+//! state in one assignment, so readers see all of it at once; dropping the transaction drops
+//! the clone, and nothing happened. Housekeeping writes (touching a session, pruning, webhook
+//! delivery state) take the writer lock too, so a transaction's commit never overwrites them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::ops::Bound;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use async_trait::async_trait;
+use imbl::{HashMap, HashSet, OrdMap};
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
-    Session, SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
+    SessionId, Timestamp, User, UserId,
 };
-use tessera_core::rotation::{self, Decision, PresentedToken};
+use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RefreshStore, RevocationLog, SessionStore,
+    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RevocationLog, SessionStore, StoreTx,
     UserStore,
 };
-use tessera_core::webhooks::{OutboxMessage, QueuedMessage, WebhookPlan};
+use tessera_core::webhooks::{OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Everything in process memory; see the module documentation.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    state: RwLock<State>,
+    /// What readers see: the state as of the last commit.
+    committed: Arc<RwLock<State>>,
+    /// Held by the one writer (a transaction, or a housekeeping write) at a time.
+    writer: Arc<Mutex<()>>,
 }
 
 /// A record and the order it was inserted in, to break ties between equal timestamps the
 /// way the SQL backends do (by insertion order).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Sequenced<T> {
     seq: u64,
     value: T,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RefreshEntry {
     record: RefreshRecord,
     /// The hash of the token this one was exchanged for, set together with `rotated_at`.
     successor: Option<SecretHash>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
+struct OutboxEntry {
+    queued: QueuedMessage,
+    /// When it was delivered or given up; it is never due again.
+    finished_at: Option<Timestamp>,
+}
+
+/// The whole store. Every field is a persistent map, so `clone` is O(1) (see the module
+/// documentation).
+#[derive(Debug, Clone, Default)]
 struct State {
     next_seq: u64,
     users: HashMap<UserId, Sequenced<User>>,
     users_by_email: HashMap<Email, UserId>,
     sessions: HashMap<SessionId, Sequenced<Session>>,
     sessions_by_hash: HashMap<SecretHash, SessionId>,
-    sessions_by_user: HashMap<UserId, Vec<SessionId>>,
+    sessions_by_user: HashMap<UserId, HashSet<SessionId>>,
     refresh: HashMap<SecretHash, RefreshEntry>,
     /// Denied access-token `jti`s and when each stops mattering.
     denied_jtis: HashMap<String, Timestamp>,
-    /// The revocation log, oldest first, and the last sequence number handed out.
-    events: std::collections::VecDeque<(u64, Timestamp, RevocationEvent)>,
+    /// The revocation log by position, and the last position handed out (never reused, also
+    /// after pruning).
+    events: OrdMap<u64, (Timestamp, RevocationEvent)>,
     last_event: u64,
     /// The webhook outbox; `Sequenced` keeps queueing order for ties in `next_attempt_at`.
     outbox: HashMap<OutboxId, Sequenced<OutboxEntry>>,
@@ -66,43 +90,10 @@ struct State {
     admin_keys_by_hash: HashMap<SecretHash, AdminKeyId>,
 }
 
-#[derive(Debug)]
-struct OutboxEntry {
-    queued: QueuedMessage,
-    /// When it was delivered or given up; it is never due again.
-    finished_at: Option<Timestamp>,
-}
-
 impl State {
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
-    }
-
-    /// As the SQL primary key would: refuses the whole change before anything is written.
-    fn check_outbox(&self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
-        if messages.iter().any(|m| self.outbox.contains_key(&m.id)) {
-            return Err(StoreError::Conflict("outbox"));
-        }
-        Ok(())
-    }
-
-    /// Queues messages; callers hold the write lock of the change they report.
-    fn enqueue(&mut self, messages: impl IntoIterator<Item = OutboxMessage>) {
-        for message in messages {
-            let seq = self.next_seq();
-            let entry = OutboxEntry {
-                queued: QueuedMessage {
-                    next_attempt_at: message.created_at,
-                    message,
-                    attempts: 0,
-                    last_error: None,
-                },
-                finished_at: None,
-            };
-            self.outbox
-                .insert(entry.queued.message.id, Sequenced { seq, value: entry });
-        }
     }
 
     /// The entry if it is still waiting (neither delivered nor given up).
@@ -119,12 +110,47 @@ impl State {
             .map(|s| &s.value)
             .filter(|s| s.is_live(now))
     }
+
+    /// Deletes the sessions that ended strictly before `before`, with their refresh tokens.
+    fn purge_dead_sessions(&mut self, before: Timestamp) -> u64 {
+        let dead: Vec<(SessionId, UserId, Option<SecretHash>)> = self
+            .sessions
+            .values()
+            .map(|s| &s.value)
+            .filter(|s| s.revoked_at.is_some_and(|at| at < before) || s.idle_expires_at() < before)
+            .map(|s| (s.id, s.user_id, s.secret_hash))
+            .collect();
+        if dead.is_empty() {
+            return 0;
+        }
+        for (id, user, hash) in &dead {
+            self.sessions.remove(id);
+            if let Some(hash) = hash {
+                self.sessions_by_hash.remove(hash);
+            }
+            if let Some(ids) = self.sessions_by_user.get_mut(user) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.sessions_by_user.remove(user);
+                }
+            }
+        }
+        // As the SQL foreign key's cascade: a family goes with its session.
+        let ids: HashSet<SessionId> = dead.iter().map(|(id, _, _)| *id).collect();
+        self.refresh
+            .retain(|_, entry| !ids.contains(&entry.record.session_id));
+        u64::try_from(dead.len()).unwrap_or(u64::MAX)
+    }
 }
 
-/// A poisoned lock means a panic interrupted an update, so the maps may disagree with each
-/// other: fail closed (SPEC §7) rather than answer from possibly inconsistent state.
+/// A poisoned lock means a panic interrupted a swap of the committed state: fail closed
+/// (SPEC §7) rather than answer from a state that may not be the last one committed.
 fn poisoned<T>(_: PoisonError<T>) -> StoreError {
     StoreError::Unavailable("memory store lock poisoned by an earlier panic".to_owned())
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl MemoryStore {
@@ -132,37 +158,406 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The committed state, for one lookup: never hold the guard across an `.await`.
     fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
-        self.state.read().map_err(poisoned)
+        self.committed.read().map_err(poisoned)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, State>, StoreError> {
-        self.state.write().map_err(poisoned)
+    /// A housekeeping write: under the writer lock, so that no transaction's commit replaces
+    /// it, `change` runs on a clone of the committed state, which is then swapped in. Readers
+    /// are never blocked while it runs.
+    async fn housekeeping<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T, StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut state = self.read()?.clone();
+        let result = change(&mut state);
+        *self.committed.write().map_err(poisoned)? = state;
+        Ok(result)
+    }
+}
+
+/// A write transaction of the memory store; see the module documentation.
+struct MemoryTx {
+    /// The writer lock, released when the transaction ends (committed or dropped).
+    _writer: OwnedMutexGuard<()>,
+    committed: Arc<RwLock<State>>,
+    /// The transaction's own copy of the state: what `commit` publishes.
+    state: State,
+    /// Set by the first call that fails: `commit` then refuses, as the trait requires.
+    failed: bool,
+}
+
+impl MemoryTx {
+    /// Marks the transaction failed if `result` is an error. Every write checks its rules
+    /// before it changes anything, but the state is thrown away on failure regardless.
+    fn track<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
     }
 }
 
 #[async_trait]
-impl UserStore for MemoryStore {
-    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        if state.users_by_email.contains_key(&user.email) {
-            return Err(StoreError::Conflict("email"));
+impl StoreTx for MemoryTx {
+    async fn user_for_update(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
+        Ok(self.state.users.get(&id).map(|u| u.value.clone()))
+    }
+
+    async fn session_for_update(&mut self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        Ok(self.state.sessions.get(&id).map(|s| s.value.clone()))
+    }
+
+    async fn refresh_token_for_update(
+        &mut self,
+        presented: &SecretHash,
+        now: Timestamp,
+    ) -> Result<Option<PresentedToken>, StoreError> {
+        let state = &self.state;
+        Ok(state.refresh.get(presented).map(|entry| PresentedToken {
+            live_session: state.live_session(entry.record.session_id, now).cloned(),
+            rotated_at: entry.record.rotated_at,
+            successor_unspent: entry
+                .successor
+                .and_then(|next| state.refresh.get(&next))
+                .is_some_and(|next| next.record.rotated_at.is_none()),
+        }))
+    }
+
+    async fn refresh_family_for_update(
+        &mut self,
+        presented: &SecretHash,
+    ) -> Result<Option<Session>, StoreError> {
+        let state = &self.state;
+        Ok(state
+            .refresh
+            .get(presented)
+            .and_then(|entry| state.sessions.get(&entry.record.session_id))
+            .map(|s| s.value.clone()))
+    }
+
+    async fn signing_keys_for_update(&mut self) -> Result<Vec<SealedKey>, StoreError> {
+        Ok(signing_keys(&self.state))
+    }
+
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        let result = if state.users_by_email.contains_key(&user.email) {
+            Err(StoreError::Conflict("email"))
+        } else if state.users.contains_key(&user.id) {
+            Err(StoreError::Conflict("user"))
+        } else {
+            let seq = state.next_seq();
+            state.users_by_email.insert(user.email.clone(), user.id);
+            state.users.insert(
+                user.id,
+                Sequenced {
+                    seq,
+                    value: user.clone(),
+                },
+            );
+            Ok(())
+        };
+        self.track(result)
+    }
+
+    async fn set_roles(&mut self, id: UserId, roles: &[String]) -> Result<bool, StoreError> {
+        let Some(user) = self.state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        user.value.roles = roles.to_vec();
+        Ok(true)
+    }
+
+    async fn bump_epoch(
+        &mut self,
+        id: UserId,
+        at: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let Some(user) = self.state.users.get_mut(&id) else {
+            return Ok(None);
+        };
+        let next = Timestamp::from_unix_millis(
+            user.value
+                .tokens_valid_after
+                .as_unix_millis()
+                .saturating_add(1),
+        );
+        user.value.tokens_valid_after = next.max(at);
+        Ok(Some(user.value.tokens_valid_after))
+    }
+
+    async fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        let hash_taken = session
+            .secret_hash
+            .is_some_and(|hash| state.sessions_by_hash.contains_key(&hash));
+        let result = if hash_taken || state.sessions.contains_key(&session.id) {
+            Err(StoreError::Conflict("session"))
+        } else if !state.users.contains_key(&session.user_id) {
+            // Mirrors the SQL foreign key: a session belongs to an existing user.
+            Err(StoreError::Unavailable(
+                "session refers to an unknown user".to_owned(),
+            ))
+        } else {
+            let seq = state.next_seq();
+            if let Some(hash) = session.secret_hash {
+                state.sessions_by_hash.insert(hash, session.id);
+            }
+            state
+                .sessions_by_user
+                .entry(session.user_id)
+                .or_default()
+                .insert(session.id);
+            state.sessions.insert(
+                session.id,
+                Sequenced {
+                    seq,
+                    value: session.clone(),
+                },
+            );
+            Ok(())
+        };
+        self.track(result)
+    }
+
+    async fn revoke_session(&mut self, id: SessionId, at: Timestamp) -> Result<bool, StoreError> {
+        match self.state.sessions.get_mut(&id) {
+            Some(session) if session.value.revoked_at.is_none() => {
+                session.value.revoked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        if state.users.contains_key(&user.id) {
-            return Err(StoreError::Conflict("user"));
+    }
+
+    async fn revoke_user_sessions(
+        &mut self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: Timestamp,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let State {
+            sessions,
+            sessions_by_user,
+            ..
+        } = &mut self.state;
+        let mut revoked = Vec::new();
+        for id in sessions_by_user.get(&user).into_iter().flatten() {
+            if Some(*id) == keep {
+                continue;
+            }
+            if let Some(session) = sessions.get_mut(id) {
+                if session.value.revoked_at.is_none() {
+                    session.value.revoked_at = Some(at);
+                    revoked.push(*id);
+                }
+            }
         }
-        let seq = state.next_seq();
-        state.users_by_email.insert(user.email.clone(), user.id);
-        state.users.insert(
-            user.id,
-            Sequenced {
-                seq,
-                value: user.clone(),
-            },
+        Ok(revoked)
+    }
+
+    async fn insert_refresh(&mut self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        let result = if state.refresh.contains_key(&record.hash) {
+            Err(StoreError::Conflict("refresh"))
+        } else if !state.sessions.contains_key(&record.session_id) {
+            Err(StoreError::Unavailable(
+                "refresh token refers to an unknown session".to_owned(),
+            ))
+        } else {
+            state.refresh.insert(
+                record.hash,
+                RefreshEntry {
+                    record: record.clone(),
+                    successor: None,
+                },
+            );
+            Ok(())
+        };
+        self.track(result)
+    }
+
+    async fn spend_refresh(
+        &mut self,
+        presented: &SecretHash,
+        successor: &SecretHash,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        let spendable = state
+            .refresh
+            .get(presented)
+            .filter(|entry| entry.record.rotated_at.is_none())
+            .map(|entry| entry.record.session_id);
+        let result = match spendable {
+            None => Err(StoreError::Unavailable(
+                "refresh token to spend is unknown or already spent".to_owned(),
+            )),
+            Some(_) if state.refresh.contains_key(successor) => {
+                Err(StoreError::Conflict("refresh"))
+            }
+            Some(session_id) => {
+                if let Some(entry) = state.refresh.get_mut(presented) {
+                    entry.record.rotated_at = Some(at);
+                    entry.successor = Some(*successor);
+                }
+                state.refresh.insert(
+                    *successor,
+                    RefreshEntry {
+                        record: RefreshRecord {
+                            hash: *successor,
+                            session_id,
+                            issued_at: at,
+                            rotated_at: None,
+                        },
+                        successor: None,
+                    },
+                );
+                if let Some(session) = state.sessions.get_mut(&session_id) {
+                    session.value.last_seen_at = session.value.last_seen_at.max(at);
+                }
+                Ok(())
+            }
+        };
+        self.track(result)
+    }
+
+    async fn deny_jti(&mut self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        let kept = self.state.denied_jtis.get(jti).copied();
+        self.state.denied_jtis.insert(
+            jti.to_owned(),
+            kept.map_or(expires_at, |kept| kept.max(expires_at)),
         );
         Ok(())
     }
 
+    async fn insert_signing_key(&mut self, key: &SealedKey) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        let result = if state.signing_keys.contains_key(&key.kid) {
+            Err(StoreError::Conflict("kid"))
+        } else {
+            let seq = state.next_seq();
+            state.signing_keys.insert(
+                key.kid.clone(),
+                Sequenced {
+                    seq,
+                    value: key.clone(),
+                },
+            );
+            Ok(())
+        };
+        self.track(result)
+    }
+
+    async fn retire_signing_key(&mut self, kid: &str, at: Timestamp) -> Result<bool, StoreError> {
+        match self.state.signing_keys.get_mut(kid) {
+            Some(key) if key.value.retired_at.is_none() => {
+                key.value.retired_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_signing_key(&mut self, kid: &str) -> Result<bool, StoreError> {
+        Ok(self.state.signing_keys.remove(kid).is_some())
+    }
+
+    async fn insert_admin_key(&mut self, key: &AdminKey) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        let result = if state.admin_keys.contains_key(&key.id)
+            || state.admin_keys_by_hash.contains_key(&key.hash)
+        {
+            Err(StoreError::Conflict("admin_key"))
+        } else {
+            state.admin_keys_by_hash.insert(key.hash, key.id);
+            state.admin_keys.insert(key.id, key.clone());
+            Ok(())
+        };
+        self.track(result)
+    }
+
+    async fn revoke_admin_key(
+        &mut self,
+        id: AdminKeyId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        match self.state.admin_keys.get_mut(&id) {
+            Some(key) if key.revoked_at.is_none() => {
+                key.revoked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn append_revocation(
+        &mut self,
+        event: &RevocationEvent,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        // The writer lock is held until commit, so positions become visible in order.
+        let state = &mut self.state;
+        state.last_event += 1;
+        let position = state.last_event;
+        state.events.insert(position, (at, event.clone()));
+        Ok(position)
+    }
+
+    async fn enqueue(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
+        let state = &mut self.state;
+        // As the SQL primary key would: refuses the whole batch before anything is written.
+        let taken = messages.iter().enumerate().any(|(i, m)| {
+            state.outbox.contains_key(&m.id) || messages[..i].iter().any(|o| o.id == m.id)
+        });
+        if taken {
+            return self.track(Err(StoreError::Conflict("outbox")));
+        }
+        for message in messages {
+            let seq = state.next_seq();
+            let entry = OutboxEntry {
+                queued: QueuedMessage {
+                    next_attempt_at: message.created_at,
+                    message: message.clone(),
+                    attempts: 0,
+                    last_error: None,
+                },
+                finished_at: None,
+            };
+            state
+                .outbox
+                .insert(message.id, Sequenced { seq, value: entry });
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Unavailable(
+                "transaction rolled back instead of committed: a call in it had failed".to_owned(),
+            ));
+        }
+        let MemoryTx {
+            _writer,
+            committed,
+            state,
+            ..
+        } = *self;
+        *committed.write().map_err(poisoned)? = state;
+        // `_writer` is released only now, after the new state is in place.
+        drop(_writer);
+        Ok(())
+    }
+}
+
+fn signing_keys(state: &State) -> Vec<SealedKey> {
+    let mut keys: Vec<&Sequenced<SealedKey>> = state.signing_keys.values().collect();
+    keys.sort_by_key(|k| (k.value.created_at, k.seq));
+    keys.into_iter().map(|k| k.value.clone()).collect()
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
     async fn find_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         Ok(self.read()?.users.get(&id).map(|u| u.value.clone()))
     }
@@ -183,40 +578,6 @@ impl UserStore for MemoryStore {
         Ok(users.into_iter().map(|u| u.value.clone()).collect())
     }
 
-    async fn set_roles(
-        &self,
-        id: UserId,
-        roles: &[String],
-        outbox: &[OutboxMessage],
-    ) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        state.check_outbox(outbox)?;
-        let Some(user) = state.users.get_mut(&id) else {
-            return Ok(false);
-        };
-        if user.value.roles != roles {
-            user.value.roles = roles.to_vec();
-            state.enqueue(outbox.iter().cloned());
-        }
-        Ok(true)
-    }
-
-    async fn bump_epoch(
-        &self,
-        id: UserId,
-        at: Timestamp,
-        outbox: &[OutboxMessage],
-    ) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        state.check_outbox(outbox)?;
-        let Some(user) = state.users.get_mut(&id) else {
-            return Ok(false);
-        };
-        user.value.tokens_valid_after = user.value.tokens_valid_after.max(at);
-        state.enqueue(outbox.iter().cloned());
-        Ok(true)
-    }
-
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
         Ok(self
             .read()?
@@ -230,45 +591,6 @@ impl UserStore for MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn insert_session(
-        &self,
-        session: &Session,
-        outbox: &[OutboxMessage],
-    ) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        state.check_outbox(outbox)?;
-        let hash_taken = session
-            .secret_hash
-            .is_some_and(|hash| state.sessions_by_hash.contains_key(&hash));
-        if hash_taken || state.sessions.contains_key(&session.id) {
-            return Err(StoreError::Conflict("session"));
-        }
-        // Mirrors the SQL foreign key: a session belongs to an existing user.
-        if !state.users.contains_key(&session.user_id) {
-            return Err(StoreError::Unavailable(
-                "session refers to an unknown user".to_owned(),
-            ));
-        }
-        let seq = state.next_seq();
-        if let Some(hash) = session.secret_hash {
-            state.sessions_by_hash.insert(hash, session.id);
-        }
-        state
-            .sessions_by_user
-            .entry(session.user_id)
-            .or_default()
-            .push(session.id);
-        state.sessions.insert(
-            session.id,
-            Sequenced {
-                seq,
-                value: session.clone(),
-            },
-        );
-        state.enqueue(outbox.iter().cloned());
-        Ok(())
-    }
-
     async fn find_live_session(
         &self,
         id: SessionId,
@@ -291,63 +613,23 @@ impl SessionStore for MemoryStore {
     }
 
     async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        if let Some(session) = state.sessions.get_mut(&id) {
-            // Only a live session is extended: touching must never revive an expired one.
-            if session.value.is_live(at) && at > session.value.last_seen_at {
-                session.value.last_seen_at = at;
-            }
+        // Most touches of a live session change nothing worth a writer's turn: check first.
+        let stale = self
+            .read()?
+            .live_session(id, at)
+            .is_some_and(|s| at > s.last_seen_at);
+        if !stale {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        match state.sessions.get_mut(&id) {
-            Some(session) if session.value.is_live(at) => {
-                session.value.revoked_at = Some(at);
-                let user = session.value.user_id;
-                state.enqueue(plan.messages(id, user, at));
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user: UserId,
-        keep: Option<SessionId>,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        let mut state = self.write()?;
-        let State {
-            sessions,
-            sessions_by_user,
-            ..
-        } = &mut *state;
-        let mut revoked = Vec::new();
-        for id in sessions_by_user.get(&user).into_iter().flatten() {
-            if Some(*id) == keep {
-                continue;
-            }
-            if let Some(session) = sessions.get_mut(id) {
-                if session.value.revoked_at.is_none() {
-                    session.value.revoked_at = Some(at);
-                    revoked.push(*id);
+        self.housekeeping(|state| {
+            if let Some(session) = state.sessions.get_mut(&id) {
+                // Only a live session is extended: touching must never revive an expired one.
+                if session.value.is_live(at) && at > session.value.last_seen_at {
+                    session.value.last_seen_at = at;
                 }
             }
-        }
-        for id in &revoked {
-            state.enqueue(plan.messages(*id, user, at));
-        }
-        Ok(revoked)
+        })
+        .await
     }
 
     async fn list_live_sessions(
@@ -384,159 +666,13 @@ impl SessionStore for MemoryStore {
     }
 
     async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut state = self.write()?;
-        let dead: HashSet<SessionId> = state
-            .sessions
-            .values()
-            .map(|s| &s.value)
-            .filter(|s| s.revoked_at.is_some_and(|at| at < before) || s.idle_expires_at() < before)
-            .map(|s| s.id)
-            .collect();
-        if dead.is_empty() {
-            return Ok(0);
-        }
-        let State {
-            sessions,
-            sessions_by_hash,
-            sessions_by_user,
-            refresh,
-            ..
-        } = &mut *state;
-        for id in &dead {
-            let Some(session) = sessions.remove(id) else {
-                continue;
-            };
-            if let Some(hash) = session.value.secret_hash {
-                sessions_by_hash.remove(&hash);
-            }
-            if let Some(ids) = sessions_by_user.get_mut(&session.value.user_id) {
-                ids.retain(|id| !dead.contains(id));
-                if ids.is_empty() {
-                    sessions_by_user.remove(&session.value.user_id);
-                }
-            }
-        }
-        // As the SQL foreign key's cascade: a family goes with its session.
-        refresh.retain(|_, entry| !dead.contains(&entry.record.session_id));
-        Ok(u64::try_from(dead.len()).unwrap_or(u64::MAX))
-    }
-}
-
-#[async_trait]
-impl RefreshStore for MemoryStore {
-    async fn insert_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        if state.refresh.contains_key(&record.hash) {
-            return Err(StoreError::Conflict("refresh"));
-        }
-        if !state.sessions.contains_key(&record.session_id) {
-            return Err(StoreError::Unavailable(
-                "refresh token refers to an unknown session".to_owned(),
-            ));
-        }
-        state.refresh.insert(
-            record.hash,
-            RefreshEntry {
-                record: record.clone(),
-                successor: None,
-            },
-        );
-        Ok(())
-    }
-
-    async fn rotate_refresh(
-        &self,
-        presented: &SecretHash,
-        successor: &SecretHash,
-        now: Timestamp,
-        grace: Duration,
-        on_reuse: &WebhookPlan,
-    ) -> Result<Rotation, StoreError> {
-        // One write lock for the whole decision: two rotations of one token cannot interleave.
-        let mut state = self.write()?;
-        let presented_token = state.refresh.get(presented).map(|entry| PresentedToken {
-            live_session: state.live_session(entry.record.session_id, now).cloned(),
-            rotated_at: entry.record.rotated_at,
-            successor_unspent: entry
-                .successor
-                .and_then(|hash| state.refresh.get(&hash))
-                .is_some_and(|next| next.record.rotated_at.is_none()),
-        });
-        match rotation::decide(presented_token, now, grace) {
-            Decision::Invalid => Ok(Rotation::Invalid),
-            Decision::Replay(session) => Ok(Rotation::Replayed(session)),
-            Decision::Reuse(session) => {
-                if let Some(stored) = state.sessions.get_mut(&session.id) {
-                    stored.value.revoked_at = Some(now);
-                }
-                state.enqueue(on_reuse.messages(session.id, session.user_id, now));
-                Ok(Rotation::ReuseDetected(session.id))
-            }
-            Decision::Rotate(mut session) => {
-                if state.refresh.contains_key(successor) {
-                    return Err(StoreError::Conflict("refresh"));
-                }
-                if let Some(entry) = state.refresh.get_mut(presented) {
-                    entry.record.rotated_at = Some(now);
-                    entry.successor = Some(*successor);
-                }
-                state.refresh.insert(
-                    *successor,
-                    RefreshEntry {
-                        record: RefreshRecord {
-                            hash: *successor,
-                            session_id: session.id,
-                            issued_at: now,
-                            rotated_at: None,
-                        },
-                        successor: None,
-                    },
-                );
-                if let Some(stored) = state.sessions.get_mut(&session.id) {
-                    stored.value.last_seen_at = stored.value.last_seen_at.max(now);
-                    session = stored.value.clone();
-                }
-                Ok(Rotation::Rotated(session))
-            }
-        }
-    }
-
-    async fn revoke_family_of(
-        &self,
-        presented: &SecretHash,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<Option<SessionId>, StoreError> {
-        let mut state = self.write()?;
-        let Some(session_id) = state.refresh.get(presented).map(|e| e.record.session_id) else {
-            return Ok(None);
-        };
-        let mut revoked_now = None;
-        if let Some(stored) = state.sessions.get_mut(&session_id) {
-            if stored.value.revoked_at.is_none() {
-                stored.value.revoked_at = Some(at);
-                revoked_now = Some(stored.value.user_id);
-            }
-        }
-        if let Some(user) = revoked_now {
-            state.enqueue(plan.messages(session_id, user, at));
-        }
-        Ok(Some(session_id))
+        self.housekeeping(|state| state.purge_dead_sessions(before))
+            .await
     }
 }
 
 #[async_trait]
 impl DenylistStore for MemoryStore {
-    async fn deny_jti(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        state
-            .denied_jtis
-            .entry(jti.to_owned())
-            .and_modify(|kept| *kept = (*kept).max(expires_at))
-            .or_insert(expires_at);
-        Ok(())
-    }
-
     async fn is_jti_denied(&self, jti: &str, now: Timestamp) -> Result<bool, StoreError> {
         Ok(self
             .read()?
@@ -556,41 +692,28 @@ impl DenylistStore for MemoryStore {
     }
 
     async fn prune_denylist(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let mut state = self.write()?;
-        let before = state.denied_jtis.len();
-        state.denied_jtis.retain(|_, expires_at| now < *expires_at);
-        let pruned = before.saturating_sub(state.denied_jtis.len());
-        Ok(u64::try_from(pruned).unwrap_or(u64::MAX))
+        self.housekeeping(|state| {
+            let before = state.denied_jtis.len();
+            state.denied_jtis.retain(|_, expires_at| now < *expires_at);
+            count(before - state.denied_jtis.len())
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl RevocationLog for MemoryStore {
-    async fn append_event(
-        &self,
-        event: &RevocationEvent,
-        at: Timestamp,
-    ) -> Result<u64, StoreError> {
-        let mut state = self.write()?;
-        state.last_event += 1;
-        let seq = state.last_event;
-        state.events.push_back((seq, at, event.clone()));
-        Ok(seq)
-    }
-
     async fn events_after(
         &self,
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError> {
         let state = self.read()?;
-        let start = state.events.partition_point(|(seq, _, _)| *seq <= after);
         Ok(state
             .events
-            .iter()
-            .skip(start)
+            .range((Bound::Excluded(after), Bound::Unbounded))
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            .cloned()
+            .map(|(position, (at, event))| (*position, *at, event.clone()))
             .collect())
     }
 
@@ -599,10 +722,19 @@ impl RevocationLog for MemoryStore {
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut state = self.write()?;
-        let len = state.events.len();
-        state.events.retain(|(_, at, _)| *at >= before);
-        Ok(u64::try_from(len - state.events.len()).unwrap_or(u64::MAX))
+        self.housekeeping(|state| {
+            let old: Vec<u64> = state
+                .events
+                .iter()
+                .filter(|(_, (at, _))| *at < before)
+                .map(|(position, _)| *position)
+                .collect();
+            for position in &old {
+                state.events.remove(position);
+            }
+            count(old.len())
+        })
+        .await
     }
 }
 
@@ -633,23 +765,25 @@ impl OutboxStore for MemoryStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        match state.waiting(id) {
+        self.housekeeping(|state| match state.waiting(id) {
             Some(entry) if entry.queued.next_attempt_at <= now => {
                 entry.queued.next_attempt_at = until;
-                Ok(true)
+                true
             }
-            _ => Ok(false),
-        }
+            _ => false,
+        })
+        .await
     }
 
     async fn mark_delivered(&self, id: OutboxId, at: Timestamp) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        let Some(entry) = state.waiting(id) else {
-            return Ok(false);
-        };
-        entry.finished_at = Some(at);
-        Ok(true)
+        self.housekeeping(|state| {
+            let Some(entry) = state.waiting(id) else {
+                return false;
+            };
+            entry.finished_at = Some(at);
+            true
+        })
+        .await
     }
 
     async fn reschedule(
@@ -659,91 +793,51 @@ impl OutboxStore for MemoryStore {
         next_attempt_at: Timestamp,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        let Some(entry) = state.waiting(id) else {
-            return Ok(false);
-        };
-        entry.queued.attempts = attempts;
-        entry.queued.next_attempt_at = next_attempt_at;
-        entry.queued.last_error = Some(error.to_owned());
-        Ok(true)
+        self.housekeeping(|state| {
+            let Some(entry) = state.waiting(id) else {
+                return false;
+            };
+            entry.queued.attempts = attempts;
+            entry.queued.next_attempt_at = next_attempt_at;
+            entry.queued.last_error = Some(error.to_owned());
+            true
+        })
+        .await
     }
 
     async fn give_up(&self, id: OutboxId, at: Timestamp, error: &str) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        let Some(entry) = state.waiting(id) else {
-            return Ok(false);
-        };
-        entry.finished_at = Some(at);
-        entry.queued.last_error = Some(error.to_owned());
-        Ok(true)
+        self.housekeeping(|state| {
+            let Some(entry) = state.waiting(id) else {
+                return false;
+            };
+            entry.finished_at = Some(at);
+            entry.queued.last_error = Some(error.to_owned());
+            true
+        })
+        .await
     }
 
     async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut state = self.write()?;
-        let len = state.outbox.len();
-        state
-            .outbox
-            .retain(|_, e| e.value.finished_at.is_none_or(|at| at >= before));
-        Ok(u64::try_from(len - state.outbox.len()).unwrap_or(u64::MAX))
+        self.housekeeping(|state| {
+            let len = state.outbox.len();
+            state
+                .outbox
+                .retain(|_, e| e.value.finished_at.is_none_or(|at| at >= before));
+            count(len - state.outbox.len())
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    async fn insert_signing_key(&self, key: &SealedKey) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        if state.signing_keys.contains_key(&key.kid) {
-            return Err(StoreError::Conflict("kid"));
-        }
-        let seq = state.next_seq();
-        state.signing_keys.insert(
-            key.kid.clone(),
-            Sequenced {
-                seq,
-                value: key.clone(),
-            },
-        );
-        Ok(())
-    }
-
     async fn signing_keys(&self) -> Result<Vec<SealedKey>, StoreError> {
-        let state = self.read()?;
-        let mut keys: Vec<&Sequenced<SealedKey>> = state.signing_keys.values().collect();
-        keys.sort_by_key(|k| (k.value.created_at, k.seq));
-        Ok(keys.into_iter().map(|k| k.value.clone()).collect())
-    }
-
-    async fn retire_signing_key(&self, kid: &str, at: Timestamp) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        match state.signing_keys.get_mut(kid) {
-            Some(key) if key.value.retired_at.is_none() => {
-                key.value.retired_at = Some(at);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
-        Ok(self.write()?.signing_keys.remove(kid).is_some())
+        Ok(signing_keys(&*self.read()?))
     }
 }
 
 #[async_trait]
 impl AdminKeyStore for MemoryStore {
-    async fn insert_admin_key(&self, key: &AdminKey) -> Result<(), StoreError> {
-        let mut state = self.write()?;
-        if state.admin_keys.contains_key(&key.id)
-            || state.admin_keys_by_hash.contains_key(&key.hash)
-        {
-            return Err(StoreError::Conflict("admin_key"));
-        }
-        state.admin_keys_by_hash.insert(key.hash, key.id);
-        state.admin_keys.insert(key.id, key.clone());
-        Ok(())
-    }
-
     async fn find_live_admin_key(&self, hash: &SecretHash) -> Result<Option<AdminKey>, StoreError> {
         let state = self.read()?;
         Ok(state
@@ -753,21 +847,21 @@ impl AdminKeyStore for MemoryStore {
             .filter(|key| key.revoked_at.is_none())
             .cloned())
     }
-
-    async fn revoke_admin_key(&self, id: AdminKeyId, at: Timestamp) -> Result<bool, StoreError> {
-        let mut state = self.write()?;
-        match state.admin_keys.get_mut(&id) {
-            Some(key) if key.revoked_at.is_none() => {
-                key.revoked_at = Some(at);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
+        let writer = Arc::clone(&self.writer).lock_owned().await;
+        let state = self.read()?.clone();
+        Ok(Box::new(MemoryTx {
+            _writer: writer,
+            committed: Arc::clone(&self.committed),
+            state,
+            failed: false,
+        }))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // Answers only while the state is consistent, like any other operation.
         self.read().map(drop)

@@ -6,13 +6,17 @@
 //!
 //! Concurrency: SQLite admits one writer at a time. Writes go through a pool of exactly one
 //! connection, so writers in this process queue in the pool instead of failing with
-//! `SQLITE_BUSY`; reads use a separate pool and, thanks to WAL, never wait for the writer.
-//! Read-modify-write sequences (refresh rotation) run in `BEGIN IMMEDIATE` transactions,
-//! which take the write lock up front: another process on the same file then waits in
-//! `busy_timeout` rather than deadlocking on a lock upgrade.
+//! `SQLITE_BUSY`; reads use a separate pool and, thanks to WAL, never wait for the writer and
+//! only ever see committed data. Every write transaction ([`Store::begin`]) is a
+//! `BEGIN IMMEDIATE` transaction on that connection, which takes the write lock up front: its
+//! reads are then reads for update, and another process on the same file waits in
+//! `busy_timeout` rather than deadlocking on a lock upgrade. Housekeeping writes (touching,
+//! pruning, webhook delivery state) are single statements on the same connection.
 //!
-//! Webhook messages (SPEC §3) are inserted into `webhook_outbox` inside the transaction of
-//! the change they report, so the change and its event commit or vanish together.
+//! Revocation-log entries and webhook messages (SPEC §3) are inserted inside the transaction of
+//! the change they report, so the change, its entry and its event commit or vanish together.
+//! Because the write lock is held until commit, log positions become visible in the order they
+//! were handed out: a reader following the log never skips one.
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -25,16 +29,16 @@ use sqlx::sqlite::{
 };
 use sqlx::Row as _;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, Rotation, SealedKey,
-    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
+    SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
-use tessera_core::rotation::{self, Decision, PresentedToken};
+use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RefreshStore, RevocationLog, SessionStore,
+    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RevocationLog, SessionStore, StoreTx,
     UserStore,
 };
-use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage, WebhookPlan};
+use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
 
 /// How long a connection waits for another process's write lock before giving up.
@@ -44,6 +48,8 @@ const READERS: u32 = 4;
 /// Attempts at applying migrations: two processes migrating one fresh file at once make
 /// the slower one fail once, after which it finds the schema in place.
 const MIGRATION_ATTEMPTS: u32 = 3;
+/// Attempts at opening the first connection: see [`connect`].
+const CONNECT_ATTEMPTS: u32 = 5;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -73,7 +79,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// A write transaction that holds the write lock from its first statement (see the module
+    /// A transaction that holds the write lock from its first statement (see the module
     /// documentation). Dropping it without `commit` rolls it back.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.writer
@@ -88,17 +94,9 @@ impl SqliteStore {
     /// Several stores, in one process or several, may open the same file at once.
     pub async fn open(url_or_path: &str) -> Result<Self, StoreError> {
         let options = connect_options(url_or_path)?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|err| open_failed(url_or_path, &err))?;
+        let writer = connect(url_or_path, &options, 1).await?;
         migrate(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_with(options)
-            .await
-            .map_err(|err| open_failed(url_or_path, &err))?;
+        let reader = connect(url_or_path, &options, READERS).await?;
         tracing::debug!(database = %url_or_path, "opened SQLite store");
         Ok(Self { writer, reader })
     }
@@ -133,6 +131,40 @@ fn connect_options(url_or_path: &str) -> Result<SqliteConnectOptions, StoreError
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT))
+}
+
+/// A pool of up to `max` connections, its first one opened. Two processes creating one fresh
+/// file at once race to switch it to WAL, and SQLite answers the loser `SQLITE_BUSY` at once,
+/// without waiting in `busy_timeout`; the loser retries, and then finds the file in WAL mode.
+async fn connect(
+    database: &str,
+    options: &SqliteConnectOptions,
+    max: u32,
+) -> Result<SqlitePool, StoreError> {
+    let mut attempt = 1;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(err) if attempt < CONNECT_ATTEMPTS && is_busy(&err) => {
+                tracing::debug!(attempt, error = %err, "SQLite file busy while opening; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(open_failed(database, &err)),
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, extended codes included.
+fn is_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 fn open_failed(database: &str, err: &sqlx::Error) -> StoreError {
@@ -312,33 +344,457 @@ fn roles_json(roles: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(roles).map_err(|err| StoreError::Unavailable(err.to_string()))
 }
 
+/// A write transaction (see [`Store::begin`]): a `BEGIN IMMEDIATE` transaction on the one
+/// writer connection, so it holds SQLite's write lock, in this process and against every other
+/// process on the file, from its first statement to its end. Dropping it rolls back.
+struct SqliteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    /// Set by the first statement that fails. SQLite itself would go on and commit the writes
+    /// made before it, but a transaction is all or nothing, so [`StoreTx::commit`] then refuses
+    /// and rolls back instead.
+    failed: bool,
+}
+
+/// Runs `$body`, an async block over `$conn` (the transaction's connection), and marks the
+/// transaction failed if it returns an error.
+macro_rules! tracked {
+    ($self:ident, |$conn:ident| $body:block) => {{
+        let $conn: &mut SqliteConnection = &mut *$self.tx;
+        let result: Result<_, StoreError> = async move { $body }.await;
+        if result.is_err() {
+            $self.failed = true;
+        }
+        result
+    }};
+}
+
 #[async_trait]
-impl UserStore for SqliteStore {
-    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (id, email, password_hash, roles, created_at, tokens_valid_after) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(user.id.to_string())
-        .bind(user.email.as_str())
-        .bind(&user.password_hash)
-        .bind(roles_json(&user.roles)?)
-        .bind(user.created_at.as_unix_millis())
-        .bind(user.tokens_valid_after.as_unix_millis())
-        .execute(&self.writer)
-        .await
-        .map_err(|err| {
-            insert_failed(err, |constraint| {
-                if constraint.contains("users.email") {
-                    "email"
-                } else {
-                    "user"
-                }
-            })
-        })?;
-        Ok(())
+impl StoreTx for SqliteTx {
+    async fn user_for_update(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query("SELECT * FROM users WHERE id = ?1")
+                .bind(id.to_string())
+                .fetch_optional(conn)
+                .await
+                .map_err(unavailable)?
+                .as_ref()
+                .map(user_from_row)
+                .transpose()
+        })
     }
 
+    async fn session_for_update(&mut self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+        })
+    }
+
+    async fn refresh_token_for_update(
+        &mut self,
+        presented: &SecretHash,
+        now: Timestamp,
+    ) -> Result<Option<PresentedToken>, StoreError> {
+        tracked!(self, |conn| {
+            let Some(token) = sqlx::query(
+                "SELECT r.session_id, r.rotated_at, n.rotated_at AS next_rotated_at, \
+                 n.hash IS NOT NULL AS has_next \
+                 FROM refresh_tokens r LEFT JOIN refresh_tokens n ON n.hash = r.successor \
+                 WHERE r.hash = ?1",
+            )
+            .bind(presented.as_bytes().as_slice())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let session_id = id(&token, "session_id", SessionId::parse)?;
+            let live_session = sqlx::query(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
+            ))
+            .bind(now.as_unix_millis())
+            .bind(session_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()?;
+            Ok(Some(PresentedToken {
+                live_session,
+                rotated_at: optional_timestamp(&token, "rotated_at")?,
+                successor_unspent: get::<bool>(&token, "has_next")?
+                    && optional_timestamp(&token, "next_rotated_at")?.is_none(),
+            }))
+        })
+    }
+
+    async fn refresh_family_for_update(
+        &mut self,
+        presented: &SecretHash,
+    ) -> Result<Option<Session>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions \
+                 WHERE id = (SELECT session_id FROM refresh_tokens WHERE hash = ?1)"
+            ))
+            .bind(presented.as_bytes().as_slice())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+        })
+    }
+
+    async fn signing_keys_for_update(&mut self) -> Result<Vec<SealedKey>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, rowid")
+                .fetch_all(conn)
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(signing_key_from_row)
+                .collect()
+        })
+    }
+
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO users \
+                 (id, email, password_hash, roles, created_at, tokens_valid_after) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(user.id.to_string())
+            .bind(user.email.as_str())
+            .bind(&user.password_hash)
+            .bind(roles_json(&user.roles)?)
+            .bind(user.created_at.as_unix_millis())
+            .bind(user.tokens_valid_after.as_unix_millis())
+            .execute(conn)
+            .await
+            .map_err(|err| {
+                insert_failed(err, |constraint| {
+                    if constraint.contains("users.email") {
+                        "email"
+                    } else {
+                        "user"
+                    }
+                })
+            })?;
+            Ok(())
+        })
+    }
+
+    async fn set_roles(&mut self, id: UserId, roles: &[String]) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            // SQLite counts every row the WHERE matched, changed or not: `true` means "exists".
+            let done = sqlx::query("UPDATE users SET roles = ?1 WHERE id = ?2")
+                .bind(roles_json(roles)?)
+                .bind(id.to_string())
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn bump_epoch(
+        &mut self,
+        id: UserId,
+        at: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        tracked!(self, |conn| {
+            // One statement reads and moves the epoch, so the value returned is the one stored.
+            let epoch: Option<i64> = sqlx::query_scalar(
+                "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after + 1, ?1) \
+                 WHERE id = ?2 RETURNING tokens_valid_after",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(epoch.map(Timestamp::from_unix_millis))
+        })
+    }
+
+    async fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "INSERT INTO sessions ({SESSION_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ))
+            .bind(session.id.to_string())
+            .bind(session.user_id.to_string())
+            .bind(session.secret_hash.map(|h| h.as_bytes().to_vec()))
+            .bind(session.via.as_str())
+            .bind(session.created_at.as_unix_millis())
+            .bind(session.last_seen_at.as_unix_millis())
+            .bind(tessera_core::model::duration_millis(session.idle_timeout))
+            .bind(session.expires_at.as_unix_millis())
+            .bind(session.user_agent.as_deref())
+            .bind(session.ip.as_deref())
+            .bind(session.revoked_at.map(Timestamp::as_unix_millis))
+            .execute(conn)
+            .await
+            .map_err(|err| insert_failed(err, |_| "session"))?;
+            Ok(())
+        })
+    }
+
+    async fn revoke_session(&mut self, id: SessionId, at: Timestamp) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.to_string())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn revoke_user_sessions(
+        &mut self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: Timestamp,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = ?1 \
+                 WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
+                 RETURNING id",
+            )
+            .bind(at.as_unix_millis())
+            .bind(user.to_string())
+            .bind(keep.map(|id| id.to_string()))
+            .fetch_all(conn)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| id(row, "id", SessionId::parse))
+            .collect()
+        })
+    }
+
+    async fn insert_refresh(&mut self, record: &RefreshRecord) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at, rotated_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(record.hash.as_bytes().as_slice())
+            .bind(record.session_id.to_string())
+            .bind(record.issued_at.as_unix_millis())
+            .bind(record.rotated_at.map(Timestamp::as_unix_millis))
+            .execute(conn)
+            .await
+            .map_err(|err| insert_failed(err, |_| "refresh"))?;
+            Ok(())
+        })
+    }
+
+    async fn spend_refresh(
+        &mut self,
+        presented: &SecretHash,
+        successor: &SecretHash,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            let Some(session) = sqlx::query_scalar::<_, String>(
+                "UPDATE refresh_tokens SET rotated_at = ?1, successor = ?2 \
+                 WHERE hash = ?3 AND rotated_at IS NULL RETURNING session_id",
+            )
+            .bind(at.as_unix_millis())
+            .bind(successor.as_bytes().as_slice())
+            .bind(presented.as_bytes().as_slice())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            else {
+                return Err(not_spendable());
+            };
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
+            )
+            .bind(successor.as_bytes().as_slice())
+            .bind(&session)
+            .bind(at.as_unix_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| insert_failed(err, |_| "refresh"))?;
+            sqlx::query("UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?1) WHERE id = ?2")
+                .bind(at.as_unix_millis())
+                .bind(&session)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    async fn deny_jti(&mut self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO denied_jtis (jti, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+            )
+            .bind(jti)
+            .bind(expires_at.as_unix_millis())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    async fn insert_signing_key(&mut self, key: &SealedKey) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO signing_keys \
+                 (kid, alg, sealed_private, public_jwk, created_at, retired_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&key.kid)
+            .bind(&key.alg)
+            .bind(key.sealed_private.as_slice())
+            .bind(key.public_jwk.as_deref())
+            .bind(key.created_at.as_unix_millis())
+            .bind(key.retired_at.map(Timestamp::as_unix_millis))
+            .execute(conn)
+            .await
+            .map_err(|err| insert_failed(err, |_| "kid"))?;
+            Ok(())
+        })
+    }
+
+    async fn retire_signing_key(&mut self, kid: &str, at: Timestamp) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 AND retired_at IS NULL",
+            )
+            .bind(at.as_unix_millis())
+            .bind(kid)
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn delete_signing_key(&mut self, kid: &str) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query("DELETE FROM signing_keys WHERE kid = ?1")
+                .bind(kid)
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn insert_admin_key(&mut self, key: &AdminKey) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO admin_keys (id, name, hash, created_at, revoked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(key.id.to_string())
+            .bind(&key.name)
+            .bind(key.hash.as_bytes().as_slice())
+            .bind(key.created_at.as_unix_millis())
+            .bind(key.revoked_at.map(Timestamp::as_unix_millis))
+            .execute(conn)
+            .await
+            .map_err(|err| insert_failed(err, |_| "admin_key"))?;
+            Ok(())
+        })
+    }
+
+    async fn revoke_admin_key(
+        &mut self,
+        id: AdminKeyId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE admin_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.to_string())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn append_revocation(
+        &mut self,
+        event: &RevocationEvent,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        tracked!(self, |conn| {
+            let text =
+                serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // The writer lock is held until commit, so positions become visible in order.
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO revocation_events (at, event) VALUES (?1, ?2) RETURNING seq",
+            )
+            .bind(at.as_unix_millis())
+            .bind(text)
+            .fetch_one(conn)
+            .await
+            .map_err(unavailable)?;
+            u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("event seq {seq}")))
+        })
+    }
+
+    async fn enqueue(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
+        tracked!(self, |conn| {
+            enqueue(conn, messages.iter().cloned()).await
+        })
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if self.failed {
+            // Dropping `self.tx` rolls it back.
+            return Err(rolled_back());
+        }
+        self.tx.commit().await.map_err(unavailable)
+    }
+}
+
+/// [`StoreTx::spend_refresh`] of a token that is unknown or already spent: the caller did not
+/// read it for update in this transaction, or ignored what it read.
+fn not_spendable() -> StoreError {
+    StoreError::Unavailable("refresh token to spend is unknown or already spent".to_owned())
+}
+
+/// [`StoreTx::commit`] after one of the transaction's calls failed.
+fn rolled_back() -> StoreError {
+    StoreError::Unavailable(
+        "transaction rolled back instead of committed: a call in it had failed".to_owned(),
+    )
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
     async fn find_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         sqlx::query("SELECT * FROM users WHERE id = ?1")
             .bind(id.to_string())
@@ -371,60 +827,6 @@ impl UserStore for SqliteStore {
             .collect()
     }
 
-    async fn set_roles(
-        &self,
-        id: UserId,
-        roles: &[String],
-        outbox: &[OutboxMessage],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let Some(stored) = sqlx::query_scalar::<_, String>("SELECT roles FROM users WHERE id = ?1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?
-        else {
-            return Ok(false);
-        };
-        let stored: Vec<String> =
-            serde_json::from_str(&stored).map_err(|err| corrupt("roles", err))?;
-        if stored != roles {
-            sqlx::query("UPDATE users SET roles = ?1 WHERE id = ?2")
-                .bind(roles_json(roles)?)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            enqueue(&mut tx, outbox.iter().cloned()).await?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
-    }
-
-    async fn bump_epoch(
-        &self,
-        id: UserId,
-        at: Timestamp,
-        outbox: &[OutboxMessage],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
-        // SQLite counts every row the WHERE matched, changed or not: `true` means "exists".
-        let done = sqlx::query(
-            "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after, ?1) WHERE id = ?2",
-        )
-        .bind(at.as_unix_millis())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        enqueue(&mut tx, outbox.iter().cloned()).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
-    }
-
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
         sqlx::query("SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= ?1")
             .bind(since.as_unix_millis())
@@ -444,35 +846,6 @@ impl UserStore for SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn insert_session(
-        &self,
-        session: &Session,
-        outbox: &[OutboxMessage],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(&format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-        ))
-        .bind(session.id.to_string())
-        .bind(session.user_id.to_string())
-        .bind(session.secret_hash.map(|h| h.as_bytes().to_vec()))
-        .bind(session.via.as_str())
-        .bind(session.created_at.as_unix_millis())
-        .bind(session.last_seen_at.as_unix_millis())
-        .bind(tessera_core::model::duration_millis(session.idle_timeout))
-        .bind(session.expires_at.as_unix_millis())
-        .bind(session.user_agent.as_deref())
-        .bind(session.ip.as_deref())
-        .bind(session.revoked_at.map(Timestamp::as_unix_millis))
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| insert_failed(err, |_| "session"))?;
-        enqueue(&mut tx, outbox.iter().cloned()).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(())
-    }
-
     async fn find_live_session(
         &self,
         id: SessionId,
@@ -523,60 +896,6 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let Some(row) = sqlx::query(&format!(
-            "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND {SESSION_LIVE} \
-             RETURNING user_id"
-        ))
-        .bind(at.as_unix_millis())
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        else {
-            return Ok(false);
-        };
-        let user = self::id(&row, "user_id", UserId::parse)?;
-        enqueue(&mut tx, plan.messages(id, user, at)).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user: UserId,
-        keep: Option<SessionId>,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?1 \
-             WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
-             RETURNING id",
-        )
-        .bind(at.as_unix_millis())
-        .bind(user.to_string())
-        .bind(keep.map(|id| id.to_string()))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(|row| id(row, "id", SessionId::parse))
-        .collect::<Result<Vec<_>, _>>()?;
-        for session in &revoked {
-            enqueue(&mut tx, plan.messages(*session, user, at)).await?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(revoked)
-    }
-
     async fn list_live_sessions(
         &self,
         user: UserId,
@@ -620,11 +939,7 @@ impl SessionStore for SqliteStore {
     async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
         // The foreign key would cascade to the refresh tokens, but deleting them by name in
         // the same transaction does not make the promise depend on `PRAGMA foreign_keys`.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(&format!(
             "DELETE FROM refresh_tokens WHERE session_id IN \
              (SELECT id FROM sessions WHERE {SESSION_ENDED_BEFORE})"
@@ -647,173 +962,7 @@ impl SessionStore for SqliteStore {
 }
 
 #[async_trait]
-impl RefreshStore for SqliteStore {
-    async fn insert_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (hash, session_id, issued_at, rotated_at) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(record.hash.as_bytes().as_slice())
-        .bind(record.session_id.to_string())
-        .bind(record.issued_at.as_unix_millis())
-        .bind(record.rotated_at.map(Timestamp::as_unix_millis))
-        .execute(&self.writer)
-        .await
-        .map_err(|err| insert_failed(err, |_| "refresh"))?;
-        Ok(())
-    }
-
-    async fn rotate_refresh(
-        &self,
-        presented: &SecretHash,
-        successor: &SecretHash,
-        now: Timestamp,
-        grace: Duration,
-        on_reuse: &WebhookPlan,
-    ) -> Result<Rotation, StoreError> {
-        // IMMEDIATE takes the write lock before the first read, so the decision and its
-        // effect are one step even against another process on the same file. Dropping the
-        // transaction on any early return rolls it back.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
-
-        let presented_token = match sqlx::query(
-            "SELECT r.session_id, r.rotated_at, n.hash AS next_hash, n.rotated_at AS next_rotated_at \
-             FROM refresh_tokens r LEFT JOIN refresh_tokens n ON n.hash = r.successor \
-             WHERE r.hash = ?1",
-        )
-        .bind(presented.as_bytes().as_slice())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        {
-            None => None,
-            Some(token) => {
-                let session_id = id(&token, "session_id", SessionId::parse)?;
-                let live_session = sqlx::query(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?2 AND {SESSION_LIVE}"
-                ))
-                .bind(now.as_unix_millis())
-                .bind(session_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .map(|row| session_from_row(&row))
-                .transpose()?;
-                Some(PresentedToken {
-                    live_session,
-                    rotated_at: optional_timestamp(&token, "rotated_at")?,
-                    successor_unspent: optional_hash(&token, "next_hash")?.is_some()
-                        && optional_timestamp(&token, "next_rotated_at")?.is_none(),
-                })
-            }
-        };
-
-        let outcome = match rotation::decide(presented_token, now, grace) {
-            // Nothing to write: the transaction is rolled back when dropped.
-            Decision::Invalid => return Ok(Rotation::Invalid),
-            Decision::Replay(session) => return Ok(Rotation::Replayed(session)),
-            Decision::Reuse(session) => {
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
-                )
-                .bind(now.as_unix_millis())
-                .bind(session.id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                enqueue(&mut tx, on_reuse.messages(session.id, session.user_id, now)).await?;
-                Rotation::ReuseDetected(session.id)
-            }
-            Decision::Rotate(mut session) => {
-                sqlx::query(
-                    "UPDATE refresh_tokens SET rotated_at = ?1, successor = ?2 WHERE hash = ?3",
-                )
-                .bind(now.as_unix_millis())
-                .bind(successor.as_bytes().as_slice())
-                .bind(presented.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES (?1, ?2, ?3)",
-                )
-                .bind(successor.as_bytes().as_slice())
-                .bind(session.id.to_string())
-                .bind(now.as_unix_millis())
-                .execute(&mut *tx)
-                .await
-                .map_err(|err| insert_failed(err, |_| "refresh"))?;
-                sqlx::query(
-                    "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?1) WHERE id = ?2",
-                )
-                .bind(now.as_unix_millis())
-                .bind(session.id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                session.last_seen_at = session.last_seen_at.max(now);
-                Rotation::Rotated(session)
-            }
-        };
-        tx.commit().await.map_err(unavailable)?;
-        Ok(outcome)
-    }
-
-    async fn revoke_family_of(
-        &self,
-        presented: &SecretHash,
-        at: Timestamp,
-        plan: &WebhookPlan,
-    ) -> Result<Option<SessionId>, StoreError> {
-        // Lookup and revocation in one transaction, so a concurrent purge cannot slip between
-        // them; `revoked_at IS NULL` keeps the first revocation's time.
-        let mut tx = self.write_tx().await?;
-        let Some(token) = sqlx::query("SELECT session_id FROM refresh_tokens WHERE hash = ?1")
-            .bind(presented.as_bytes().as_slice())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        let session_id = id(&token, "session_id", SessionId::parse)?;
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL \
-             RETURNING user_id",
-        )
-        .bind(at.as_unix_millis())
-        .bind(session_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if let Some(row) = revoked {
-            let user = id(&row, "user_id", UserId::parse)?;
-            enqueue(&mut tx, plan.messages(session_id, user, at)).await?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(session_id))
-    }
-}
-
-#[async_trait]
 impl DenylistStore for SqliteStore {
-    async fn deny_jti(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO denied_jtis (jti, expires_at) VALUES (?1, ?2) \
-             ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
-        )
-        .bind(jti)
-        .bind(expires_at.as_unix_millis())
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
-    }
-
     async fn is_jti_denied(&self, jti: &str, now: Timestamp) -> Result<bool, StoreError> {
         let denied: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM denied_jtis WHERE jti = ?1 AND ?2 < expires_at")
@@ -848,23 +997,6 @@ impl DenylistStore for SqliteStore {
 
 #[async_trait]
 impl RevocationLog for SqliteStore {
-    async fn append_event(
-        &self,
-        event: &RevocationEvent,
-        at: Timestamp,
-    ) -> Result<u64, StoreError> {
-        let text = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO revocation_events (at, event) VALUES (?1, ?2) RETURNING seq",
-        )
-        .bind(at.as_unix_millis())
-        .bind(text)
-        .fetch_one(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("event seq {seq}")))
-    }
-
     async fn events_after(
         &self,
         after: u64,
@@ -1013,23 +1145,6 @@ impl OutboxStore for SqliteStore {
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn insert_signing_key(&self, key: &SealedKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, sealed_private, public_jwk, created_at, retired_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&key.kid)
-        .bind(&key.alg)
-        .bind(key.sealed_private.as_slice())
-        .bind(key.public_jwk.as_deref())
-        .bind(key.created_at.as_unix_millis())
-        .bind(key.retired_at.map(Timestamp::as_unix_millis))
-        .execute(&self.writer)
-        .await
-        .map_err(|err| insert_failed(err, |_| "kid"))?;
-        Ok(())
-    }
-
     async fn signing_keys(&self) -> Result<Vec<SealedKey>, StoreError> {
         sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, rowid")
             .fetch_all(&self.reader)
@@ -1039,47 +1154,10 @@ impl KeyStore for SqliteStore {
             .map(signing_key_from_row)
             .collect()
     }
-
-    async fn retire_signing_key(&self, kid: &str, at: Timestamp) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE signing_keys SET retired_at = ?1 WHERE kid = ?2 AND retired_at IS NULL",
-        )
-        .bind(at.as_unix_millis())
-        .bind(kid)
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM signing_keys WHERE kid = ?1")
-            .bind(kid)
-            .execute(&self.writer)
-            .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
-    }
 }
 
 #[async_trait]
 impl AdminKeyStore for SqliteStore {
-    async fn insert_admin_key(&self, key: &AdminKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO admin_keys (id, name, hash, created_at, revoked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(key.id.to_string())
-        .bind(&key.name)
-        .bind(key.hash.as_bytes().as_slice())
-        .bind(key.created_at.as_unix_millis())
-        .bind(key.revoked_at.map(Timestamp::as_unix_millis))
-        .execute(&self.writer)
-        .await
-        .map_err(|err| insert_failed(err, |_| "admin_key"))?;
-        Ok(())
-    }
-
     async fn find_live_admin_key(&self, hash: &SecretHash) -> Result<Option<AdminKey>, StoreError> {
         sqlx::query("SELECT * FROM admin_keys WHERE hash = ?1 AND revoked_at IS NULL")
             .bind(hash.as_bytes().as_slice())
@@ -1090,22 +1168,17 @@ impl AdminKeyStore for SqliteStore {
             .map(admin_key_from_row)
             .transpose()
     }
-
-    async fn revoke_admin_key(&self, id: AdminKeyId, at: Timestamp) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE admin_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
-        )
-        .bind(at.as_unix_millis())
-        .bind(id.to_string())
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
-    }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
+        Ok(Box::new(SqliteTx {
+            tx: self.write_tx().await?,
+            failed: false,
+        }))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tessera_core::model::{
-    RefreshRecord, Rotation, Session, SessionId, Timestamp, User, UserId, Via,
-};
-use tessera_core::secret::SessionSecret;
-use tessera_core::store::{RefreshStore as _, SessionStore as _, UserStore as _};
-use tessera_core::webhooks::WebhookPlan;
+use tessera_core::model::{RefreshRecord, Session, SessionId, Timestamp, User, UserId, Via};
+use tessera_core::rotation::{self, Decision};
+use tessera_core::secret::{SecretHash, SessionSecret};
+use tessera_core::store::{SessionStore as _, UserStore as _};
+use tessera_core::{Store, StoreError};
 use tessera_store::SqliteStore;
 
 /// The store first, so it is dropped before its directory.
@@ -59,8 +58,15 @@ async fn data_survives_reopening() {
     let session = session(&user, Via::Cookie, now);
 
     let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
-    store.insert_user(&user).await.unwrap();
-    store.insert_session(&session, &[]).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_user(&user).await.unwrap();
+    tx.insert_session(&session).await.unwrap();
+    tx.commit().await.unwrap();
+    // A transaction never committed leaves nothing behind, also across a reopening.
+    let lost = self::user(now);
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_user(&lost).await.unwrap();
+    drop(tx);
     store.close().await;
     drop(store);
 
@@ -73,11 +79,11 @@ async fn data_survives_reopening() {
         store.find_live_session(session.id, now).await.unwrap(),
         Some(session.clone())
     );
+    assert_eq!(store.find_user(lost.id).await.unwrap(), None);
     // Dropped without `close`, as a crashing process would leave it.
-    assert!(store
-        .revoke_session(session.id, now, &WebhookPlan::none())
-        .await
-        .unwrap());
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.revoke_session(session.id, now).await.unwrap());
+    tx.commit().await.unwrap();
     drop(store);
     let store = tessera_store::open(&format!("sqlite://{}", path.display()))
         .await
@@ -127,7 +133,11 @@ async fn two_stores_share_one_file() {
     let writes = users.iter().enumerate().map(|(i, user)| {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
         let user = user.clone();
-        tokio::spawn(async move { store.insert_user(&user).await })
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            tx.insert_user(&user).await?;
+            tx.commit().await
+        })
     });
     for write in writes.collect::<Vec<_>>() {
         write.await.unwrap().unwrap();
@@ -137,46 +147,62 @@ async fn two_stores_share_one_file() {
         assert_eq!(b.find_user(user.id).await.unwrap().as_ref(), Some(user));
     }
 
-    // One refresh token rotated through both stores at once: exactly one rotation wins.
+    // One refresh token rotated through both stores at once: the read for update holds the
+    // file's write lock, so exactly one rotation wins and the other sees it (a replay).
     let owner = &users[0];
     let device = session(owner, Via::Token, now);
-    a.insert_session(&device, &[]).await.unwrap();
     let first = SessionSecret::generate().to_hash();
-    let record = RefreshRecord {
+    let mut tx = a.begin().await.unwrap();
+    tx.insert_session(&device).await.unwrap();
+    tx.insert_refresh(&RefreshRecord {
         hash: first,
         session_id: device.id,
         issued_at: now,
         rotated_at: None,
-    };
-    b.insert_refresh(&record).await.unwrap();
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let second = SessionSecret::generate().to_hash();
-    let grace = Duration::from_secs(10);
     let (x, y) = tokio::join!(
-        tokio::spawn({
-            let a = a.clone();
-            async move {
-                a.rotate_refresh(&first, &second, now, grace, &WebhookPlan::none())
-                    .await
-            }
-        }),
-        tokio::spawn({
-            let b = b.clone();
-            async move {
-                b.rotate_refresh(&first, &second, now, grace, &WebhookPlan::none())
-                    .await
-            }
-        }),
+        tokio::spawn(present(a.clone(), first, second, now)),
+        tokio::spawn(present(b.clone(), first, second, now)),
     );
     let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
     let rotated = outcomes
         .iter()
-        .filter(|r| matches!(r, Rotation::Rotated(_)))
+        .filter(|d| matches!(d, Decision::Rotate(_)))
         .count();
     let replayed = outcomes
         .iter()
-        .filter(|r| matches!(r, Rotation::Replayed(_)))
+        .filter(|d| matches!(d, Decision::Replay(_)))
         .count();
     assert_eq!((rotated, replayed), (1, 1), "{outcomes:?}");
+
+    // What one store's transaction writes, the other sees only once it commits.
+    let late = user(now);
+    let mut tx = a.begin().await.unwrap();
+    tx.insert_user(&late).await.unwrap();
+    assert_eq!(b.find_user(late.id).await.unwrap(), None);
+    tx.commit().await.unwrap();
+    assert_eq!(b.find_user(late.id).await.unwrap(), Some(late));
+}
+
+/// The core's refresh rotation (RFC 9700 §4.14.2) in one transaction of `store`.
+async fn present(
+    store: SqliteStore,
+    presented: SecretHash,
+    successor: SecretHash,
+    now: Timestamp,
+) -> Result<Decision, StoreError> {
+    let mut tx = store.begin().await?;
+    let token = tx.refresh_token_for_update(&presented, now).await?;
+    let decision = rotation::decide(token, now, Duration::from_secs(10));
+    if let Decision::Rotate(_) = decision {
+        tx.spend_refresh(&presented, &successor, now).await?;
+    }
+    tx.commit().await?;
+    Ok(decision)
 }
 
 /// A database written when timestamps were whole seconds reads back, after the migration to
