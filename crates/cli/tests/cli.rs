@@ -1373,6 +1373,7 @@ async fn secrets_never_reach_the_logs_at_info_or_trace() {
 /// the SQLite write lock (as a long transaction on another node would), so the command's own
 /// transaction cannot begin within the busy timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // every command only the CLI offers, failed then retried
 async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
@@ -1387,6 +1388,14 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
         list.args(what);
         stdout(&run(list, ""))
     };
+    // An admin key to revoke, and a retired signing key to withdraw.
+    let (admin_key, _) = create_admin_key(&path);
+    let retired = listing(&["keys", "list"])
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+    listing(&["keys", "rotate"]);
     let users_before = listing(&["user", "list"]);
     let keys_before = listing(&["keys", "list"]);
 
@@ -1417,6 +1426,11 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
             ],
             "",
         ),
+        (
+            vec!["admin-key".into(), "revoke".into(), admin_key.clone()],
+            "",
+        ),
+        (vec!["keys".into(), "retire".into(), retired.clone()], ""),
     ];
     let failed: Vec<Output> = std::thread::scope(|scope| {
         let running: Vec<_> = commands
@@ -1449,7 +1463,13 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
         users_before,
         "no user, no role change"
     );
-    assert_eq!(listing(&["keys", "list"]), keys_before, "no key");
+    assert_eq!(
+        listing(&["keys", "list"]),
+        keys_before,
+        "no key made, none withdrawn"
+    );
+    // The admin key is still live and the retired key still there: revoking and withdrawing
+    // them now succeeds (each refuses an unknown or already revoked target).
     for (args, stdin) in &commands {
         let mut command = tessera(&path);
         command.args(args);
@@ -1463,5 +1483,11 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
             .any(|l| l.starts_with(&user) && l.contains("\tops\t")),
         "{users}"
     );
-    assert_eq!(listing(&["keys", "list"]).lines().count(), 2);
+    let keys = listing(&["keys", "list"]);
+    assert_eq!(
+        keys.lines().count(),
+        2,
+        "one rotated in, one withdrawn: {keys}"
+    );
+    assert!(!keys.contains(&retired), "{keys}");
 }
