@@ -174,7 +174,7 @@ impl Tessera {
         let cached_mode = self.effective_mode() == RevocationMode::Cached;
         if cached_mode {
             if let Some(cached) = self.cache.cookie(&hash, now) {
-                if now.since(cached.session.last_seen_at) >= touch_interval(&cached.session) {
+                if touch_due(&cached.session, now) {
                     self.cache.touch_cookie(&hash, now);
                     if let Ok(mut pending) = self.pending_touches.lock() {
                         pending.insert(cached.session.id, now);
@@ -223,7 +223,7 @@ impl Tessera {
     }
 
     async fn touch(&self, mut session: Session, now: Timestamp) -> Result<Session, AuthError> {
-        if now.since(session.last_seen_at) >= touch_interval(&session) {
+        if touch_due(&session, now) {
             self.store.touch_session(session.id, now).await?;
             session.last_seen_at = now;
         }
@@ -370,10 +370,15 @@ impl Tessera {
     }
 }
 
-/// How often a cached session's `last_seen_at` is due a write: every minute, or at half a
-/// short idle timeout, so activity always keeps a session alive.
-fn touch_interval(session: &Session) -> std::time::Duration {
-    super::TOUCH_INTERVAL.min(session.idle_timeout / 2)
+/// Whether a session's `last_seen_at` is due a write at `now`: every minute, or at half a
+/// short idle timeout, so activity always keeps a session alive. In whole milliseconds: this
+/// runs on every cookie request, and integer arithmetic is the cheapest form of it.
+fn touch_due(session: &Session, now: Timestamp) -> bool {
+    let interval = crate::model::duration_millis(super::TOUCH_INTERVAL)
+        .min(crate::model::duration_millis(session.idle_timeout) / 2);
+    now.as_unix_millis()
+        .saturating_sub(session.last_seen_at.as_unix_millis())
+        >= interval
 }
 
 #[cfg(test)]
