@@ -59,25 +59,16 @@ const PROBES: [Probe; 10] = [
     Probe::SessionForeign,
 ];
 
-async fn revoke(server: &TestServer, token: &str) {
-    let res = server
-        .client
-        .post(server.url("/oauth2/revoke"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-}
-
 async fn refusable(server: &TestServer) -> Refusable {
     let (email, browser) = server.browser().await;
     let denied = server.password_grant(&email).await;
     let denied_token = denied["access_token"].as_str().unwrap().to_owned();
-    revoke(server, &denied_token).await;
+    server.revoke_token(&denied_token).await;
     let family = server.password_grant(&email).await;
     let family_token = family["access_token"].as_str().unwrap().to_owned();
-    revoke(server, family["refresh_token"].as_str().unwrap()).await;
+    server
+        .revoke_token(family["refresh_token"].as_str().unwrap())
+        .await;
     let res = server
         .client
         .post(server.url("/v1/logout"))

@@ -38,17 +38,6 @@ async fn session_with_bearer(server: &TestServer, token: &str) -> u16 {
         .as_u16()
 }
 
-async fn revoke(server: &TestServer, token: &str) {
-    let res = server
-        .client
-        .post(server.url("/oauth2/revoke"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-}
-
 /// Revokes an access token, its session, and a cookie session from another device, and
 /// reports what the next requests see.
 async fn revoked_credentials_after_revocation(server: &TestServer) -> [u16; 6] {
@@ -62,9 +51,11 @@ async fn revoked_credentials_after_revocation(server: &TestServer) -> [u16; 6] {
     }
     assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
 
-    revoke(server, &denied).await; // jti denylisted
-    revoke(server, family["refresh_token"].as_str().unwrap()).await; // family revoked
-                                                                     // Another device signs the browser out.
+    server.revoke_token(&denied).await; // jti denylisted
+    server
+        .revoke_token(family["refresh_token"].as_str().unwrap())
+        .await; // family revoked
+                // Another device signs the browser out.
     let other = server.password_grant(&email).await;
     let list: Value = server
         .client
@@ -224,7 +215,7 @@ async fn a_revocation_on_one_node_reaches_the_other_through_the_feed() {
         "accepted by B"
     );
 
-    revoke(&b, access).await;
+    b.revoke_token(access).await;
     let res = b
         .client
         .post(b.url("/v1/logout"))
@@ -259,7 +250,7 @@ async fn a_stale_feed_falls_back_to_strict_until_it_is_heard_again() {
     assert_eq!(a.verify_bearer(access).await.status(), 200);
 
     feed.paused.store(true, Ordering::SeqCst);
-    revoke(&b, access).await;
+    b.revoke_token(access).await;
     // Within max_staleness A may not know yet; past it, A no longer trusts its cache.
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert!(!a.tessera.revocation_status().fresh);
@@ -451,7 +442,7 @@ async fn a_failing_feed_falls_back_to_strict_and_resyncs_when_it_returns() {
     assert!(revocation["last_lag_ms"].is_u64(), "{body}");
 
     // B revokes both credentials during the outage; A cannot hear of it through its feed.
-    revoke(&b, access).await;
+    b.revoke_token(access).await;
     let res = b
         .client
         .post(b.url("/v1/logout"))
