@@ -69,14 +69,7 @@ async fn refusable(server: &TestServer) -> Refusable {
     server
         .revoke_token(family["refresh_token"].as_str().unwrap())
         .await;
-    let res = server
-        .client
-        .post(server.url("/v1/logout"))
-        .header(COOKIE, &browser.cookie)
-        .header("x-csrf-token", &browser.csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = server.logout(&browser).await;
     assert_eq!(res.status(), 204);
     let name = browser.cookie.split('=').next().unwrap();
     let foreign = start("").await;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use reqwest::header::COOKIE;
 use serde_json::Value;
 use support::instrumented::{Calls, InstrumentedStore};
 use support::{start, start_instrumented_node, start_node, start_sqlite, TestServer};
@@ -216,14 +215,7 @@ async fn a_revocation_on_one_node_reaches_the_other_through_the_feed() {
     );
 
     b.revoke_token(access).await;
-    let res = b
-        .client
-        .post(b.url("/v1/logout"))
-        .header(COOKIE, &browser.cookie)
-        .header("x-csrf-token", &browser.csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = b.logout(&browser).await;
     assert_eq!(res.status(), 204, "B signs out A's cookie session");
 
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -443,14 +435,7 @@ async fn a_failing_feed_falls_back_to_strict_and_resyncs_when_it_returns() {
 
     // B revokes both credentials during the outage; A cannot hear of it through its feed.
     b.revoke_token(access).await;
-    let res = b
-        .client
-        .post(b.url("/v1/logout"))
-        .header(COOKIE, &browser.cookie)
-        .header("x-csrf-token", &browser.csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = b.logout(&browser).await;
     assert_eq!(res.status(), 204);
 
     // A checks against the store (strict), which knows: refused at once. The store reads

@@ -270,6 +270,17 @@ impl TestServer {
             .unwrap()
     }
 
+    /// `POST /v1/logout` with the browser's cookie and CSRF token.
+    pub async fn logout(&self, browser: &Browser) -> Response {
+        self.client
+            .post(self.url("/v1/logout"))
+            .header(COOKIE, &browser.cookie)
+            .header("x-csrf-token", &browser.csrf)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// RFC 7009 revocation of either kind of token; expects the 200 it always answers.
     pub async fn revoke_token(&self, token: &str) {
         let res = self
