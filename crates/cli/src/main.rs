@@ -177,14 +177,22 @@ fn load_layers(cli: &Cli) -> CliResult<ConfigLayer> {
 }
 
 async fn open(config: Config, policy: KeyPolicy) -> CliResult<Arc<Tessera>> {
-    if config.redis.is_some() {
-        return Err("`redis` is not supported by this build yet; unset it".to_owned());
-    }
-    let store = tessera_store::open(&config.database)
+    let store = tessera_store::open_with(&config.database, config.database_pool_size)
         .await
         .map_err(|e| format!("cannot open database {}: {e}", redact_url(&config.database)))?;
     let master = master_key(&config)?;
-    let tessera = Tessera::start(Arc::new(config), store, master, policy)
+    let redis = config
+        .redis
+        .as_deref()
+        .map(|url| (url, config.redis_prefix.as_str()));
+    let feed = tessera_store::revocation_feed(
+        Arc::clone(&store),
+        &config.database,
+        redis,
+        config.max_staleness,
+    )
+    .map_err(|e| e.to_string())?;
+    let tessera = Tessera::start_with_feed(Arc::new(config), store, master, policy, feed)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(tessera))
@@ -256,8 +264,14 @@ async fn serve(config: Config, layers: ConfigLayer) -> CliResult {
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let config = with_bound_port(config, layers, local)?;
+    let redis = config.redis.as_deref().map(redact_url);
     let tessera = open(config, KeyPolicy::Serve).await?;
-    println!("tessera listening on http://{local} (database {database})");
+    let (store, _) = tessera.store_backend();
+    let feed = tessera.revocation_status().feed.name;
+    tracing::info!(store, %database, redis = redis.as_deref().unwrap_or("unset"), feed, "stores and revocation feed");
+    println!(
+        "tessera listening on http://{local} (database {database}, {store}; revocation feed: {feed})"
+    );
     println!("  create the first user:  tessera user add you@example.com");
     println!("  create an admin key:    tessera admin-key create --name ops");
     tessera_server::serve(listener, tessera, shutdown_signal())

@@ -24,7 +24,9 @@ pub struct Setting {
 pub const SETTINGS: &[Setting] = &[
     Setting { key: "listen", help: "address to listen on [default: 127.0.0.1:8080]" },
     Setting { key: "database", help: "sqlite://PATH, postgres://… or memory [default: sqlite://tessera.db]" },
-    Setting { key: "redis", help: "redis://… enables the Redis store and revocation feed [default: unset]" },
+    Setting { key: "database_pool_size", help: "PostgreSQL connections per node [default: 10]" },
+    Setting { key: "redis", help: "redis://… carries the revocation feed over pub/sub [default: unset]" },
+    Setting { key: "redis_prefix", help: "prefix of every Redis key and channel [default: tessera:]" },
     Setting { key: "issuer", help: "the `iss` claim and metadata issuer [default: http://<listen>]" },
     Setting { key: "audience", help: "the `aud` claim of access tokens [default: tessera]" },
     Setting { key: "signing_alg", help: "EdDSA, ES256, RS256 or HS256 [default: EdDSA]" },
@@ -241,6 +243,28 @@ impl ConfigLayer {
         Ok(parsed.unwrap_or(default))
     }
 
+    fn pool_size(&self) -> Result<u32, ConfigError> {
+        Ok(self
+            .parsed("database_pool_size", "a whole number from 1 to 1000", |t| {
+                t.parse::<u32>().ok().filter(|n| (1..=1000).contains(n))
+            })?
+            .unwrap_or(10))
+    }
+
+    fn redis(&self) -> Result<Option<String>, ConfigError> {
+        self.parsed("redis", "a redis:// URL", |t| {
+            (t.starts_with("redis://") || t.starts_with("rediss://")).then(|| t.to_owned())
+        })
+    }
+
+    fn redis_prefix(&self) -> Result<String, ConfigError> {
+        Ok(self
+            .parsed("redis_prefix", "printable characters without spaces", |t| {
+                (!t.chars().any(|c| c.is_whitespace() || c.is_control())).then(|| t.to_owned())
+            })?
+            .unwrap_or_else(|| "tessera:".to_owned()))
+    }
+
     fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         self.duration_of(key, default, Duration::from_millis(1), false)
     }
@@ -396,9 +420,7 @@ impl ConfigLayer {
                 .then(|| t.to_owned())
             })?
             .unwrap_or_else(|| "sqlite://tessera.db".to_owned());
-        let redis = self.parsed("redis", "a redis:// URL", |t| {
-            (t.starts_with("redis://") || t.starts_with("rediss://")).then(|| t.to_owned())
-        })?;
+
         let issuer = self
             .parsed("issuer", "an http(s) URL", |t| {
                 origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
@@ -461,7 +483,9 @@ impl ConfigLayer {
         Ok(Config {
             listen,
             database,
-            redis,
+            database_pool_size: self.pool_size()?,
+            redis: self.redis()?,
+            redis_prefix: self.redis_prefix()?,
             issuer,
             audience,
             signing_alg,
@@ -504,7 +528,9 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("database", &redact_url(&self.database))
+            .field("database_pool_size", &self.database_pool_size)
             .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
             .field("issuer", &self.issuer)
             .field("signing_alg", &self.signing_alg)
             .field("revocation_mode", &self.revocation_mode)
@@ -553,7 +579,11 @@ impl fmt::Display for RevocationMode {
 pub struct Config {
     pub listen: SocketAddr,
     pub database: String,
+    /// PostgreSQL connections per node.
+    pub database_pool_size: u32,
     pub redis: Option<String>,
+    /// Every Redis key and channel starts with it, so several deployments share one server.
+    pub redis_prefix: String,
     pub issuer: String,
     pub audience: String,
     pub signing_alg: Algorithm,
@@ -607,6 +637,22 @@ mod tests {
         );
         assert_eq!(config.master_key_file, PathBuf::from("tessera.key"));
         assert!(config.redis.is_none());
+        assert_eq!(config.database_pool_size, 10);
+        assert_eq!(config.redis_prefix, "tessera:");
+    }
+
+    #[test]
+    fn pool_size_and_redis_prefix_are_checked() {
+        let config = file("database_pool_size = 3\nredis_prefix = \"app1:\"")
+            .resolve()
+            .unwrap();
+        assert_eq!(config.database_pool_size, 3);
+        assert_eq!(config.redis_prefix, "app1:");
+        for bad in ["database_pool_size = 0", "redis_prefix = \"a b\""] {
+            let err = file(bad).resolve().unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

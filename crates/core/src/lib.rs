@@ -6,6 +6,7 @@
 //! one conformance suite in `tessera-store`.
 
 pub mod background;
+pub mod bell;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -33,4 +33,6 @@ pub struct RevocationStatus {
     /// Milliseconds between the last applied revocation event's creation and its application
     /// on this node: the revocation lag.
     pub last_lag_ms: u64,
+    /// What carries the feed and how it fares; followed in every mode (withdrawn keys).
+    pub feed: crate::revocation::FeedStatus,
 }

@@ -42,6 +42,27 @@ pub trait RevocationFeed: Send + Sync + 'static {
         cursor: u64,
         wait: Duration,
     ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, StoreError>;
+    /// Whether the last answer of [`cursor`](Self::cursor) or [`next`](Self::next) vouches
+    /// for freshness. A push feed whose channel is down still reads the log (and its events
+    /// are applied) but does not, so the node falls back to `strict` after `max_staleness`.
+    fn trusted(&self) -> bool {
+        true
+    }
+    /// For logs, `/readyz` and `/metrics`.
+    fn status(&self) -> FeedStatus;
+}
+
+/// What a feed reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// What carries the feed: `store log (polled)`, `PostgreSQL LISTEN/NOTIFY`, `Redis pub/sub`.
+    pub name: &'static str,
+    /// The push channel is up and its heartbeat heard (always `true` for a polled log).
+    pub connected: bool,
+    /// Times the push channel was re-established after its first connection.
+    pub reconnects: u64,
+    /// Times the node (re)synchronised from the log, the first time included.
+    pub resyncs: u64,
 }
 
 /// The feed over the store's own durable log, polled: in-process for the memory store, and
@@ -50,6 +71,7 @@ pub trait RevocationFeed: Send + Sync + 'static {
 pub struct StoreFeed {
     store: Arc<dyn Store>,
     poll_interval: Duration,
+    resyncs: AtomicU64,
 }
 
 impl StoreFeed {
@@ -57,6 +79,7 @@ impl StoreFeed {
         Self {
             store,
             poll_interval,
+            resyncs: AtomicU64::new(0),
         }
     }
 }
@@ -64,6 +87,7 @@ impl StoreFeed {
 #[async_trait]
 impl RevocationFeed for StoreFeed {
     async fn cursor(&self) -> Result<u64, StoreError> {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
         self.store.latest_event().await
     }
 
@@ -77,6 +101,15 @@ impl RevocationFeed for StoreFeed {
             tokio::time::sleep(self.poll_interval.min(wait)).await;
         }
         Ok(events)
+    }
+
+    fn status(&self) -> FeedStatus {
+        FeedStatus {
+            name: "store log (polled)",
+            connected: true,
+            reconnects: 0,
+            resyncs: self.resyncs.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -385,7 +418,7 @@ pub async fn follow(
                             if !keys_current {
                                 keys_changed.notify_one();
                             }
-                            if let Some(cache) = &cache {
+                            if let Some(cache) = cache.as_ref().filter(|_| feed.trusted()) {
                                 cache.heard(None);
                             }
                         }
@@ -414,7 +447,7 @@ pub async fn follow(
                     }
                     cursor = Some(*seq);
                 }
-                if let Some(cache) = &cache {
+                if let Some(cache) = cache.as_ref().filter(|_| feed.trusted()) {
                     cache.heard(newest);
                 }
             }

@@ -338,4 +338,21 @@ pub trait Store:
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Which backend this is (`memory`, `SQLite`, `PostgreSQL`), for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+    /// The connection pool's use, for `/metrics`; `None` for a backend without a shared pool.
+    fn pool_use(&self) -> Option<PoolUse> {
+        None
+    }
+}
+
+/// How busy a store's connection pool is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    /// Connections open now, busy or idle.
+    pub open: u32,
+    /// Of those, connections waiting for work.
+    pub idle: u32,
+    /// The most the pool opens (`database_pool_size`).
+    pub max: u32,
 }

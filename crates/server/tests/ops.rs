@@ -55,7 +55,10 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn readyz_reports_the_store_and_revocation_state() {
-    for server in [start("").await, start_sqlite("").await] {
+    for (server, database) in [
+        (start("").await, "memory"),
+        (start_sqlite("").await, "SQLite"),
+    ] {
         let res = ready(&server).await;
         assert_eq!(res.status(), 200);
         assert!(content_type(&res).starts_with("application/json"));
@@ -71,7 +74,12 @@ async fn readyz_reports_the_store_and_revocation_state() {
         assert_eq!(revocation["fresh"], true);
         assert!(revocation["feed_silence_ms"].is_u64(), "{body}");
         assert!(revocation["last_lag_ms"].is_u64(), "{body}");
-        assert_eq!(body.as_object().unwrap().len(), 3, "nothing else: {body}");
+        assert_eq!(body["database"], database);
+        assert_eq!(revocation["feed"], "store log (polled)");
+        assert_eq!(revocation["feed_connected"], true);
+        assert_eq!(revocation["feed_reconnects"], 0);
+        assert!(revocation["feed_resyncs"].as_u64().unwrap() >= 1, "{body}");
+        assert_eq!(body.as_object().unwrap().len(), 4, "nothing else: {body}");
     }
 
     let server = start("revocation_mode = \"strict\"").await;

@@ -14,7 +14,7 @@ use support::instrumented::{Calls, InstrumentedStore};
 use support::{start, start_instrumented_node, start_node, start_sqlite, TestServer};
 use tessera_core::keys::MasterKey;
 use tessera_core::model::{RevocationEvent, Timestamp};
-use tessera_core::revocation::{RevocationFeed, StoreFeed};
+use tessera_core::revocation::{FeedStatus, RevocationFeed, StoreFeed};
 use tessera_core::StoreError;
 
 async fn wait_fresh(server: &TestServer) {
@@ -161,6 +161,10 @@ impl RevocationFeed for PausableFeed {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.inner.next(cursor, wait).await
+    }
+
+    fn status(&self) -> FeedStatus {
+        self.inner.status()
     }
 }
 

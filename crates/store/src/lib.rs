@@ -12,9 +12,14 @@
 //! backend's and every crate's tests share them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tessera_core::bell::PushFeed;
+use tessera_core::revocation::{RevocationFeed, StoreFeed};
 use tessera_core::{Store, StoreError};
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub mod bells;
 pub mod conformance;
 #[cfg(feature = "memory")]
 pub mod memory;
@@ -27,6 +32,68 @@ pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
+/// How long a node waits on a healthy push channel before it reads the log anyway: what a
+/// lost `NOTIFY` or pub/sub message can cost at most.
+pub const SAFETY_POLL: Duration = Duration::from_secs(1);
+/// How often a node reads the log while its push channel is down, or when it has none.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The revocation feed for a node on `store` (SPEC §5, §6): Redis pub/sub when `redis`
+/// (URL, prefix) is set; PostgreSQL `LISTEN/NOTIFY` on a PostgreSQL `database`; otherwise the
+/// store's log polled, which is in-process for the memory store and reaches every process
+/// sharing a SQLite file. Push channels only wake the node, which reads the log either way.
+///
+/// Starts the push channel's driver in the background (it needs a Tokio runtime) and returns
+/// at once; the feed is not trusted until the channel is up.
+pub fn revocation_feed(
+    store: Arc<dyn Store>,
+    database: &str,
+    redis: Option<(&str, &str)>,
+    max_staleness: Duration,
+) -> Result<Arc<dyn RevocationFeed>, StoreError> {
+    #[cfg(any(feature = "postgres", feature = "redis"))]
+    let heartbeat = tessera_core::bell::Heartbeat::for_staleness(max_staleness);
+    #[cfg(not(any(feature = "postgres", feature = "redis")))]
+    let _ = max_staleness;
+    let bell = match redis {
+        #[cfg(feature = "redis")]
+        Some((url, prefix)) => bells::subscribe(url, prefix, heartbeat)?,
+        #[cfg(not(feature = "redis"))]
+        Some(_) => {
+            return Err(StoreError::Unavailable(
+                "`redis` needs tessera-store's `redis` feature, not enabled in this build"
+                    .to_owned(),
+            ))
+        }
+        #[cfg(feature = "postgres")]
+        None if is_postgres(database) => bells::listen(database, heartbeat)?,
+        None => {
+            let _ = database;
+            return Ok(Arc::new(StoreFeed::new(store, POLL_INTERVAL)));
+        }
+    };
+    #[allow(unreachable_code)]
+    Ok(Arc::new(PushFeed::new(
+        store,
+        bell,
+        SAFETY_POLL,
+        POLL_INTERVAL,
+    )))
+}
+
+fn scheme(database: &str) -> String {
+    database
+        .trim()
+        .split_once(':')
+        .map_or("", |(scheme, _)| scheme)
+        .to_ascii_lowercase()
+}
+
+#[cfg(feature = "postgres")]
+fn is_postgres(database: &str) -> bool {
+    matches!(scheme(database).as_str(), "postgres" | "postgresql")
+}
+
 /// The forms of the `database` setting this build understands, for error messages.
 const ACCEPTED: &str = "`memory`, `sqlite://PATH` or `sqlite:PATH`";
 
@@ -36,15 +103,16 @@ const ACCEPTED: &str = "`memory`, `sqlite://PATH` or `sqlite:PATH`";
 ///
 /// Anything else is [`StoreError::Unavailable`] with a message naming the accepted forms.
 /// The message quotes only the scheme, never the whole value, which may carry a password.
+pub async fn open_with(database: &str, _pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+    open(database).await
+}
+
 pub async fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
     let database = database.trim();
     if database == "memory" {
         return open_memory();
     }
-    let scheme = database
-        .split_once(':')
-        .map_or("", |(scheme, _)| scheme)
-        .to_ascii_lowercase();
+    let scheme = scheme(database);
     match scheme.as_str() {
         "sqlite" => open_sqlite(database).await,
         "postgres" | "postgresql" => Err(StoreError::Unavailable(format!(

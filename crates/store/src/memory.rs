@@ -866,4 +866,8 @@ impl Store for MemoryStore {
         // Answers only while the state is consistent, like any other operation.
         self.read().map(drop)
     }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
 }

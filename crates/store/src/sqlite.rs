@@ -1186,6 +1186,10 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    fn backend(&self) -> &'static str {
+        "SQLite"
+    }
 }
 
 #[cfg(test)]

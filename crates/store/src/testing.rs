@@ -77,6 +77,214 @@ pub fn skip_or_fail(what: &str, why: &str) {
     }
 }
 
+/// A TCP proxy a test puts between nodes and a shared service, to cause the outages the test
+/// needs without touching the service: [`cut`](Self::cut) drops every connection and refuses
+/// new ones, as a dead server would; [`freeze`](Self::freeze) keeps connections open but
+/// forwards nothing, as a half-open connection or a partition does, where no error ever comes.
+pub struct TcpProxy {
+    port: u16,
+    state: std::sync::Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// 0 = forwarding, 1 = frozen, 2 = cut.
+    mode: std::sync::atomic::AtomicU8,
+    /// Bumped at each cut: connections from before it end.
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let upstream = upstream.to_owned();
+        let shared = std::sync::Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if shared.mode.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(forward(
+                    client,
+                    upstream.clone(),
+                    std::sync::Arc::clone(&shared),
+                ));
+            }
+        });
+        Ok(Self { port, state, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Drops every connection and refuses new ones until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        self.state
+            .mode
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        self.state
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops forwarding in both directions, keeping every connection open.
+    pub fn freeze(&self) {
+        self.state
+            .mode
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Forwards again. Connections cut stay gone; frozen ones resume, but whatever was sent
+    /// while frozen was dropped, so they are unusable and their owners must notice.
+    pub fn restore(&self) {
+        self.state
+            .mode
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    client: tokio::net::TcpStream,
+    upstream: String,
+    state: std::sync::Arc<ProxyState>,
+) {
+    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let epoch = state.epoch.load(std::sync::atomic::Ordering::SeqCst);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = tokio::spawn(pump(
+        client_read,
+        server_write,
+        std::sync::Arc::clone(&state),
+        epoch,
+    ));
+    pump(server_read, client_write, state, epoch).await;
+    up.abort();
+}
+
+/// Copies one direction until either side closes or the proxy is cut; swallows what arrives
+/// while frozen, as a black hole would.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: std::sync::Arc<ProxyState>,
+    epoch: u64,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                if state.epoch.load(Ordering::SeqCst) != epoch {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Ok(n) = read else { return };
+        if n == 0 || state.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        if state.mode.load(Ordering::SeqCst) == 1 {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A `redis-server` of a test's own, on a free loopback port, for outages the shared server
+/// must never see: [`stop`](Self::stop) kills it, [`start_again`](Self::start_again) brings
+/// it back on the same port, empty (no persistence), as a restart without persistence would.
+pub struct RedisServer {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// `None` (having said why through [`skip_or_fail`]) when `redis-server` cannot be run.
+    pub fn start(what: &str) -> Option<Self> {
+        let port = match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(listener) => listener.local_addr().map_or(0, |a| a.port()),
+            Err(e) => {
+                skip_or_fail(what, &format!("no free port: {e}"));
+                return None;
+            }
+        };
+        let mut server = Self { port, child: None };
+        if let Err(e) = server.start_again() {
+            skip_or_fail(what, &format!("cannot run redis-server: {e}"));
+            return None;
+        }
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL): connections drop at once.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server on its port and waits until it accepts connections.
+    pub fn start_again(&mut self) -> std::io::Result<()> {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(std::io::Error::other(
+            "redis-server did not start listening",
+        ))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

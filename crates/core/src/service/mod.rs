@@ -308,7 +308,13 @@ impl Tessera {
             fresh: !cached || self.cache.is_fresh(self.config.max_staleness),
             feed_silence_ms: if cached { self.cache.silence_ms() } else { 0 },
             last_lag_ms: if cached { self.cache.last_lag_ms() } else { 0 },
+            feed: self.feed.status(),
         }
+    }
+
+    /// Which store this node uses, and how busy its pool is (for `/readyz` and `/metrics`).
+    pub fn store_backend(&self) -> (&'static str, Option<crate::store::PoolUse>) {
+        (self.store.backend(), self.store.pool_use())
     }
 
     /// The in-process revocation state (for diagnostics and benchmarks).

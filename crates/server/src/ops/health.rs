@@ -35,6 +35,8 @@ pub struct Readiness {
     status: &'static str,
     /// `ok` or `unreachable`; never the cause.
     store: &'static str,
+    /// The store's backend: `memory`, `SQLite` or `PostgreSQL`.
+    database: &'static str,
     revocation: RevocationView,
 }
 
@@ -46,20 +48,37 @@ pub struct RevocationView {
     fresh: bool,
     feed_silence_ms: u64,
     last_lag_ms: u64,
+    /// What carries the feed: `store log (polled)`, `PostgreSQL LISTEN/NOTIFY` or
+    /// `Redis pub/sub`.
+    feed: &'static str,
+    /// The push channel is up and its heartbeat heard (always `true` for a polled log).
+    feed_connected: bool,
+    feed_reconnects: u64,
+    /// Times this node (re)synchronised from the revocation log, the first time included.
+    feed_resyncs: u64,
 }
 
 /// The verdict of `/readyz`: ready only when the store answers and revocation is trustworthy,
 /// since a node that cannot see revocations must not be sent traffic (SPEC §7, fail closed).
-fn readiness(store_ok: bool, revocation: RevocationStatus) -> (StatusCode, Readiness) {
+fn readiness(
+    store_ok: bool,
+    database: &'static str,
+    revocation: RevocationStatus,
+) -> (StatusCode, Readiness) {
     let ready = store_ok && revocation.fresh;
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         store: if store_ok { "ok" } else { "unreachable" },
+        database,
         revocation: RevocationView {
             mode: revocation.mode.as_str(),
             fresh: revocation.fresh,
             feed_silence_ms: revocation.feed_silence_ms,
             last_lag_ms: revocation.last_lag_ms,
+            feed: revocation.feed.name,
+            feed_connected: revocation.feed.connected,
+            feed_reconnects: revocation.feed.reconnects,
+            feed_resyncs: revocation.feed.resyncs,
         },
     };
     let status = if ready {
@@ -93,7 +112,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             false
         }
     };
-    let (status, body) = readiness(store_ok, state.tessera.revocation_status());
+    let (database, _) = state.tessera.store_backend();
+    let (status, body) = readiness(store_ok, database, state.tessera.revocation_status());
     let mut response = (status, Json(body)).into_response();
     no_store(&mut response);
     response

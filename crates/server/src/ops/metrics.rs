@@ -21,6 +21,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tessera_core::metrics::{Counters, RevocationStatus};
 use tessera_core::service::RefusalReason;
+use tessera_core::store::PoolUse;
 use tower::{Layer, Service};
 use utoipa::openapi::path::PathItem;
 use utoipa::openapi::OpenApi as OpenApiDocument;
@@ -45,9 +46,11 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
     ))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state
-        .metrics
-        .render(state.tessera.counters(), state.tessera.revocation_status());
+    let text = state.metrics.render(
+        state.tessera.counters(),
+        state.tessera.revocation_status(),
+        state.tessera.store_backend().1,
+    );
     let mut response = (
         [(
             header::CONTENT_TYPE,
@@ -308,10 +311,15 @@ impl HttpMetrics {
     }
 
     /// The whole exposition: request metrics, then the domain counters and revocation state.
-    pub fn render(&self, counters: &Counters, revocation: RevocationStatus) -> String {
+    pub fn render(
+        &self,
+        counters: &Counters,
+        revocation: RevocationStatus,
+        pool: Option<PoolUse>,
+    ) -> String {
         let mut out = String::with_capacity(64 * 1024);
         // Writing to a `String` cannot fail; the `Result` only satisfies `fmt::Write`.
-        let _ = self.write(&mut out, counters, revocation);
+        let _ = self.write(&mut out, counters, revocation, pool);
         out
     }
 
@@ -320,6 +328,7 @@ impl HttpMetrics {
         out: &mut String,
         counters: &Counters,
         revocation: RevocationStatus,
+        pool: Option<PoolUse>,
     ) -> std::fmt::Result {
         self.write_requests(out)?;
         self.write_latency(out)?;
@@ -334,7 +343,8 @@ impl HttpMetrics {
             let value = counter.load(Ordering::Relaxed);
             writeln!(out, "tessera_verify_total{{outcome=\"{outcome}\"}} {value}")?;
         }
-        write_domain(out, counters, revocation)
+        write_domain(out, counters, revocation)?;
+        write_pool(out, pool)
     }
 
     fn write_requests(&self, out: &mut String) -> std::fmt::Result {
@@ -467,7 +477,72 @@ fn write_domain(
     )?;
     let mode = revocation.mode.as_str();
     let fresh = u8::from(revocation.fresh);
-    writeln!(out, "tessera_revocation_fresh{{mode=\"{mode}\"}} {fresh}")
+    writeln!(out, "tessera_revocation_fresh{{mode=\"{mode}\"}} {fresh}")?;
+
+    let feed = LabelValue(revocation.feed.name);
+    header(
+        out,
+        "tessera_revocation_feed_connected",
+        "gauge",
+        "1 when the feed's push channel is up and its heartbeat heard (always 1 for a polled log).",
+    )?;
+    let connected = u8::from(revocation.feed.connected);
+    writeln!(
+        out,
+        "tessera_revocation_feed_connected{{feed=\"{feed}\"}} {connected}"
+    )?;
+    header(
+        out,
+        "tessera_revocation_feed_reconnects_total",
+        "counter",
+        "Times the feed's push channel was re-established after its first connection.",
+    )?;
+    let reconnects = revocation.feed.reconnects;
+    writeln!(
+        out,
+        "tessera_revocation_feed_reconnects_total{{feed=\"{feed}\"}} {reconnects}"
+    )?;
+    header(
+        out,
+        "tessera_revocation_feed_resyncs_total",
+        "counter",
+        "Times this node (re)synchronised from the revocation log, the first time included.",
+    )?;
+    let resyncs = revocation.feed.resyncs;
+    writeln!(
+        out,
+        "tessera_revocation_feed_resyncs_total{{feed=\"{feed}\"}} {resyncs}"
+    )
+}
+
+/// The store's connection pool, when it has one (PostgreSQL).
+fn write_pool(out: &mut String, pool: Option<PoolUse>) -> std::fmt::Result {
+    let Some(pool) = pool else {
+        return Ok(());
+    };
+    header(
+        out,
+        "tessera_store_pool_connections",
+        "gauge",
+        "Store connections open now, by state.",
+    )?;
+    let busy = pool.open.saturating_sub(pool.idle);
+    writeln!(
+        out,
+        "tessera_store_pool_connections{{state=\"busy\"}} {busy}"
+    )?;
+    writeln!(
+        out,
+        "tessera_store_pool_connections{{state=\"idle\"}} {}",
+        pool.idle
+    )?;
+    header(
+        out,
+        "tessera_store_pool_max_connections",
+        "gauge",
+        "The most connections the store's pool opens (database_pool_size).",
+    )?;
+    writeln!(out, "tessera_store_pool_max_connections {}", pool.max)
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
@@ -611,6 +686,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use tessera_core::config::RevocationMode;
+    use tessera_core::revocation::FeedStatus;
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
     use utoipa::openapi::OpenApiBuilder;
 
@@ -622,6 +698,12 @@ mod tests {
             fresh,
             feed_silence_ms: 7_250,
             last_lag_ms: 12,
+            feed: FeedStatus {
+                name: "Redis pub/sub",
+                connected: true,
+                reconnects: 2,
+                resyncs: 3,
+            },
         }
     }
 
@@ -646,7 +728,7 @@ mod tests {
         metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(3), None);
         metrics.record(verify, 0, StatusCode::SERVICE_UNAVAILABLE, ms(20_000), None);
         metrics.record(verify, 2, StatusCode::METHOD_NOT_ALLOWED, ms(1), None);
-        let text = metrics.render(&Counters::default(), status(true));
+        let text = metrics.render(&Counters::default(), status(true), None);
         let bucket = |le: &str| {
             format!("tessera_http_request_duration_seconds_bucket{{route=\"/v1/verify\",method=\"GET\",le=\"{le}\"}} ")
         };
@@ -669,7 +751,7 @@ mod tests {
             ms(1),
             Some(VerifyReason(Some(RefusalReason::JtiDenied))),
         );
-        let text = metrics.render(&Counters::default(), status(true));
+        let text = metrics.render(&Counters::default(), status(true), None);
         assert!(text.contains("tessera_verify_total{outcome=\"jti_denied\"} 1\n"));
         assert!(text.contains("tessera_verify_total{outcome=\"unauthenticated\"} 1\n"));
         assert!(text.contains(
@@ -683,6 +765,20 @@ mod tests {
         assert!(text.contains("tessera_revocation_feed_silence_seconds 7.250\n"));
         assert!(text.contains("tessera_revocation_lag_seconds 0.012\n"));
         assert!(text.contains("tessera_revocation_fresh{mode=\"cached\"} 1\n"));
+        assert!(
+            text.contains("tessera_revocation_feed_reconnects_total{feed=\"Redis pub/sub\"} 2\n")
+        );
+        assert!(text.contains("tessera_revocation_feed_resyncs_total{feed=\"Redis pub/sub\"} 3\n"));
+        assert!(!text.contains("tessera_store_pool"), "no pool, no series");
+        let pool = PoolUse {
+            open: 7,
+            idle: 3,
+            max: 10,
+        };
+        let text = metrics.render(&Counters::default(), status(true), Some(pool));
+        assert!(text.contains("tessera_store_pool_connections{state=\"busy\"} 4\n"));
+        assert!(text.contains("tessera_store_pool_connections{state=\"idle\"} 3\n"));
+        assert!(text.contains("tessera_store_pool_max_connections 10\n"));
     }
 
     #[test]

@@ -542,4 +542,8 @@ impl Store for InstrumentedStore {
     delegate! {
         PING fn ping[]() -> ();
     }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
 }
