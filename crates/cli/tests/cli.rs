@@ -4,60 +4,16 @@
 //! reaches the logs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-const PASSWORD: &str = "correct horse battery";
-
-/// Every server of a test names this issuer, so its tokens stay valid when it restarts on
-/// another port, and are accepted by every server on the same installation.
-const ISSUER: &str = "http://tessera.test";
-
-fn tessera(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    command
-        .current_dir(dir)
-        .env_remove("TESSERA_MASTER_KEY")
-        .env(
-            "TESSERA_DATABASE",
-            format!("sqlite://{}", dir.join("tessera.db").display()),
-        )
-        .env("TESSERA_LOG", "warn");
-    command
-}
-
-fn run(mut command: Command, stdin: &str) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use support::*;
 
 #[test]
 fn user_add_reads_the_password_from_stdin_and_prints_the_id() {
@@ -251,271 +207,6 @@ fn every_command_has_help() {
 }
 
 /// A `tessera serve` child process. Dropping it kills it with SIGKILL.
-struct Server {
-    child: Child,
-    base: String,
-    /// Where the child's stderr (its log) goes.
-    log: PathBuf,
-}
-
-impl Server {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// `kill -9`: no shutdown hooks, no flush.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGTERM, as an orchestrator stops a service.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    /// Waits up to `within` for the process to exit on its own, and returns its status.
-    async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tessera serve still running {within:?} after SIGTERM: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `tessera serve` in `dir` on port 0 (the system picks a free port, so no port is
-/// ever reserved and released) and learns the address from the line it prints once bound.
-/// Its log, at `log_level`, goes to a file of its own in `dir`; `args` are further flags.
-async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
-    static STARTS: AtomicUsize = AtomicUsize::new(0);
-    let log = dir.join(format!(
-        "serve-{}.log",
-        STARTS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut command = tessera(dir);
-    command
-        .env("TESSERA_LOG", log_level)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = command.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads stdout to its end, so the child never writes into a closed pipe.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("tessera listening on ") {
-                let address = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(address);
-                }
-            }
-        }
-    });
-    let bound = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    let Ok(base) = bound else {
-        panic!(
-            "tessera serve reported no address: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
-    assert!(
-        base.starts_with("http://127.0.0.1:") && !base.ends_with(":0"),
-        "{base}"
-    );
-    let server = Server { child, base, log };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(res) = client.get(server.url("/healthz")).send().await {
-            if res.status() == 200 {
-                return server;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not become healthy: {}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A server of the installation in `dir`, under the shared [`ISSUER`].
-async fn serve(dir: &Path) -> Server {
-    serve_with(dir, "warn", &["--issuer", ISSUER]).await
-}
-
-/// `name=value` of the session cookie a login answer sets.
-fn session_cookie(res: &reqwest::Response) -> String {
-    res.headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|pair| pair.starts_with("__Host-tessera_session="))
-        .unwrap()
-}
-
-/// What a browser keeps after logging in.
-struct Browser {
-    cookie: String,
-    csrf: String,
-}
-
-async fn sign_up(client: &reqwest::Client, server: &Server, email: &str) -> String {
-    let res = client
-        .post(server.url("/v1/users"))
-        .json(&json!({ "email": email, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
-async fn login(client: &reqwest::Client, server: &Server, email: &str) -> Browser {
-    let res = client
-        .post(server.url("/v1/login"))
-        .json(&json!({ "email": email, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let cookie = session_cookie(&res);
-    let body: Value = res.json().await.unwrap();
-    Browser {
-        cookie,
-        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
-    }
-}
-
-/// The password grant: `(access_token, refresh_token)`.
-async fn grant(client: &reqwest::Client, server: &Server, email: &str) -> (String, String) {
-    let res = client
-        .post(server.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", email),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let pair: Value = res.json().await.unwrap();
-    (
-        pair["access_token"].as_str().unwrap().to_owned(),
-        pair["refresh_token"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn refresh(client: &reqwest::Client, server: &Server, token: &str) -> reqwest::Response {
-    client
-        .post(server.url("/oauth2/token"))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
-        .send()
-        .await
-        .unwrap()
-}
-
-/// RFC 7009; 200 whatever the token.
-async fn revoke(client: &reqwest::Client, server: &Server, token: &str) {
-    let res = client
-        .post(server.url("/oauth2/revoke"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-}
-
-async fn logout(client: &reqwest::Client, server: &Server, browser: &Browser) {
-    let res = client
-        .post(server.url("/v1/logout"))
-        .header("cookie", &browser.cookie)
-        .header("x-csrf-token", &browser.csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
-}
-
-async fn verify_bearer(client: &reqwest::Client, server: &Server, token: &str) -> u16 {
-    client
-        .get(server.url("/v1/verify"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn verify_cookie(client: &reqwest::Client, server: &Server, cookie: &str) -> u16 {
-    client
-        .get(server.url("/v1/verify"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-/// Polls `probe` until it answers `want`, for up to `within` (generous: the revocation log is
-/// polled every 200 ms, and the machine may be loaded).
-async fn eventually<F, Fut>(what: &str, want: u16, within: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = u16>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let got = probe().await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: still {got} after {within:?}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 #[tokio::test]
 async fn serve_on_port_0_reports_the_bound_port_and_names_it_in_the_default_issuer() {
@@ -761,21 +452,6 @@ async fn keys_retire_withdraws_the_key_from_a_running_server() {
     }
 }
 
-/// `tessera admin-key create`: `(id, secret)`; the id is on stderr, the secret alone on stdout.
-fn create_admin_key(dir: &Path) -> (String, String) {
-    let mut create = tessera(dir);
-    create.args(["admin-key", "create", "--name", "ops"]);
-    let output = run(create, "");
-    let secret = stdout(&output).trim().to_owned();
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    let id = stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("admin key "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in {stderr:?}"))
-        .to_owned();
-    (id, secret)
-}
 
 #[tokio::test]
 async fn admin_key_revoke_stops_the_key_on_a_running_server() {
@@ -785,7 +461,7 @@ async fn admin_key_revoke_stops_the_key_on_a_running_server() {
     let email = "admin-key@example.com";
     let user = sign_up(&client, &server, email).await;
     let (access, _) = grant(&client, &server, email).await;
-    let (id, secret) = create_admin_key(dir.path());
+    let (id, secret) = create_admin_key(dir.path(), &[]);
 
     let introspect = || {
         client
@@ -1231,7 +907,7 @@ async fn sigterm_writes_a_pending_last_seen_at_to_the_store() {
     const IDLE: &str = "12s";
     const TOUCH_DUE: Duration = Duration::from_millis(6_500);
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin_key) = create_admin_key(dir.path());
+    let (_, admin_key) = create_admin_key(dir.path(), &[]);
     let args = ["--issuer", ISSUER, "--session-idle-timeout", IDLE];
     let mut server = serve_with(dir.path(), "warn", &args).await;
     // No idle keep-alive connection to linger over at shutdown.
@@ -1280,7 +956,7 @@ async fn sigterm_writes_a_pending_last_seen_at_to_the_store() {
 async fn secrets_never_reach_the_logs_at_info_or_trace() {
     for level in ["info", "trace"] {
         let dir = tempfile::tempdir().unwrap();
-        let (_, admin_key) = create_admin_key(dir.path());
+        let (_, admin_key) = create_admin_key(dir.path(), &[]);
         let mut server = serve_with(dir.path(), level, &["--issuer", ISSUER]).await;
         let client = reqwest::Client::new();
         let email = "secretive@example.com";
@@ -1389,7 +1065,7 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
         stdout(&run(list, ""))
     };
     // An admin key to revoke, and a retired signing key to withdraw.
-    let (admin_key, _) = create_admin_key(&path);
+    let (admin_key, _) = create_admin_key(&path, &[]);
     let retired = listing(&["keys", "list"])
         .split('\t')
         .next()
