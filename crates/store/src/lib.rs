@@ -4,6 +4,8 @@
 //! - [`MemoryStore`] (`memory`): everything in process memory, for tests of applications and
 //!   single-process demos; lost on exit.
 //! - [`SqliteStore`] (`sqlite`): the embedded durable default, one file in WAL mode.
+//! - [`PostgresStore`] (`postgres`): the shared system of record for several nodes, with
+//!   `LISTEN/NOTIFY` on [`postgres::NOTIFY_CHANNEL`] to wake the revocation feed.
 //!
 //! A server picks one at start from the `database` setting with [`open`] and holds it as
 //! `Arc<dyn Store>`, so nothing above this crate knows which backend it talks to.
@@ -18,12 +20,16 @@ use tessera_core::{Store, StoreError};
 pub mod conformance;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod testing;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
