@@ -97,6 +97,14 @@ impl Fixture for crate::SqliteStore {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl Fixture for crate::PostgresStore {
+    type Store = Self;
+    fn store(&self) -> &Self {
+        self
+    }
+}
+
 /// Expands to one test per case. The first argument is an expression evaluating to a future
 /// of `Option<F>` where `F:` [`Fixture`]; it is evaluated once per case, and `None` skips the
 /// case through [`skip_or_fail`](crate::testing::skip_or_fail) (loud, and a failure under

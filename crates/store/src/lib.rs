@@ -4,6 +4,8 @@
 //! - [`MemoryStore`] (`memory`): everything in process memory, for tests of applications and
 //!   single-process demos; lost on exit.
 //! - [`SqliteStore`] (`sqlite`): the embedded durable default, one file in WAL mode.
+//! - [`PostgresStore`] (`postgres`): the shared system of record for several nodes, with
+//!   `LISTEN/NOTIFY` on [`postgres::NOTIFY_CHANNEL`] to wake the revocation feed.
 //!
 //! A server picks one at start from the `database` setting with [`open`] and holds it as
 //! `Arc<dyn Store>`, so nothing above this crate knows which backend it talks to.
@@ -23,12 +25,16 @@ pub mod bells;
 pub mod conformance;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod testing;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -95,19 +101,27 @@ fn is_postgres(database: &str) -> bool {
 }
 
 /// The forms of the `database` setting this build understands, for error messages.
-const ACCEPTED: &str = "`memory`, `sqlite://PATH` or `sqlite:PATH`";
+const ACCEPTED: &str = "`memory`, `sqlite://PATH`, `sqlite:PATH` or \
+     `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (also `postgresql://`)";
+
+/// SPEC §2's default `database_pool_size`: PostgreSQL connections per node.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+
+/// Opens the store named by the `database` setting (SPEC §2) with the default pool size; see
+/// [`open_with`].
+pub async fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(database, DEFAULT_POOL_SIZE).await
+}
 
 /// Opens the store named by the `database` setting (SPEC §2): `memory` for the in-memory
 /// store, `sqlite://PATH` or `sqlite:PATH` for a SQLite file (created if missing, schema
-/// migrated).
+/// migrated), `postgres://…` or `postgresql://…` for a PostgreSQL database (schema migrated)
+/// with a pool of `pool_size` connections (`database_pool_size`; ignored by the others).
 ///
 /// Anything else is [`StoreError::Unavailable`] with a message naming the accepted forms.
-/// The message quotes only the scheme, never the whole value, which may carry a password.
-pub async fn open_with(database: &str, _pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
-    open(database).await
-}
-
-pub async fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+/// No message quotes the whole value, which may carry a password: an unknown form is named by
+/// its scheme, and PostgreSQL's errors show the URL with its password hidden.
+pub async fn open_with(database: &str, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
     let database = database.trim();
     if database == "memory" {
         return open_memory();
@@ -115,9 +129,7 @@ pub async fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = scheme(database);
     match scheme.as_str() {
         "sqlite" => open_sqlite(database).await,
-        "postgres" | "postgresql" => Err(StoreError::Unavailable(format!(
-            "database `{scheme}://…` (PostgreSQL) is not supported by this build yet; use {ACCEPTED}"
-        ))),
+        "postgres" | "postgresql" => open_postgres(database, pool_size).await,
         "" => Err(StoreError::Unavailable(format!(
             "database setting has no scheme; use {ACCEPTED}"
         ))),
@@ -155,6 +167,20 @@ async fn open_sqlite(_database: &str) -> Result<Arc<dyn Store>, StoreError> {
     ))
 }
 
+#[cfg(feature = "postgres")]
+async fn open_postgres(database: &str, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(PostgresStore::open(database, pool_size).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+#[allow(clippy::unused_async)] // the signature is shared with the feature-enabled variant
+async fn open_postgres(_database: &str, _pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Unavailable(
+        "database `postgres:` needs tessera-store's `postgres` feature, not enabled in this build"
+            .to_owned(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -176,11 +202,38 @@ mod tests {
         store.ping().await.unwrap();
     }
 
+    /// Nothing listens on port 1: the connection is refused at once, and the error says so
+    /// and where, without the password. URLs sqlx cannot read are refused without it too.
     #[tokio::test]
-    async fn postgres_is_not_supported_yet_and_the_password_is_not_echoed() {
-        let text = message(open("postgres://tessera:hunter2@db/tessera").await);
-        assert!(text.contains("not supported by this build yet"), "{text}");
-        assert!(!text.contains("hunter2"), "{text}");
+    async fn a_failing_postgres_connection_is_clear_and_does_not_echo_the_password() {
+        for database in [
+            "postgres://tessera:hunter2@127.0.0.1:1/x",
+            "postgresql://tessera:hunter2@127.0.0.1:1/x",
+            "postgres://tessera:hunter2@127.0.0.1:notaport/x",
+            "postgres:tessera:hunter2@127.0.0.1/x",
+        ] {
+            let started = std::time::Instant::now();
+            let text = message(open(database).await);
+            assert!(!text.contains("hunter2"), "{database}: {text}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{database}: took {:?}",
+                started.elapsed()
+            );
+            if cfg!(feature = "postgres") {
+                assert!(text.contains("PostgreSQL"), "{database}: {text}");
+            } else {
+                assert!(text.contains("`postgres` feature"), "{database}: {text}");
+            }
+        }
+        if cfg!(feature = "postgres") {
+            let text = message(open("postgres://tessera:hunter2@127.0.0.1:1/x").await);
+            assert!(
+                text.contains("cannot connect to PostgreSQL at postgres://tessera@127.0.0.1:1/x"),
+                "{text}"
+            );
+            assert!(text.to_ascii_lowercase().contains("refused"), "{text}");
+        }
     }
 
     #[tokio::test]
@@ -189,6 +242,7 @@ mod tests {
             let text = message(open(database).await);
             assert!(text.contains("sqlite://PATH"), "{database}: {text}");
             assert!(text.contains("`memory`"), "{database}: {text}");
+            assert!(text.contains("postgres://"), "{database}: {text}");
         }
     }
 }

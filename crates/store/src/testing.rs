@@ -7,11 +7,19 @@
 //! line reaches the terminal and the CI log. Under `TESSERA_REQUIRE_SERVICES=1` (CI) a skip is
 //! a failure instead: a missing service must not turn a red suite green.
 //!
+//! PostgreSQL tests get a database of their own without an administrator in the loop:
+//! [`FreshSchema`] (a schema in the test database, for the conformance suite's many cases) and
+//! [`FreshDatabase`] (a whole database, for servers started as processes), each dropped with
+//! its guard.
+//!
 //! Like [`conformance`](crate::conformance), this is test code shipped in the library so that
 //! every crate's tests reach the same helpers.
 #![allow(clippy::panic)]
 
 use std::io::Write as _;
+
+#[cfg(feature = "postgres")]
+pub use self::postgres::{fresh_postgres_store, FreshDatabase, FreshSchema};
 
 /// Set to `1` to turn every skip into a failure (CI, where the services must be up).
 pub const REQUIRE_SERVICES: &str = "TESSERA_REQUIRE_SERVICES";
@@ -285,11 +293,286 @@ impl Drop for RedisServer {
     }
 }
 
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::io::Write as _;
+    use std::str::FromStr as _;
+    use std::time::Duration;
+
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sqlx::Connection as _;
+    use tessera_core::model::UserId;
+    use tessera_core::url::redact_url;
+    use tessera_core::StoreError;
+
+    use super::database_url;
+    use crate::PostgresStore;
+
+    /// Connections per store of the conformance suite: enough for its races (16 callers) to
+    /// overlap for real, few enough that two cases at once stay far below the server's
+    /// `max_connections`.
+    const SUITE_POOL_SIZE: u32 = 8;
+    /// An unreachable server is a skip, found out quickly.
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A store in a schema of its own, for one conformance case; `None` when PostgreSQL is
+    /// not reachable (the suite then skips loudly, or fails under
+    /// `TESSERA_REQUIRE_SERVICES=1`). The store comes first in the tuple, so it is dropped
+    /// before the schema.
+    pub async fn fresh_postgres_store() -> Option<(PostgresStore, FreshSchema)> {
+        let schema = FreshSchema::create().await?;
+        let store = schema
+            .open(SUITE_POOL_SIZE)
+            .await
+            .unwrap_or_else(|err| panic!("cannot open a store in {}: {err}", schema.name()));
+        Some((store, schema))
+    }
+
+    /// A schema `tessera_t_<random>` in the test database ([`database_url`]), dropped with
+    /// everything in it when this guard is dropped. Its connections find their tables through
+    /// `search_path`, so a store in it sees nothing of any other test's, while all of them
+    /// share one database, one server and one test run.
+    pub struct FreshSchema {
+        name: String,
+        server: PgConnectOptions,
+    }
+
+    impl FreshSchema {
+        /// Creates the schema; `None` when PostgreSQL is not reachable.
+        ///
+        /// # Panics
+        ///
+        /// When the server answers but refuses to create the schema: that is a broken test
+        /// setup, not a missing service.
+        pub async fn create() -> Option<Self> {
+            let server = server_options();
+            let mut conn = connect(&server).await.ok()?;
+            let name = fresh_name();
+            sqlx::raw_sql(&format!("CREATE SCHEMA \"{name}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|err| panic!("cannot create schema {name}: {err}"));
+            let _ = conn.close().await;
+            Some(Self { name, server })
+        }
+
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+
+        /// Options for connections that work in this schema. They also carry its name as
+        /// `application_name`, by which the guard finds, and ends, every session still open
+        /// in it when it is dropped.
+        pub fn connect_options(&self) -> PgConnectOptions {
+            self.server
+                .clone()
+                .options([("search_path", self.name.as_str())])
+                .application_name(&self.name)
+        }
+
+        /// A store in this schema, migrated, with a pool of `pool_size`. Several may be opened
+        /// on one schema, at once or one after the other.
+        pub async fn open(&self, pool_size: u32) -> Result<PostgresStore, StoreError> {
+            PostgresStore::open_with_options(self.connect_options(), pool_size).await
+        }
+    }
+
+    impl Drop for FreshSchema {
+        /// Ends the sessions still open in the schema first: a store dropped without `close`
+        /// may leave a connection whose transaction is only rolled back by a task of the
+        /// test's runtime, which cannot run while this drop blocks it, and `DROP SCHEMA` would
+        /// wait for that transaction's locks forever.
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            run_detached(
+                &format!("schema {name}"),
+                self.server.clone(),
+                vec![
+                    format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = '{name}' AND pid <> pg_backend_pid()"
+                    ),
+                    format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"),
+                ],
+            );
+        }
+    }
+
+    /// A database `tessera_t_<random>` of its own on the server of [`database_url`], dropped
+    /// (`WITH (FORCE)`, which ends its sessions first) when this guard is dropped: for tests
+    /// that start servers as processes and hand them [`url`](Self::url).
+    pub struct FreshDatabase {
+        name: String,
+        url: String,
+        server: PgConnectOptions,
+    }
+
+    impl FreshDatabase {
+        /// Creates the database; `None` when PostgreSQL is not reachable.
+        ///
+        /// # Panics
+        ///
+        /// When the server answers but refuses to create the database (the test role needs
+        /// `CREATEDB`).
+        pub async fn create() -> Option<Self> {
+            let base = database_url();
+            let server = server_options();
+            let mut conn = connect(&server).await.ok()?;
+            let name = fresh_name();
+            // Not in a transaction (CREATE DATABASE refuses to run in one): `raw_sql` sends it
+            // as a simple query.
+            sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|err| panic!("cannot create database {name}: {err}"));
+            let _ = conn.close().await;
+            Some(Self {
+                url: with_database(&base, &name),
+                name,
+                server,
+            })
+        }
+
+        /// The database's URL: the test URL's server and credentials, this database's name.
+        pub fn url(&self) -> &str {
+            &self.url
+        }
+
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+
+        /// [`create`](Self::create) for the test `what`, which is skipped (or failed, under
+        /// `TESSERA_REQUIRE_SERVICES=1`) when PostgreSQL does not answer.
+        pub async fn for_test(what: &str) -> Option<Self> {
+            let fresh = Self::create().await;
+            if fresh.is_none() {
+                super::skip_or_fail(
+                    what,
+                    &format!("PostgreSQL at {} does not answer", redact_url(&database_url())),
+                );
+            }
+            fresh
+        }
+
+        /// The server's `host:port`, for a proxy of the test's own in front of it.
+        pub fn address(&self) -> String {
+            format!("{}:{}", self.server.get_host(), self.server.get_port())
+        }
+
+        /// The database's URL through a proxy on the loopback `port`.
+        pub fn url_via(&self, port: u16) -> String {
+            let (scheme, rest) = self.url.split_once("://").unwrap_or(("postgres", &self.url));
+            let (credentials, location) = match rest.rsplit_once('@') {
+                Some((credentials, location)) => (format!("{credentials}@"), location),
+                None => (String::new(), rest),
+            };
+            let path = location.find('/').map_or("", |at| &location[at..]);
+            format!("{scheme}://{credentials}127.0.0.1:{port}{path}")
+        }
+    }
+
+    impl Drop for FreshDatabase {
+        fn drop(&mut self) {
+            run_detached(
+                &format!("database {}", self.name),
+                self.server.clone(),
+                vec![format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                )],
+            );
+        }
+    }
+
+    /// The test database's options; a URL sqlx cannot read is a broken setup, not a skip.
+    fn server_options() -> PgConnectOptions {
+        let url = database_url();
+        PgConnectOptions::from_str(&url)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", redact_url(&url)))
+    }
+
+    async fn connect(options: &PgConnectOptions) -> Result<PgConnection, String> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+        }
+    }
+
+    /// `tessera_t_` and 32 hex digits: unique across parallel tests and test processes, a
+    /// valid identifier (so it is quoted only for form's sake), and recognisable as litter
+    /// should a test process be killed before its guards run.
+    fn fresh_name() -> String {
+        format!("tessera_t_{}", UserId::new().as_uuid().simple())
+    }
+
+    /// `url` with its database (the path) replaced by `database`; query parameters kept.
+    pub(super) fn with_database(url: &str, database: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let query = tail.find(['?', '#']).map_or("", |at| &tail[at..]);
+        format!("{scheme}://{authority}/{database}{query}")
+    }
+
+    /// Runs `statements` on a new connection to `server` from a thread of its own with a
+    /// runtime of its own, and waits for it: `Drop` cannot await, and the test's runtime may
+    /// have a single thread, the one this drop blocks. A failure is reported on standard error
+    /// and leaves the schema or database behind (named `tessera_t_…`); a drop never panics.
+    fn run_detached(what: &str, server: PgConnectOptions, statements: Vec<String>) {
+        let outcome = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| err.to_string())?;
+            runtime.block_on(async move {
+                let mut conn = connect(&server).await?;
+                for statement in &statements {
+                    sqlx::raw_sql(statement)
+                        .execute(&mut conn)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+                conn.close().await.map_err(|err| err.to_string())
+            })
+        })
+        .join();
+        let failure = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => err,
+            Err(_) => "the dropping thread panicked".to_owned(),
+        };
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "WARNING: could not drop test {what}: {failure}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_fresh_database_url_keeps_the_server_and_the_parameters() {
+        use super::postgres::with_database;
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/test", "tessera_t_1"),
+            "postgres://postgres@127.0.0.1:5432/tessera_t_1"
+        );
+        assert_eq!(
+            with_database("postgresql://u:p@db/x?sslmode=disable", "t"),
+            "postgresql://u:p@db/t?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://db:5433", "t"),
+            "postgres://db:5433/t"
+        );
+    }
 
     #[test]
     fn a_skip_says_what_and_why_and_how_to_make_it_fail() {

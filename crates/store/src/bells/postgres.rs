@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::{drive, Channel, Heard, Publish};
 
 /// The channel every node listens on, and the store notifies in each revoking transaction.
-pub const CHANNEL: &str = "tessera_revocations";
+pub use crate::postgres::NOTIFY_CHANNEL as CHANNEL;
 
 /// Starts listening with the server at `url` (the `database` setting). Returns at once: the
 /// bell is down until the first `LISTEN` succeeds, and the driver retries until it does.
