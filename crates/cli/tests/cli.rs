@@ -452,7 +452,6 @@ async fn keys_retire_withdraws_the_key_from_a_running_server() {
     }
 }
 
-
 #[tokio::test]
 async fn admin_key_revoke_stops_the_key_on_a_running_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -449,7 +449,10 @@ mod postgres {
             if fresh.is_none() {
                 super::skip_or_fail(
                     what,
-                    &format!("PostgreSQL at {} does not answer", redact_url(&database_url())),
+                    &format!(
+                        "PostgreSQL at {} does not answer",
+                        redact_url(&database_url())
+                    ),
                 );
             }
             fresh
@@ -462,7 +465,10 @@ mod postgres {
 
         /// The database's URL through a proxy on the loopback `port`.
         pub fn url_via(&self, port: u16) -> String {
-            let (scheme, rest) = self.url.split_once("://").unwrap_or(("postgres", &self.url));
+            let (scheme, rest) = self
+                .url
+                .split_once("://")
+                .unwrap_or(("postgres", &self.url));
             let (credentials, location) = match rest.rsplit_once('@') {
                 Some((credentials, location)) => (format!("{credentials}@"), location),
                 None => (String::new(), rest),

@@ -54,7 +54,6 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
-
 pub struct Server {
     pub child: Child,
     pub base: String,
@@ -325,7 +324,9 @@ where
 /// `args` are further flags (another database, say).
 pub fn create_admin_key(dir: &Path, args: &[&str]) -> (String, String) {
     let mut create = tessera(dir);
-    create.args(["admin-key", "create", "--name", "ops"]).args(args);
+    create
+        .args(["admin-key", "create", "--name", "ops"])
+        .args(args);
     let output = run(create, "");
     let secret = stdout(&output).trim().to_owned();
     let stderr = String::from_utf8(output.stderr).unwrap();
