@@ -2,8 +2,9 @@
 //! The conformance suite against PostgreSQL (one fresh schema per case), plus what only a
 //! shared server shows: data survives reopening, nodes starting at once on a fresh database
 //! all migrate it, several stores share one database, the pool size holds, a decision about
-//! rows that do not exist yet is still made once, and `NOTIFY` wakes listeners exactly for
-//! committed log entries.
+//! rows that do not exist yet is still made once, a lock-order cycle through the log's lock
+//! ends in an error rather than a hang, and `NOTIFY` wakes listeners exactly for committed log
+//! entries.
 //!
 //! Every test skips loudly when PostgreSQL is not reachable ([`skip_or_fail`]), and fails
 //! instead under `TESSERA_REQUIRE_SERVICES=1`.
@@ -333,6 +334,66 @@ async fn a_revocation_waits_for_a_rotation_that_read_the_session() {
         .unwrap(),
         Decision::Invalid
     );
+    store.close().await;
+}
+
+/// The revocation-log lock is held from a transaction's first append to its end, so two
+/// transactions taking it and a row lock in opposite orders (sign-out everywhere logs, then
+/// bumps the epoch; a role change locks the user, then logs) wait for each other. PostgreSQL
+/// breaks the cycle: one fails as unavailable, the other commits, and nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_order_cycle_with_the_log_ends_in_an_error_not_a_hang() {
+    let Some(schema) = schema_for("a_lock_order_cycle_with_the_log_ends_in_an_error").await else {
+        return;
+    };
+    let store = schema.open(4).await.unwrap();
+    let now = Timestamp::now();
+    let owner = user(now);
+    let device = session(&owner, Via::Cookie, now);
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_user(&owner).await.unwrap();
+    tx.insert_session(&device).await.unwrap();
+    tx.commit().await.unwrap();
+    let logged = |session| RevocationEvent::SessionRevoked { session };
+
+    let mut role_change = store.begin().await.unwrap();
+    role_change.user_for_update(owner.id).await.unwrap();
+    let mut sign_out = store.begin().await.unwrap();
+    let revoked = sign_out
+        .revoke_user_sessions(owner.id, None, now)
+        .await
+        .unwrap();
+    sign_out
+        .append_revocation(&logged(revoked[0]), now)
+        .await
+        .unwrap();
+    let role_change = tokio::spawn(async move {
+        role_change.set_roles(owner.id, &[]).await?;
+        let epoch = role_change.bump_epoch(owner.id, now).await?.unwrap();
+        let bumped = RevocationEvent::EpochBumped {
+            user: owner.id,
+            epoch,
+        };
+        role_change.append_revocation(&bumped, now).await?;
+        role_change.commit().await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sign_out = tokio::spawn(async move {
+        sign_out.bump_epoch(owner.id, now).await?;
+        sign_out.commit().await
+    });
+    let outcomes = tokio::time::timeout(Duration::from_secs(20), async {
+        (role_change.await.unwrap(), sign_out.await.unwrap())
+    })
+    .await
+    .expect("the two transactions hang");
+    match outcomes {
+        (Ok(()), Err(StoreError::Unavailable(text)))
+        | (Err(StoreError::Unavailable(text)), Ok(())) => {
+            assert!(text.contains("deadlock"), "{text}");
+        }
+        other => panic!("one must fail as unavailable and the other commit: {other:?}"),
+    }
     store.close().await;
 }
 
