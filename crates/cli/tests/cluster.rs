@@ -207,6 +207,24 @@ async fn three_nodes_behave_as_one(cluster: &Cluster) {
     for node in [a, b] {
         assert_eq!(verify_bearer(&client, node, &new_roles).await, 200);
     }
+
+    // A sign-out everywhere and a role change of one user at once, on two nodes: both take
+    // the user's row first, so they wait for each other rather than deadlock.
+    for _ in 0..5 {
+        let both = tokio::join!(
+            client
+                .delete(a.url(&format!("/v1/admin/users/{user}/sessions")))
+                .bearer_auth(&cluster.admin_key)
+                .send(),
+            client
+                .put(b.url(&format!("/v1/admin/users/{user}/roles")))
+                .bearer_auth(&cluster.admin_key)
+                .json(&json!({ "roles": ["ops", "audit"] }))
+                .send(),
+        );
+        assert!(both.0.unwrap().status().is_success());
+        assert!(both.1.unwrap().status().is_success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

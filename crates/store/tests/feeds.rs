@@ -12,7 +12,7 @@ use tessera_core::model::{RevocationEvent, SessionId, Timestamp};
 use tessera_core::revocation::RevocationFeed;
 use tessera_core::Store;
 use tessera_store::bells;
-use tessera_store::testing::{self, skip_or_fail, RedisServer, TcpProxy};
+use tessera_store::testing::{self, skip_or_fail, FreshDatabase, RedisServer, TcpProxy};
 use tessera_store::MemoryStore;
 
 const BEAT: Heartbeat = Heartbeat {
@@ -181,10 +181,13 @@ async fn postgres_answers() -> Option<sqlx::PgPool> {
 
 #[tokio::test]
 async fn postgres_notify_rings_on_commit_only() {
-    let Some(pool) = postgres_answers().await else {
+    // A database of its own: NOTIFY reaches every listener of a database, and other tests'
+    // stores notify on the same channel.
+    let Some(database) = FreshDatabase::for_test("PostgreSQL NOTIFY on commit").await else {
         return;
     };
-    let bell = bells::listen(&testing::database_url(), BEAT).unwrap();
+    let pool = sqlx::PgPool::connect(database.url()).await.unwrap();
+    let bell = bells::listen(database.url(), BEAT).unwrap();
     healthy(&bell).await;
     drain(&bell).await;
 
@@ -213,6 +216,7 @@ async fn postgres_notify_rings_on_commit_only() {
         !bell.wait_for_ring(Duration::from_millis(500)).await,
         "never for a rolled-back transaction"
     );
+    pool.close().await;
 }
 
 /// The PostgreSQL URL of the test server, reached through `proxy`.

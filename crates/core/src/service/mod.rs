@@ -181,6 +181,10 @@ impl Change {
         keep: Option<SessionId>,
         plan: &WebhookPlan,
     ) -> Result<Vec<SessionId>, AuthError> {
+        // The user's row first, as a role change takes it: every operation that changes a
+        // user's sessions or epoch then locks in one order (user, sessions, log), and two of
+        // them on one user wait for each other instead of deadlocking on a shared store.
+        self.tx.user_for_update(user).await?;
         let revoked = self.tx.revoke_user_sessions(user, keep, self.now).await?;
         for session in &revoked {
             self.revoke(RevocationEvent::SessionRevoked { session: *session })
