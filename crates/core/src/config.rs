@@ -41,6 +41,16 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "cookie_secure", help: "Secure cookies and the __Host- prefix; false for plain-HTTP development [default: true]" },
     Setting { key: "allowed_origins", help: "comma-separated origins allowed on cookie requests [default: the issuer's origin]" },
     Setting { key: "master_key_file", help: "file holding the master key, created 0600 [default: tessera.key beside the database]" },
+    Setting { key: "login_max_failures", help: "failed logins per account per window before 429, except from that account's known devices [default: 5]" },
+    Setting { key: "device_max_failures", help: "failed logins per device cookie per window [default: 10]" },
+    Setting { key: "login_ip_max_failures", help: "failed logins per client address per window [default: 100]" },
+    Setting { key: "login_failure_window", help: "the window the failure limits count in [default: 15m]" },
+    Setting { key: "signup_ip_max", help: "sign-ups per client address per hour [default: 20]" },
+    Setting { key: "trusted_proxies", help: "comma-separated CIDRs whose X-Forwarded-For is believed [default: none]" },
+    Setting { key: "http_header_timeout", help: "a connection that has not sent its headers by then is closed [default: 10s]" },
+    Setting { key: "http_idle_timeout", help: "idle keep-alive connections are closed after it [default: 60s]" },
+    Setting { key: "max_connections", help: "open connections per node, beyond which new ones wait [default: 4096]" },
+    Setting { key: "metrics_listen", help: "address of /metrics, served there only; port 0 picks a free one [default: 127.0.0.1:9464]" },
 ];
 
 /// Keys only the TOML file sets: their values are tables, which have no environment or flag
@@ -265,6 +275,72 @@ impl ConfigLayer {
             .unwrap_or_else(|| "tessera:".to_owned()))
     }
 
+    fn count(&self, key: &'static str, default: u32, max: u32) -> Result<u32, ConfigError> {
+        Ok(self
+            .parsed(key, &format!("a whole number from 1 to {max}"), |t| {
+                t.parse::<u32>().ok().filter(|n| (1..=max).contains(n))
+            })?
+            .unwrap_or(default))
+    }
+
+    fn address(&self, key: &'static str, default: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        Ok(self
+            .parsed(key, "an address such as 127.0.0.1:8080", |t| {
+                t.parse::<SocketAddr>().ok()
+            })?
+            .unwrap_or(default))
+    }
+
+    /// SPEC §2's guessing limits.
+    fn guessing(&self) -> Result<GuessingLimits, ConfigError> {
+        Ok(GuessingLimits {
+            login_max_failures: self.count("login_max_failures", 5, 1_000_000)?,
+            device_max_failures: self.count("device_max_failures", 10, 1_000_000)?,
+            login_ip_max_failures: self.count("login_ip_max_failures", 100, 1_000_000)?,
+            window: self.whole_seconds("login_failure_window", Duration::from_secs(15 * 60))?,
+            signup_ip_max: self.count("signup_ip_max", 20, 1_000_000)?,
+        })
+    }
+
+    /// How long a client may hold a connection without using it, and how many it may hold.
+    fn http(&self) -> Result<HttpLimits, ConfigError> {
+        Ok(HttpLimits {
+            header_timeout: self.duration("http_header_timeout", Duration::from_secs(10))?,
+            idle_timeout: self.duration("http_idle_timeout", Duration::from_secs(60))?,
+            max_connections: self.count("max_connections", 4096, 1_000_000)?,
+        })
+    }
+
+    fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        const EXPECTED: &str = "CIDRs such as 10.0.0.0/8 or addresses, comma-separated";
+        let Some((source, raw)) = self.values.get("trusted_proxies") else {
+            return Ok(Vec::new());
+        };
+        let items: Vec<&str> = match raw {
+            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Raw::Toml(toml::Value::Array(items)) => items
+                .iter()
+                .map(toml::Value::as_str)
+                .collect::<Option<_>>()
+                .ok_or_else(|| ConfigError::invalid("trusted_proxies", source, EXPECTED))?,
+            Raw::Toml(_) => return Err(ConfigError::invalid("trusted_proxies", source, EXPECTED)),
+        };
+        items
+            .iter()
+            .map(|item| {
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .ok()
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ConfigError::invalid("trusted_proxies", source, EXPECTED))
+    }
+
     fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         self.duration_of(key, default, Duration::from_millis(1), false)
     }
@@ -405,11 +481,7 @@ impl ConfigLayer {
 
     /// Applies SPEC §2's defaults to what the layers leave unset.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let listen = self
-            .parsed("listen", "an address such as 127.0.0.1:8080", |t| {
-                t.parse::<SocketAddr>().ok()
-            })?
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listen = self.address("listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
         let non_empty = |t: &str| Some(t.to_owned()).filter(|t| !t.is_empty());
         let database = self
             .parsed("database", "sqlite://PATH, postgres://… or memory", |t| {
@@ -506,6 +578,11 @@ impl ConfigLayer {
             allowed_origins,
             master_key_file,
             webhooks: self.webhooks()?,
+            guessing: self.guessing()?,
+            trusted_proxies: self.trusted_proxies()?,
+            http: self.http()?,
+            metrics_listen: self
+                .address("metrics_listen", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
         })
     }
 }
@@ -600,6 +677,39 @@ pub struct Config {
     pub master_key_file: PathBuf,
     /// `[[webhooks]]` (SPEC §3), file only; empty unless configured.
     pub webhooks: Vec<Webhook>,
+    pub guessing: GuessingLimits,
+    /// Peers whose `X-Forwarded-For` is believed; empty: the socket peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub http: HttpLimits,
+    /// Where `/metrics` is served, and only there (never on `listen`).
+    pub metrics_listen: SocketAddr,
+}
+
+/// How many password guesses are allowed (SPEC §2, §7), each counted in `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuessingLimits {
+    /// Failed logins per account (normalised email, known or not) before clients without that
+    /// account's device cookie get 429.
+    pub login_max_failures: u32,
+    /// Failed logins per device cookie: its holder's own budget.
+    pub device_max_failures: u32,
+    /// Failed logins per client address, over all accounts.
+    pub login_ip_max_failures: u32,
+    pub window: Duration,
+    /// Sign-ups per client address per hour.
+    pub signup_ip_max: u32,
+}
+
+/// What a client may hold of a node's connections (SPEC §7: slow or idle clients cannot
+/// exhaust the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A connection that has not sent a request's headers by then is closed.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after it.
+    pub idle_timeout: Duration,
+    /// Open connections beyond which new ones wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 #[cfg(test)]
@@ -638,6 +748,26 @@ mod tests {
         assert_eq!(config.master_key_file, PathBuf::from("tessera.key"));
         assert!(config.redis.is_none());
         assert_eq!(config.database_pool_size, 10);
+        assert_eq!(
+            config.guessing,
+            GuessingLimits {
+                login_max_failures: 5,
+                device_max_failures: 10,
+                login_ip_max_failures: 100,
+                window: Duration::from_secs(15 * 60),
+                signup_ip_max: 20,
+            }
+        );
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(
+            config.http,
+            HttpLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 4096,
+            }
+        );
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.redis_prefix, "tessera:");
     }
 
@@ -653,6 +783,36 @@ mod tests {
             let key = bad.split(' ').next().unwrap();
             assert!(err.contains(key), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn guessing_limits_proxies_and_connection_limits_are_checked() {
+        let config = file(
+            "login_max_failures = 3\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::1/64\"]\nmax_connections = 100\nmetrics_listen = \"127.0.0.1:0\"\nhttp_header_timeout = \"500ms\"",
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(config.guessing.login_max_failures, 3);
+        let proxies: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/64"]);
+        assert_eq!(config.http.max_connections, 100);
+        assert_eq!(config.http.header_timeout, Duration::from_millis(500));
+        assert_eq!(config.metrics_listen.port(), 0);
+        let flags = |key: &'static str, value: &str| {
+            ConfigLayer::from_flags([(key, value.to_owned())])
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(flags("login_max_failures", "0").contains("`login_max_failures`"));
+        assert!(flags("trusted_proxies", "10.0.0.0/33").contains("`trusted_proxies`"));
+        assert!(flags("login_failure_window", "1500ms").contains("`login_failure_window`"));
+        assert!(flags("metrics_listen", "localhost").contains("`metrics_listen`"));
     }
 
     #[test]
