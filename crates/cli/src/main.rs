@@ -263,18 +263,25 @@ async fn serve(config: Config, layers: ConfigLayer) -> CliResult {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_listen = config.metrics_listen;
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {metrics_listen} (metrics_listen): {e}"))?;
+    let metrics = metrics_listener.local_addr().map_err(|e| e.to_string())?;
     let config = with_bound_port(config, layers, local)?;
     let redis = config.redis.as_deref().map(redact_url);
     let tessera = open(config, KeyPolicy::Serve).await?;
     let (store, _) = tessera.store_backend();
     let feed = tessera.revocation_status().feed.name;
     tracing::info!(store, %database, redis = redis.as_deref().unwrap_or("unset"), feed, "stores and revocation feed");
+    tracing::info!(%metrics, "serving /metrics");
     println!(
         "tessera listening on http://{local} (database {database}, {store}; revocation feed: {feed})"
     );
+    println!("tessera metrics on http://{metrics}/metrics");
     println!("  create the first user:  tessera user add you@example.com");
     println!("  create an admin key:    tessera admin-key create --name ops");
-    tessera_server::serve(listener, tessera, shutdown_signal())
+    tessera_server::serve(listener, metrics_listener, tessera, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
 }

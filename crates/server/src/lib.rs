@@ -95,7 +95,6 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(oauth::metadata))
         .routes(routes!(ops::health::healthz))
         .routes(routes!(ops::health::readyz))
-        .routes(routes!(ops::metrics::metrics))
         .routes(routes!(ops::openapi::openapi_json))
 }
 
@@ -119,6 +118,18 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outermost, so the recorded status is the one the client gets.
         .layer(metrics)
+        .with_state(state)
+}
+
+/// `GET /metrics` alone, for `metrics_listen` (SPEC §2, §3): what the node counts — routes,
+/// logins, revocation lag — is for its operators, so it is served on an address of its own
+/// (loopback by default) and never on `listen`. Scrapes are not counted in the request
+/// metrics, which describe the API.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(ops::metrics::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -148,17 +159,25 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// the log says so).
 pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
+/// Connections `metrics_listen` accepts at once: a few scrapers, never a crowd.
+pub const METRICS_CONNECTIONS: usize = 16;
+
+/// How long a scrape in flight at shutdown may still run once the API has drained.
+const METRICS_DRAIN_BOUND: Duration = Duration::from_secs(1);
+
 /// How long background work gets to finish its step and flush once the requests are done:
 /// longer than a webhook attempt may take, so one in progress completes and is recorded.
 pub const BACKGROUND_BOUND: Duration = Duration::from_secs(15);
 
-/// Serves until `shutdown` resolves, then shuts down in order (SPEC §3 "Operations"): stops
-/// accepting connections, finishes the requests in flight within [`DRAIN_BOUND`], then stops
-/// every background task of the node — the core's and the server's — letting each flush
-/// (pending `last_seen_at` updates, the webhook attempts in progress) within
+/// Serves the API on `listener` and `/metrics` on `metrics_listener` until `shutdown`
+/// resolves, then shuts down in order (SPEC §3 "Operations"): stops accepting connections,
+/// finishes the requests in flight within [`DRAIN_BOUND`], closes the metrics address, then
+/// stops every background task of the node — the core's and the server's — letting each
+/// flush (pending `last_seen_at` updates, the webhook attempts in progress) within
 /// [`BACKGROUND_BOUND`].
 pub async fn serve(
     listener: TcpListener,
+    metrics_listener: TcpListener,
     tessera: Arc<Tessera>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -176,9 +195,46 @@ pub async fn serve(
     background.spawn("webhook delivery", |stop| {
         webhooks::deliver(delivering, stop)
     });
-    let app = router(AppState::new(Arc::clone(&tessera)));
-    connections::serve(listener, app, shutdown, DRAIN_BOUND).await;
+    let state = AppState::new(Arc::clone(&tessera));
+    let app = router(state.clone());
+    let scrapes = metrics_router(state);
+    let (api_limits, metrics_limits) = connection_limits(tessera.config());
+    let (api_done, mut api_drained) = tokio::sync::watch::channel(false);
+    let api = async move {
+        connections::serve(listener, app, shutdown, DRAIN_BOUND, api_limits).await;
+        api_done.send_replace(true);
+    };
+    let metrics = connections::serve(
+        metrics_listener,
+        scrapes,
+        async move {
+            let _ = api_drained.wait_for(|drained| *drained).await;
+        },
+        METRICS_DRAIN_BOUND,
+        metrics_limits,
+    );
+    tokio::join!(api, metrics);
     tessera.background().shutdown(BACKGROUND_BOUND).await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// SPEC §2's timeouts for both addresses; the API's connection bound kept below the
+/// open-files limit, beside what the metrics address and the stores may hold open.
+fn connection_limits(config: &Config) -> (connections::Limits, connections::Limits) {
+    let http = config.http;
+    let reserved = connections::RESERVED_DESCRIPTORS
+        + METRICS_CONNECTIONS
+        + usize::try_from(config.database_pool_size).unwrap_or(usize::MAX);
+    let wanted = usize::try_from(http.max_connections).unwrap_or(usize::MAX);
+    let api = connections::Limits {
+        header_timeout: http.header_timeout,
+        idle_timeout: http.idle_timeout,
+        max_connections: connections::descriptor_bound(wanted, reserved),
+    };
+    let metrics = connections::Limits {
+        max_connections: METRICS_CONNECTIONS,
+        ..api
+    };
+    (api, metrics)
 }

@@ -35,7 +35,12 @@ async fn ready(server: &TestServer) -> Response {
 }
 
 async fn metrics(server: &TestServer) -> String {
-    let res = get(server, "/metrics").await;
+    let res = server
+        .client
+        .get(format!("{}/metrics", server.metrics_base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(
         content_type(&res).starts_with("text/plain; version=0.0.4"),
@@ -337,13 +342,17 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
             .collect();
         documented.insert(path.clone(), methods);
     }
-    for ops in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for ops in ["/healthz", "/readyz", "/openapi.json"] {
         assert_eq!(
             documented.get(ops),
             Some(&BTreeSet::from(["GET".to_owned()])),
             "{ops}"
         );
     }
+    assert!(
+        !documented.contains_key("/metrics"),
+        "/metrics is served on metrics_listen, not on the API's address"
+    );
 
     // What the router serves: its own paths, and for each the methods that are not answered
     // by the 405 fallback.
@@ -388,6 +397,57 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
         "documented but not answered: {unserved:?}"
     );
     assert!(answered.len() >= 20, "{answered:?}");
+
+    // The metrics address holds `/metrics` and nothing else.
+    let metrics_router = tessera_server::metrics_router(AppState::new(Arc::clone(&server.tessera)));
+    assert_eq!(
+        router_paths(&metrics_router),
+        BTreeSet::from(["/metrics".to_owned()])
+    );
+    for method in PROBED {
+        let res = server
+            .client
+            .request(method.clone(), format!("{}/metrics", server.metrics_base))
+            .send()
+            .await
+            .unwrap();
+        let expected = if method == Method::GET { 200 } else { 405 };
+        assert_eq!(res.status(), expected, "{method} /metrics");
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_the_metrics_address_only() {
+    let server = start("").await;
+    assert_eq!(get(&server, "/healthz").await.status(), 200);
+    let res = get(&server, "/metrics").await;
+    assert_eq!(res.status(), 404, "not on the API's address");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "not_found",
+        "in the API's error shape"
+    );
+    let text = metrics(&server).await;
+    assert!(text.contains("# TYPE tessera_http_requests_total counter"));
+    // The API's 404 for /metrics is counted as an unmatched request, like any unknown path.
+    assert_eq!(
+        sample(
+            &text,
+            r#"tessera_http_requests_total{route="unmatched",method="GET",status="404"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    for path in ["/healthz", "/openapi.json", "/v1/verify"] {
+        let res = server
+            .client
+            .get(format!("{}{path}", server.metrics_base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path} is not on the metrics address");
+    }
+    assert_ne!(server.base, server.metrics_base);
 }
 
 #[tokio::test]
@@ -407,14 +467,6 @@ async fn openapi_describes_bodies_and_resolves_its_references() {
     assert!(login["application/x-www-form-urlencoded"].is_object());
     assert!(body("/oauth2/token", "post")["application/x-www-form-urlencoded"].is_object());
     assert!(body("/v1/admin/users/{id}/roles", "put")["application/json"].is_object());
-    assert_eq!(
-        doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["text/plain; version=0.0.4"]
-    );
     let security_schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     assert_eq!(
         security_schemes["session_cookie"]["name"],

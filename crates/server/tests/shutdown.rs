@@ -53,6 +53,11 @@ async fn start(slow: Duration, drain: Duration) -> Running {
             let _ = stopped.await;
         },
         drain,
+        connections::Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 64,
+        },
     ));
     Running {
         base,

@@ -57,6 +57,8 @@ pub fn stdout(output: &Output) -> String {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// `http://` and the address `metrics_listen` bound, where `/metrics` is served.
+    pub metrics: String,
     /// Where the child's stderr (its log) goes.
     pub log: PathBuf,
 }
@@ -109,10 +111,21 @@ impl Drop for Server {
     }
 }
 
-/// Starts `tessera serve` in `dir` on port 0 (the system picks a free port, so no port is
-/// ever reserved and released) and learns the address from the line it prints once bound.
-/// Its log, at `log_level`, goes to a file of its own in `dir`; `args` are further flags.
+/// Starts `tessera serve` in `dir` on port 0, for the API and for metrics (the system picks
+/// free ports, so no port is ever reserved and released) and learns the addresses from the
+/// lines it prints once bound. Its log, at `log_level`, goes to a file of its own in `dir`;
+/// `args` are further flags.
 pub async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
+    serve_with_env(dir, log_level, args, &[]).await
+}
+
+/// As [`serve_with`], with further environment variables.
+pub async fn serve_with_env(
+    dir: &Path,
+    log_level: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     static STARTS: AtomicUsize = AtomicUsize::new(0);
     let log = dir.join(format!(
         "serve-{}.log",
@@ -121,8 +134,15 @@ pub async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
     let mut command = tessera(dir);
     command
         .env("TESSERA_LOG", log_level)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -132,16 +152,23 @@ pub async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
     // Reads stdout to its end, so the child never writes into a closed pipe.
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let mut base = None;
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("tessera listening on ") {
-                let address = rest
-                    .split_whitespace()
+            let first_word = |rest: &str| {
+                rest.split_whitespace()
                     .next()
                     .unwrap_or_default()
-                    .to_owned();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(address);
+                    .to_owned()
+            };
+            if let Some(rest) = line.strip_prefix("tessera listening on ") {
+                base = Some(first_word(rest));
+            }
+            if let Some(rest) = line.strip_prefix("tessera metrics on ") {
+                let metrics = first_word(rest);
+                let metrics = metrics.trim_end_matches("/metrics").to_owned();
+                if let (Some(tx), Some(base)) = (tx.take(), base.take()) {
+                    let _ = tx.send((base, metrics));
                 }
             }
         }
@@ -149,7 +176,7 @@ pub async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
     let bound = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
         .await
         .unwrap();
-    let Ok(base) = bound else {
+    let Ok((base, metrics)) = bound else {
         panic!(
             "tessera serve reported no address: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
@@ -159,7 +186,16 @@ pub async fn serve_with(dir: &Path, log_level: &str, args: &[&str]) -> Server {
         base.starts_with("http://127.0.0.1:") && !base.ends_with(":0"),
         "{base}"
     );
-    let server = Server { child, base, log };
+    assert!(
+        metrics.starts_with("http://127.0.0.1:") && !metrics.ends_with(":0") && metrics != base,
+        "{metrics}"
+    );
+    let server = Server {
+        child,
+        base,
+        metrics,
+        log,
+    };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

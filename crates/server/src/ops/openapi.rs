@@ -30,7 +30,7 @@ use crate::AppState;
         (name = "tokens", description = "OAuth2-shaped token endpoints and key publication"),
         (name = "verify", description = "Forward-auth for reverse proxies"),
         (name = "admin", description = "Administration with an admin API key"),
-        (name = "operations", description = "Health, readiness, metrics and this document"),
+        (name = "operations", description = "Health, readiness and this document (metrics are served on `metrics_listen`)"),
     )
 )]
 pub struct ApiDoc;

@@ -18,6 +18,8 @@ use instrumented::InstrumentedStore;
 
 pub struct TestServer {
     pub base: String,
+    /// `http://` and the `metrics_listen` address, where `/metrics` is served.
+    pub metrics_base: String,
     pub client: Client,
     pub tessera: Arc<Tessera>,
     /// The node's store, for tests that arrange or inspect records directly (the server
@@ -121,7 +123,11 @@ async fn launch(
 ) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let text = format!("listen = \"{addr}\"\ndatabase = \"{database}\"\n{settings}");
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics_listener.local_addr().unwrap();
+    let text = format!(
+        "listen = \"{addr}\"\nmetrics_listen = \"{metrics_addr}\"\ndatabase = \"{database}\"\n{settings}"
+    );
     let config = ConfigLayer::from_toml(&text, std::path::Path::new("test.toml"))
         .unwrap()
         .resolve()
@@ -142,7 +148,7 @@ async fn launch(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = Arc::clone(&tessera);
     let served = tokio::spawn(async move {
-        tessera_server::serve(listener, served, async {
+        tessera_server::serve(listener, metrics_listener, served, async {
             let _ = rx.await;
         })
         .await
@@ -150,6 +156,7 @@ async fn launch(
     });
     TestServer {
         base: format!("http://{addr}"),
+        metrics_base: format!("http://{metrics_addr}"),
         client: Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
