@@ -94,6 +94,11 @@ impl SqliteStore {
     /// Several stores, in one process or several, may open the same file at once.
     pub async fn open(url_or_path: &str) -> Result<Self, StoreError> {
         let options = connect_options(url_or_path)?;
+        create_owner_only(options.get_filename()).map_err(|err| {
+            StoreError::Unavailable(format!(
+                "cannot create SQLite database `{url_or_path}`: {err}"
+            ))
+        })?;
         let writer = connect(url_or_path, &options, 1).await?;
         migrate(&writer).await?;
         let reader = connect(url_or_path, &options, READERS).await?;
@@ -106,6 +111,25 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// Creates a missing database file readable by its owner alone: it holds password hashes,
+/// sessions and sealed signing keys. SQLite gives the `-wal` and `-shm` files it creates
+/// beside it the database file's mode, so they are owner-only too. An existing file keeps
+/// the mode its administrator chose.
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
     }
 }
 
