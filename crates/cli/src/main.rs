@@ -170,7 +170,7 @@ fn load_layers(cli: &Cli) -> CliResult<ConfigLayer> {
         None => ConfigLayer::from_toml_file(std::path::Path::new("tessera.toml"), false),
     }
     .map_err(|e| e.to_string())?;
-    refuse_unknown_env()?;
+    warn_unknown_env();
     let env = ConfigLayer::from_env(|name| std::env::var(name).ok());
     let flags = ConfigLayer::from_flags(cli.settings.pairs()).map_err(|e| e.to_string())?;
     Ok(flags.over(env.over(file)))
@@ -205,9 +205,11 @@ const OTHER_ENV: &[&str] = &[
     "TESSERA_REQUIRE_SERVICES",
 ];
 
-/// A misspelt `TESSERA_LISTN` must stop the start like a misspelt file key (SPEC §2), rather
-/// than leave a default silently in force.
-fn refuse_unknown_env() -> CliResult {
+/// A misspelt `TESSERA_LISTN` is worth a warning naming it, but not a refusal to start
+/// (SPEC §2): orchestrators inject variables of their own into the environment of a service
+/// named `tessera` (Kubernetes: `TESSERA_PORT`, `TESSERA_SERVICE_HOST`, …). Only the name
+/// is logged; the value may be a secret.
+fn warn_unknown_env() {
     let known: Vec<String> = tessera_core::config::SETTINGS
         .iter()
         .map(|s| tessera_core::config::env_name(s.key))
@@ -219,10 +221,12 @@ fn refuse_unknown_env() -> CliResult {
             && !OTHER_ENV.contains(&name)
             && !known.iter().any(|k| k == name)
         {
-            return Err(format!("unknown setting in the environment: {name}"));
+            tracing::warn!(
+                variable = name,
+                "ignoring {name}: not a setting (a misspelt one leaves its default in force)"
+            );
         }
     }
-    Ok(())
 }
 
 /// `TESSERA_MASTER_KEY` overrides the key file (SPEC §2). The in-memory store keeps nothing

@@ -1166,3 +1166,153 @@ async fn cli_changes_fail_cleanly_while_the_store_cannot_write_and_work_after() 
     );
     assert!(!keys.contains(&retired), "{keys}");
 }
+
+#[tokio::test]
+async fn metrics_are_served_on_metrics_listen_only_at_the_address_printed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // `serve_with` gives `--metrics-listen 127.0.0.1:0` and reads the address the start
+    // printed (it checks that the port is not 0 and not the API's).
+    let server = serve_with(dir.path(), "info", &["--issuer", ISSUER]).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("{}/metrics", server.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains(
+            "tessera_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    let res = client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 404, "never on `listen`");
+    let metrics_address = server.metrics.trim_start_matches("http://");
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("serving /metrics") && l.contains(metrics_address)),
+        "the picked address is logged: {}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn the_database_its_wal_and_shm_and_the_master_key_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    // The files would be shared if the server left their modes to the umask.
+    std::fs::write(dir.path().join("probe"), "").unwrap();
+    assert_ne!(
+        mode("probe") & 0o077,
+        0,
+        "run under a umask that lets group or others read new files (022, say)"
+    );
+
+    let mut server = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    sign_up(&client, &server, "owner-only@example.com").await;
+    for name in [
+        "tessera.db",
+        "tessera.db-wal",
+        "tessera.db-shm",
+        "tessera.key",
+    ] {
+        assert_eq!(mode(name), 0o600, "{name} is {:o}", mode(name));
+    }
+    server.kill();
+}
+
+#[tokio::test]
+async fn an_unknown_tessera_variable_is_a_warning_naming_it_not_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    // What Kubernetes injects for a service named `tessera`.
+    let server = serve_with_env(
+        dir.path(),
+        "warn",
+        &["--issuer", ISSUER],
+        &[
+            ("TESSERA_PORT", "tcp://10.96.0.7:8080"),
+            ("TESSERA_SERVICE_HOST", "10.96.0.7"),
+        ],
+    )
+    .await;
+    let log = server.log();
+    for name in ["TESSERA_PORT", "TESSERA_SERVICE_HOST"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(name)),
+            "{name} not named in a warning: {log}"
+        );
+    }
+    assert!(!log.contains("10.96.0.7"), "values are not logged: {log}");
+
+    // Unknown keys in flags still stop the start, in one line.
+    let mut bad = tessera(dir.path());
+    bad.args(["serve", "--listn", "127.0.0.1:0"]);
+    let output = run(bad, "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--listn"), "{stderr}");
+}
+
+#[test]
+fn a_wildcard_listen_address_without_an_issuer_stops_the_start_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let mut serve = tessera(dir.path());
+        serve.args([
+            "serve",
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+        let output = run(serve, "");
+        assert!(!output.status.success(), "{listen}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: `issuer` must be set when `listen` is a wildcard address")
+                && stderr.contains("Origin"),
+            "{stderr}"
+        );
+        assert!(output.stdout.is_empty(), "nothing was served");
+    }
+}
+
+#[tokio::test]
+async fn refresh_grace_0_turns_the_grace_window_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut replayed = Vec::new();
+    for grace in ["10s", "0"] {
+        let server = serve_with(
+            dir.path(),
+            "warn",
+            &["--issuer", ISSUER, "--refresh-grace", grace],
+        )
+        .await;
+        let email = format!("grace-{}@example.com", replayed.len());
+        sign_up(&client, &server, &email).await;
+        let (_, first) = grant(&client, &server, &email).await;
+        assert_eq!(refresh(&client, &server, &first).await.status(), 200);
+        // At once, as a second tab of the same device would.
+        replayed.push(refresh(&client, &server, &first).await.status().as_u16());
+    }
+    assert_eq!(
+        replayed,
+        [200, 400],
+        "a replay within the default window is a concurrent refresh; with 0, reuse"
+    );
+}

@@ -493,11 +493,19 @@ impl ConfigLayer {
             })?
             .unwrap_or_else(|| "sqlite://tessera.db".to_owned());
 
-        let issuer = self
-            .parsed("issuer", "an http(s) URL", |t| {
-                origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
-            })?
-            .unwrap_or_else(|| format!("http://{listen}"));
+        let issuer = match self.parsed("issuer", "an http(s) URL", |t| {
+            origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
+        })? {
+            Some(issuer) => issuer,
+            None if listen.ip().is_unspecified() => {
+                return Err(ConfigError(format!(
+                    "`issuer` must be set when `listen` is a wildcard address ({listen}): the \
+                     default issuer http://{listen} is no address a client can use, so every \
+                     browser Origin would be refused and every mailed link broken"
+                )))
+            }
+            None => format!("http://{listen}"),
+        };
         let audience = self
             .parsed("audience", "a non-empty string", non_empty)?
             .unwrap_or_else(|| "tessera".to_owned());
@@ -1022,6 +1030,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("invalid value for `webhooks`"), "{err}");
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_needs_an_explicit_issuer() {
+        for listen in ["0.0.0.0:8080", "[::]:8080"] {
+            let err = file(&format!("listen = \"{listen}\""))
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("`issuer` must be set when `listen` is a wildcard address"),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+            let config = file(&format!(
+                "listen = \"{listen}\"\nissuer = \"https://auth.example.com\""
+            ))
+            .resolve()
+            .unwrap();
+            assert_eq!(config.issuer, "https://auth.example.com");
+            assert_eq!(config.allowed_origins, ["https://auth.example.com"]);
+        }
     }
 
     #[test]
