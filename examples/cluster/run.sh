@@ -50,7 +50,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 for port in "${NODE_PORTS[@]}"; do
-  "$bin" serve --listen "127.0.0.1:$port" >"$WORK/node-$port.out" 2>"$WORK/node-$port.log" &
+  # Each node serves /metrics on an address of its own, 1000 above its API port.
+  "$bin" serve --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$((port + 1000))" \
+    >"$WORK/node-$port.out" 2>"$WORK/node-$port.log" &
   pids+=("$!")
 done
 
@@ -91,7 +93,7 @@ for port in "${NODE_PORTS[@]}"; do
 done
 nginx -c "$WORK/nginx.conf"
 
-echo "three nodes on ${NODE_PORTS[*]}, load balancer on http://127.0.0.1:$LB_PORT"
+echo "three nodes on ${NODE_PORTS[*]} (/metrics 1000 above each), load balancer on http://127.0.0.1:$LB_PORT"
 curl -s "http://127.0.0.1:$LB_PORT/readyz"; echo
 echo "logs in $WORK; Ctrl-C stops everything"
 wait "${pids[@]}"
