@@ -479,6 +479,21 @@ impl ConfigLayer {
         Ok(webhooks)
     }
 
+    /// The issuer, by default `http://<listen>`; a wildcard `listen` has no such default.
+    fn issuer(&self, listen: SocketAddr) -> Result<String, ConfigError> {
+        match self.parsed("issuer", "an http(s) URL", |t| {
+            origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
+        })? {
+            Some(issuer) => Ok(issuer),
+            None if listen.ip().is_unspecified() => Err(ConfigError(format!(
+                "`issuer` must be set when `listen` is a wildcard address ({listen}): the \
+                 default issuer http://{listen} is no address a client can use, so every \
+                 browser Origin would be refused and every mailed link broken"
+            ))),
+            None => Ok(format!("http://{listen}")),
+        }
+    }
+
     /// Applies SPEC §2's defaults to what the layers leave unset.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let listen = self.address("listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
@@ -493,19 +508,7 @@ impl ConfigLayer {
             })?
             .unwrap_or_else(|| "sqlite://tessera.db".to_owned());
 
-        let issuer = match self.parsed("issuer", "an http(s) URL", |t| {
-            origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
-        })? {
-            Some(issuer) => issuer,
-            None if listen.ip().is_unspecified() => {
-                return Err(ConfigError(format!(
-                    "`issuer` must be set when `listen` is a wildcard address ({listen}): the \
-                     default issuer http://{listen} is no address a client can use, so every \
-                     browser Origin would be refused and every mailed link broken"
-                )))
-            }
-            None => format!("http://{listen}"),
-        };
+        let issuer = self.issuer(listen)?;
         let audience = self
             .parsed("audience", "a non-empty string", non_empty)?
             .unwrap_or_else(|| "tessera".to_owned());
