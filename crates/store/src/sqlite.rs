@@ -96,7 +96,7 @@ impl SqliteStore {
         let options = connect_options(url_or_path)?;
         create_owner_only(options.get_filename()).map_err(|err| {
             StoreError::Unavailable(format!(
-                "cannot create SQLite database `{url_or_path}`: {err}"
+                "cannot open SQLite database `{url_or_path}`: {err}"
             ))
         })?;
         let writer = connect(url_or_path, &options, 1).await?;
