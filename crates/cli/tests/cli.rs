@@ -1316,3 +1316,46 @@ async fn refresh_grace_0_turns_the_grace_window_off() {
         "a replay within the default window is a concurrent refresh; with 0, reuse"
     );
 }
+
+#[tokio::test]
+async fn under_a_low_open_files_limit_connections_wait_instead_of_failing_accept() {
+    const LIMIT: u64 = 256;
+    const CLIENTS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with_open_files_limit(
+        dir.path(),
+        "warn",
+        &["--issuer", ISSUER, "--http-header-timeout", "2s"],
+        LIMIT,
+    )
+    .await;
+    assert!(
+        server
+            .log()
+            .contains("the open-files limit is too low for max_connections"),
+        "the lowered bound is logged: {}",
+        server.log()
+    );
+    // More silent clients than the process has descriptors: past the bound they wait in
+    // the backlog; the header timeout closes the accepted ones, making room for the rest.
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut silent = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let client = reqwest::Client::new();
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.get(server.url("/healthz")).send(),
+    )
+    .await
+    .expect("a request waiting behind the bound is served once connections close")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(silent);
+    let log = server.log();
+    assert!(
+        !log.contains("cannot accept connections"),
+        "accept never ran out of descriptors: {log}"
+    );
+}

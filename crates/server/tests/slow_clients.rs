@@ -41,7 +41,7 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
-/// How long until the server closes `stream` (EOF or reset), reading and discarding
+/// How long until the server closes `stream` (the client reads EOF), reading and discarding
 /// anything it sends; `None` if it is still open after `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -49,8 +49,9 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Durat
     tokio::time::timeout(within, async {
         loop {
             match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(0) => return started.elapsed(),
                 Ok(_) => {}
+                Err(e) => panic!("the connection was reset rather than closed: {e}"),
             }
         }
     })

@@ -126,6 +126,47 @@ pub async fn serve_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Server {
+    serve_under(dir, log_level, args, env, None).await
+}
+
+/// As [`serve_with`], in a process that may open at most `open_files` files (soft and hard
+/// limit, as `ulimit -n` sets them).
+pub async fn serve_with_open_files_limit(
+    dir: &Path,
+    log_level: &str,
+    args: &[&str],
+    open_files: u64,
+) -> Server {
+    serve_under(dir, log_level, args, &[], Some(open_files)).await
+}
+
+/// `command` run by `sh` after `ulimit -n limit`, with its program, arguments, directory
+/// and environment.
+fn with_open_files_limit(command: &Command, limit: u64) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => sh.env(name, value),
+            None => sh.env_remove(name),
+        };
+    }
+    sh
+}
+
+async fn serve_under(
+    dir: &Path,
+    log_level: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    open_files: Option<u64>,
+) -> Server {
     static STARTS: AtomicUsize = AtomicUsize::new(0);
     let log = dir.join(format!(
         "serve-{}.log",
@@ -142,7 +183,11 @@ pub async fn serve_with_env(
             "127.0.0.1:0",
         ])
         .args(args)
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    if let Some(limit) = open_files {
+        command = with_open_files_limit(&command, limit);
+    }
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
