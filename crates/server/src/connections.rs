@@ -2,8 +2,8 @@
 //! (SPEC §3 "Operations": stop accepting, finish in-flight requests, flush, exit 0).
 //!
 //! At shutdown the listener first takes the connections the kernel has already completed
-//! (their clients' `connect` succeeded, so they are owed an answer), then closes: later
-//! clients are refused at connect time. Every answer from then on carries
+//! (their clients' `connect` succeeded, so they are owed an answer), as far as the
+//! connection bound allows, then closes: later clients are refused at connect time. Every answer from then on carries
 //! `Connection: close`, so a keep-alive client learns from a response, never from a reset,
 //! that it must not send again on that connection. An idle keep-alive connection gets
 //! [`IDLE_LINGER`] to bring a request that was already on its way before it is closed.
@@ -158,7 +158,9 @@ pub async fn serve(
         }
     }
     // Connections the kernel completed before we stopped: their clients are owed an answer,
-    // as far as the bound allows (beyond it, closing the listener refuses them).
+    // as far as the bound allows (beyond it, closing the listener refuses them). Connections
+    // that have ended leave room first.
+    while connections.try_join_next().is_some() {}
     while connections.len() < bound {
         let Some(Ok((stream, remote))) = accept_ready(&listener).await else {
             break;
