@@ -1359,3 +1359,33 @@ async fn under_a_low_open_files_limit_connections_wait_instead_of_failing_accept
         "accept never ran out of descriptors: {log}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_closes_a_scraper_s_keep_alive_connection_without_dropping_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve_with(dir.path(), "info", &["--issuer", ISSUER]).await;
+    // A scraper keeps its connection to the metrics address open between scrapes.
+    let scraper = reqwest::Client::new();
+    let res = scraper
+        .get(format!("{}/metrics", server.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap();
+    let signalled = Instant::now();
+    server.terminate();
+    let status = server.exit_status(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}: {}", server.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        signalled.elapsed()
+    );
+    let log = server.log();
+    assert!(log.contains("shut down"), "{log}");
+    assert!(
+        !log.contains("dropped"),
+        "an idle scraper's connection is closed, not dropped: {log}"
+    );
+}

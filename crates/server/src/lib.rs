@@ -162,8 +162,9 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 /// Connections `metrics_listen` accepts at once: a few scrapers, never a crowd.
 pub const METRICS_CONNECTIONS: usize = 16;
 
-/// How long a scrape in flight at shutdown may still run once the API has drained.
-const METRICS_DRAIN_BOUND: Duration = Duration::from_secs(1);
+/// How long the metrics address drains at shutdown: a scrape is quick, but a scraper's idle
+/// keep-alive connection gets [`connections::IDLE_LINGER`] like any other.
+pub const METRICS_DRAIN_BOUND: Duration = Duration::from_secs(3);
 
 /// How long background work gets to finish its step and flush once the requests are done:
 /// longer than a webhook attempt may take, so one in progress completes and is recorded.
@@ -171,8 +172,8 @@ pub const BACKGROUND_BOUND: Duration = Duration::from_secs(15);
 
 /// Serves the API on `listener` and `/metrics` on `metrics_listener` until `shutdown`
 /// resolves, then shuts down in order (SPEC §3 "Operations"): stops accepting connections,
-/// finishes the requests in flight within [`DRAIN_BOUND`], closes the metrics address, then
-/// stops every background task of the node — the core's and the server's — letting each
+/// finishes the requests in flight within [`DRAIN_BOUND`] (scrapes within
+/// [`METRICS_DRAIN_BOUND`]), then stops every background task of the node — the core's and the server's — letting each
 /// flush (pending `last_seen_at` updates, the webhook attempts in progress) within
 /// [`BACKGROUND_BOUND`].
 pub async fn serve(
@@ -199,21 +200,25 @@ pub async fn serve(
     let app = router(state.clone());
     let scrapes = metrics_router(state);
     let (api_limits, metrics_limits) = connection_limits(tessera.config());
-    let (api_done, mut api_drained) = tokio::sync::watch::channel(false);
-    let api = async move {
-        connections::serve(listener, app, shutdown, DRAIN_BOUND, api_limits).await;
-        api_done.send_replace(true);
+    // Both addresses stop accepting at once and drain side by side.
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
     };
-    let metrics = connections::serve(
-        metrics_listener,
-        scrapes,
-        async move {
-            let _ = api_drained.wait_for(|drained| *drained).await;
-        },
-        METRICS_DRAIN_BOUND,
-        metrics_limits,
+    let metrics_shutdown = async move {
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    };
+    tokio::join!(
+        connections::serve(listener, app, shutdown, DRAIN_BOUND, api_limits),
+        connections::serve(
+            metrics_listener,
+            scrapes,
+            metrics_shutdown,
+            METRICS_DRAIN_BOUND,
+            metrics_limits,
+        ),
     );
-    tokio::join!(api, metrics);
     tessera.background().shutdown(BACKGROUND_BOUND).await;
     tracing::info!("shut down");
     Ok(())
