@@ -9,6 +9,7 @@ pub mod background;
 pub mod bell;
 pub mod config;
 pub mod error;
+pub mod guessing;
 pub mod keys;
 pub mod mac;
 pub mod metrics;
