@@ -190,6 +190,7 @@ fn every_command_has_help() {
         "user add",
         "user list",
         "user set-roles",
+        "user unlock",
         "admin-key",
         "admin-key create",
         "admin-key revoke",
@@ -721,7 +722,15 @@ async fn kill_9_under_load_loses_no_acknowledged_effect() {
     // The shortest grace window the configuration takes: a spent refresh token replayed
     // after it is reuse.
     let grace = Duration::from_secs(1);
-    let args = ["--issuer", ISSUER, "--refresh-grace", "1s"];
+    // Every burst task signs up from one address: lift the sign-up limit.
+    let args = [
+        "--issuer",
+        ISSUER,
+        "--refresh-grace",
+        "1s",
+        "--signup-ip-max",
+        "100000",
+    ];
     let mut server = serve_with(dir.path(), "warn", &args).await;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     let tasks: Vec<_> = (0..TASKS)
@@ -822,7 +831,15 @@ async fn sigterm_under_load_answers_every_accepted_request_exits_0_and_keeps_eve
     const SIGNAL_AFTER: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_secs(1);
-    let args = ["--issuer", ISSUER, "--refresh-grace", "1s"];
+    // Every burst task signs up from one address: lift the sign-up limit.
+    let args = [
+        "--issuer",
+        ISSUER,
+        "--refresh-grace",
+        "1s",
+        "--signup-ip-max",
+        "100000",
+    ];
     let mut server = serve_with(dir.path(), "warn", &args).await;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     // Each task has its own client, so its own keep-alive connection.

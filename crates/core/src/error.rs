@@ -30,6 +30,9 @@ pub enum AuthError {
     InvalidGrant,
     #[error("not found")]
     NotFound,
+    /// Past a guessing limit (SPEC §2): refused before any password work.
+    #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
+    TooManyAttempts { retry_after: std::time::Duration },
     /// The active signing key cannot be withdrawn: nothing could sign (rotate first).
     #[error("the active signing key cannot be withdrawn; rotate first")]
     ActiveKey,

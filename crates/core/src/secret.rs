@@ -94,6 +94,18 @@ opaque_secret!(
     AdminSecret
 );
 
+opaque_secret!(
+    /// A device credential (SPEC §2): the device cookie's value, or the password grant's
+    /// `device_token`; see [`crate::guessing::Device`].
+    DeviceCredential
+);
+
+impl DeviceCredential {
+    pub(crate) fn from_sealed(value: String) -> Self {
+        Self(SecretString::from(value))
+    }
+}
+
 impl RefreshToken {
     /// Wraps a value derived by the core (the deterministic successor of a rotated token).
     pub(crate) fn from_derived(value: String) -> Self {

@@ -10,7 +10,17 @@ use crate::secret::Password;
 use crate::webhooks;
 
 impl Tessera {
-    pub async fn sign_up(&self, email: &str, password: Password) -> Result<User, AuthError> {
+    /// Signs up a user from `address`, counted against SPEC §2's `signup_ip_max` once the
+    /// request is well-formed (the CLI's `add_user` is not limited).
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        password: Password,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<User, AuthError> {
+        Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        check_policy(&password)?;
+        self.admit_sign_up(address).await?;
         self.add_user(email, password, Vec::new()).await
     }
 
@@ -53,6 +63,14 @@ impl Tessera {
         self.store.find_user(id).await?.ok_or(AuthError::NotFound)
     }
 
+    pub async fn user_by_email(&self, email: &str) -> Result<User, AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::NotFound)?;
+        self.store
+            .find_user_by_email(&email)
+            .await?
+            .ok_or(AuthError::NotFound)
+    }
+
     /// Every user, oldest first.
     pub async fn users(&self) -> Result<Vec<User>, AuthError> {
         Ok(self.store.list_users().await?)
@@ -90,23 +108,11 @@ impl Tessera {
     }
 
     /// Checks a password; unknown email and wrong password fail alike and take the same time.
-    pub(super) async fn check_credentials(
+    pub(super) async fn check_password(
         &self,
         email: &str,
         password: Password,
     ) -> Result<User, AuthError> {
-        let outcome = self.check_password(email, password).await;
-        match &outcome {
-            Ok(_) => crate::metrics::Counters::bump(&self.counters.logins_ok),
-            Err(AuthError::InvalidCredentials) => {
-                crate::metrics::Counters::bump(&self.counters.logins_failed);
-            }
-            Err(_) => {}
-        }
-        outcome
-    }
-
-    async fn check_password(&self, email: &str, password: Password) -> Result<User, AuthError> {
         let user = match Email::parse(email) {
             Some(email) => self.store.find_user_by_email(&email).await?,
             None => None,
