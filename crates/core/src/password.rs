@@ -291,6 +291,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_examples_pass_the_policy() {
+        let readme = include_str!("../../../README.md");
+        for (address, password) in [
+            ("ada@example.com", "correct horse battery"),
+            ("ops@example.com", "a long passphrase"),
+        ] {
+            assert!(
+                readme.contains(password),
+                "{password} is no longer in the README"
+            );
+            assert_eq!(weakness(password, address), None, "{password}");
+        }
+    }
+
+    #[test]
     fn each_rule_has_its_own_message() {
         let messages = [Weakness::Length, Weakness::Common, Weakness::ContainsEmail]
             .map(|w| AuthError::WeakPassword(w).to_string());
