@@ -41,6 +41,30 @@ fn user_add_reads_the_password_from_stdin_and_prints_the_id() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("8 to 1024"), "{stderr}");
+
+    // NIST SP 800-63B §5.1.1.2, as at sign-up: the message names the rule.
+    for (email, password, rule) in [
+        ("c@example.com", "Password123", "common"),
+        ("margaret@example.com", "margaret's secret garden", "email"),
+    ] {
+        let mut weak = tessera(dir.path());
+        weak.args(["user", "add", email]);
+        let output = run(weak, &format!("{password}\n"));
+        assert!(!output.status.success(), "{password}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(rule), "{password}: {stderr}");
+    }
+    let listing = stdout(&run(list_users(dir.path()), ""));
+    assert!(
+        !listing.contains("c@example.com") && !listing.contains("margaret@"),
+        "{listing}"
+    );
+}
+
+fn list_users(dir: &std::path::Path) -> std::process::Command {
+    let mut list = tessera(dir);
+    list.args(["user", "list"]);
+    list
 }
 
 #[test]

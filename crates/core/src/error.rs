@@ -10,8 +10,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("email already registered")]
     EmailTaken,
-    #[error("password must be 8 to 1024 characters")]
-    WeakPassword,
+    /// The message names the rule the password breaks, so the user knows what to change.
+    #[error("{0}")]
+    WeakPassword(crate::password::Weakness),
     #[error("not a valid email address")]
     InvalidEmail,
     #[error("roles: at most 64, each 1 to 128 of A-Z a-z 0-9 . _ : -")]

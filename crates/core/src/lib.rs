@@ -7,6 +7,7 @@
 
 pub mod background;
 pub mod bell;
+pub mod common_passwords;
 pub mod config;
 pub mod error;
 pub mod guessing;

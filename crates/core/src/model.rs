@@ -231,6 +231,13 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What comes before the `@`, in the same normalised form.
+    pub fn local_part(&self) -> &str {
+        self.0
+            .split_once('@')
+            .map_or(self.0.as_str(), |(local, _)| local)
+    }
 }
 
 /// A role name as carried in the `roles` claim.

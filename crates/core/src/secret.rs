@@ -125,6 +125,15 @@ impl Password {
     pub fn expose_secret(&self) -> &str {
         self.0.expose_secret()
     }
+
+    /// The Unicode NFKC form: what is hashed and checked, so that one password typed as
+    /// composed or decomposed accents, or in full-width forms, is one password (NIST SP
+    /// 800-63B §5.1.1.2).
+    #[must_use]
+    pub fn nfkc(&self) -> Password {
+        use unicode_normalization::UnicodeNormalization as _;
+        Self::new(self.expose_secret().nfkc().collect())
+    }
 }
 
 impl fmt::Debug for Password {

@@ -80,6 +80,12 @@ pub trait StoreTx: Send {
     async fn insert_user(&mut self, user: &User) -> Result<(), StoreError>;
     /// Replaces the roles; `false` if there is no such user.
     async fn set_roles(&mut self, id: UserId, roles: &[String]) -> Result<bool, StoreError>;
+    /// Replaces the argon2id PHC string; `false` if there is no such user.
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError>;
     /// Moves `tokens_valid_after` to the later of `at` and one millisecond past its current
     /// value, and returns it; `None` if there is no such user. Epochs therefore strictly
     /// increase, also when two bumps of one user race on two nodes: each gets its own value,

@@ -84,7 +84,7 @@ impl ApiError {
                         (StatusCode::UNAUTHORIZED, "invalid_credentials")
                     }
                     AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
-                    AuthError::WeakPassword => (StatusCode::BAD_REQUEST, "weak_password"),
+                    AuthError::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
                     AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "invalid_email"),
                     AuthError::InvalidRoles => (StatusCode::BAD_REQUEST, "invalid_roles"),
                     AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),

@@ -151,6 +151,7 @@ macro_rules! conformance_suite {
             unknown_user_is_none,
             users_are_listed_in_creation_order,
             set_roles_replaces_roles,
+            set_password_hash_replaces_only_that_users_hash,
             bump_epoch_moves_past_the_current_epoch,
             session_round_trips_by_id_and_hash,
             duplicate_session_conflicts,
@@ -555,6 +556,7 @@ pub async fn unknown_user_is_none<S: Store + ?Sized>(store: &S) {
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.user_for_update(id).await.unwrap(), None);
     assert!(!tx.set_roles(id, &["admin".to_owned()]).await.unwrap());
+    assert!(!tx.set_password_hash(id, "$argon2id$x").await.unwrap());
     assert_eq!(tx.bump_epoch(id, at(1)).await.unwrap(), None);
     tx.commit().await.unwrap();
     assert_eq!(store.find_user(id).await.unwrap(), None);
@@ -598,6 +600,52 @@ pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
         .roles
         .is_empty());
     assert!(!committed!(store, |tx| tx.set_roles(UserId::new(), &roles)).unwrap());
+}
+
+/// A sign-in with a hash made before passwords were normalised stores the NFKC form's hash.
+pub async fn set_password_hash_replaces_only_that_users_hash<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let other = seeded_user(store).await;
+    let rehashed =
+        "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdG5ld3NhbHQ$bmV3aGFzaG5ld2hhc2huZXdoYXNo";
+    assert!(committed!(store, |tx| tx.set_password_hash(user.id, rehashed)).unwrap());
+    let stored = store.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, rehashed);
+    assert_eq!(
+        User {
+            password_hash: user.password_hash.clone(),
+            ..stored
+        },
+        user,
+        "nothing else of the user changes"
+    );
+    assert_eq!(
+        store
+            .find_user_by_email(&user.email)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        rehashed
+    );
+    assert_eq!(store.find_user(other.id).await.unwrap().unwrap(), other);
+    // Dropped uncommitted: the hash stays.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx
+        .set_password_hash(user.id, "$argon2id$dropped")
+        .await
+        .unwrap());
+    drop(tx);
+    assert_eq!(
+        store
+            .find_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        rehashed
+    );
+    assert!(!committed!(store, |tx| tx.set_password_hash(UserId::new(), rehashed)).unwrap());
 }
 
 pub async fn bump_epoch_moves_past_the_current_epoch<S: Store + ?Sized>(store: &S) {

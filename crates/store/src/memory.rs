@@ -291,6 +291,18 @@ impl StoreTx for MemoryTx {
         Ok(true)
     }
 
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(user) = self.state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        password_hash.clone_into(&mut user.value.password_hash);
+        Ok(true)
+    }
+
     async fn bump_epoch(
         &mut self,
         id: UserId,

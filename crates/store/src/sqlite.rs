@@ -511,6 +511,22 @@ impl StoreTx for SqliteTx {
         })
     }
 
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query("UPDATE users SET password_hash = ?1 WHERE id = ?2")
+                .bind(password_hash)
+                .bind(id.to_string())
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
     async fn bump_epoch(
         &mut self,
         id: UserId,

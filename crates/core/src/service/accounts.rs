@@ -1,11 +1,11 @@
 //! Users: sign-up and the administrators' user commands, password checks, roles.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Tessera;
 use crate::error::AuthError;
 use crate::model::{Email, Timestamp, User, UserId};
-use crate::password::check_policy;
+use crate::password::{check_policy, Verification};
 use crate::secret::Password;
 use crate::webhooks;
 
@@ -31,7 +31,7 @@ impl Tessera {
         roles: Vec<String>,
     ) -> Result<User, AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
-        check_policy(&password)?;
+        check_policy(&password, &email)?;
         let roles = normalise_roles(roles)?;
         if self.store.find_user_by_email(&email).await?.is_some() {
             return Err(AuthError::EmailTaken);
@@ -118,10 +118,41 @@ impl Tessera {
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        if self.hasher.verify(password, stored).await? {
-            user.ok_or(AuthError::InvalidCredentials)
-        } else {
-            Err(AuthError::InvalidCredentials)
+        match self.hasher.check(password, stored).await? {
+            Verification::Mismatch => Err(AuthError::InvalidCredentials),
+            Verification::Match => user.ok_or(AuthError::InvalidCredentials),
+            Verification::MatchedAsTyped { rehashed } => {
+                let mut user = user.ok_or(AuthError::InvalidCredentials)?;
+                if self.store_rehashed(&user, &rehashed).await {
+                    user.password_hash = rehashed;
+                }
+                Ok(user)
+            }
+        }
+    }
+
+    /// Replaces a hash made from the password as typed (before passwords were normalised)
+    /// with the hash of its NFKC form, unless the password changed since it was read. The
+    /// sign-in it comes from succeeds either way: a failure here is logged, and the next
+    /// sign-in tries again.
+    async fn store_rehashed(&self, user: &User, rehashed: &str) -> bool {
+        let stored = async {
+            let mut tx = self.store.begin().await?;
+            let current = tx.user_for_update(user.id).await?;
+            if current.is_none_or(|u| u.password_hash != user.password_hash) {
+                return Ok(false);
+            }
+            let set = tx.set_password_hash(user.id, rehashed).await?;
+            tx.commit().await?;
+            Ok::<_, crate::StoreError>(set)
+        }
+        .await;
+        match stored {
+            Ok(set) => set,
+            Err(e) => {
+                warn!(user = %user.id, error = %e, "could not store the normalised password hash");
+                false
+            }
         }
     }
 }

@@ -377,6 +377,10 @@ impl StoreTx for InstrumentedTx {
 
         WRITES(Changes) fn insert_user['life1](user: &'life1 User) -> ();
         WRITES(Changes) fn set_roles['life1](id: UserId, roles: &'life1 [String]) -> bool;
+        WRITES(Changes) fn set_password_hash['life1](
+            id: UserId,
+            password_hash: &'life1 str,
+        ) -> bool;
         WRITES(Changes) fn bump_epoch[](id: UserId, at: Timestamp) -> Option<Timestamp>;
         WRITES(Changes) fn insert_session['life1](session: &'life1 Session) -> ();
         WRITES(Changes) fn revoke_session[](id: SessionId, at: Timestamp) -> bool;
