@@ -41,13 +41,18 @@ export TESSERA_COOKIE_SECURE=false
 [ -n "$REDIS" ] && export TESSERA_REDIS="$REDIS"
 
 pids=()
+# Runs once, on any way out: a signal only exits, and the exit stops nginx and the nodes (each
+# drains its requests on SIGTERM) before the work directory goes.
 cleanup() {
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  trap - EXIT
+  if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
+  if [ "${#pids[@]}" -gt 0 ]; then kill "${pids[@]}" 2>/dev/null || true; fi
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 
 for port in "${NODE_PORTS[@]}"; do
   # Each node serves /metrics on an address of its own, 1000 above its API port.

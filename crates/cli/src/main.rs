@@ -78,6 +78,8 @@ enum UserCommand {
         #[arg(value_delimiter = ',', num_args = 0..)]
         roles: Vec<String>,
     },
+    /// Clear an account's failed-login count and lock (on every node sharing the store)
+    Unlock { email: String },
 }
 
 #[derive(Subcommand)]
@@ -98,7 +100,11 @@ enum KeysCommand {
     /// Make a new signing key; the old one stays published until its tokens have expired
     Rotate,
     /// Withdraw a retired key at once (for a compromised key): its tokens stop verifying
-    Retire { kid: String },
+    Retire {
+        /// A kid is base64url, so it may begin with `-`: taken as the kid, never as a flag.
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,9 +198,19 @@ async fn open(config: Config, policy: KeyPolicy) -> CliResult<Arc<Tessera>> {
         config.max_staleness,
     )
     .map_err(|e| e.to_string())?;
-    let tessera = Tessera::start_with_feed(Arc::new(config), store, master, policy, feed)
+    let counters = match &config.redis {
+        Some(url) => Some(
+            tessera_store::RedisCounters::new(url, &config.redis_prefix)
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let mut tessera = Tessera::start_with_feed(Arc::new(config), store, master, policy, feed)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(counters) = counters {
+        tessera = tessera.with_guessing_counters(Arc::new(counters));
+    }
     Ok(Arc::new(tessera))
 }
 
@@ -362,6 +378,14 @@ async fn user(tessera: Arc<Tessera>, command: UserCommand) -> CliResult {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}\t{}", user.id, user.roles.join(","));
+        }
+        UserCommand::Unlock { email } => {
+            let user = tessera.user_by_email(&email).await.map_err(|e| match e {
+                AuthError::NotFound => format!("no user with email {email}"),
+                e => e.to_string(),
+            })?;
+            tessera.unlock(user.id).await.map_err(|e| e.to_string())?;
+            println!("{}", user.id);
         }
     }
     Ok(())

@@ -41,6 +41,30 @@ fn user_add_reads_the_password_from_stdin_and_prints_the_id() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("8 to 1024"), "{stderr}");
+
+    // NIST SP 800-63B §5.1.1.2, as at sign-up: the message names the rule.
+    for (email, password, rule) in [
+        ("c@example.com", "Password123", "common"),
+        ("margaret@example.com", "margaret's secret garden", "email"),
+    ] {
+        let mut weak = tessera(dir.path());
+        weak.args(["user", "add", email]);
+        let output = run(weak, &format!("{password}\n"));
+        assert!(!output.status.success(), "{password}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(rule), "{password}: {stderr}");
+    }
+    let listing = stdout(&run(list_users(dir.path()), ""));
+    assert!(
+        !listing.contains("c@example.com") && !listing.contains("margaret@"),
+        "{listing}"
+    );
+}
+
+fn list_users(dir: &std::path::Path) -> std::process::Command {
+    let mut list = tessera(dir);
+    list.args(["user", "list"]);
+    list
 }
 
 #[test]
@@ -190,6 +214,7 @@ fn every_command_has_help() {
         "user add",
         "user list",
         "user set-roles",
+        "user unlock",
         "admin-key",
         "admin-key create",
         "admin-key revoke",
@@ -721,7 +746,15 @@ async fn kill_9_under_load_loses_no_acknowledged_effect() {
     // The shortest grace window the configuration takes: a spent refresh token replayed
     // after it is reuse.
     let grace = Duration::from_secs(1);
-    let args = ["--issuer", ISSUER, "--refresh-grace", "1s"];
+    // Every burst task signs up from one address: lift the sign-up limit.
+    let args = [
+        "--issuer",
+        ISSUER,
+        "--refresh-grace",
+        "1s",
+        "--signup-ip-max",
+        "100000",
+    ];
     let mut server = serve_with(dir.path(), "warn", &args).await;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     let tasks: Vec<_> = (0..TASKS)
@@ -822,7 +855,15 @@ async fn sigterm_under_load_answers_every_accepted_request_exits_0_and_keeps_eve
     const SIGNAL_AFTER: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_secs(1);
-    let args = ["--issuer", ISSUER, "--refresh-grace", "1s"];
+    // Every burst task signs up from one address: lift the sign-up limit.
+    let args = [
+        "--issuer",
+        ISSUER,
+        "--refresh-grace",
+        "1s",
+        "--signup-ip-max",
+        "100000",
+    ];
     let mut server = serve_with(dir.path(), "warn", &args).await;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     // Each task has its own client, so its own keep-alive connection.

@@ -30,7 +30,14 @@ struct Cluster {
 /// reachable and feed trusted) before the test begins; `extra` are further flags for all.
 async fn cluster(database: FreshDatabase, url: &str, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--issuer", ISSUER, "--database", url];
+    let mut args = vec![
+        "--issuer",
+        ISSUER,
+        "--database",
+        url,
+        "--login-max-failures",
+        "4",
+    ];
     args.extend_from_slice(extra);
     let path = dir.path();
     let (a, b, c) = tokio::join!(
@@ -225,6 +232,47 @@ async fn three_nodes_behave_as_one(cluster: &Cluster) {
         assert!(both.0.unwrap().status().is_success());
         assert!(both.1.unwrap().status().is_success());
     }
+
+    one_guessing_limit_holds_across_the_nodes(&client, cluster).await;
+}
+
+/// SPEC §7: no client gets more than `login_max_failures` (4 here) attempts at an account on
+/// any number of nodes — failures spread over the nodes count against one budget, the lock
+/// holds on all of them, and attempts racing on all three at once get no more between them.
+async fn one_guessing_limit_holds_across_the_nodes(client: &reqwest::Client, cluster: &Cluster) {
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let attempt = |node: &Server, email: &str, password: &str| {
+        client
+            .post(node.url("/v1/login"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+    };
+    let spread = "spread@example.com";
+    sign_up(client, b, spread).await;
+    for node in [a, b, c, a] {
+        assert_eq!(attempt(node, spread, "not the password").await.unwrap().status(), 401);
+    }
+    for node in [a, b, c] {
+        let res = attempt(node, spread, PASSWORD).await.unwrap();
+        assert_eq!(res.status(), 429, "{} let a fifth attempt in", node.base);
+    }
+
+    let raced = "raced@example.com";
+    sign_up(client, c, raced).await;
+    let racing: Vec<_> = (0..12)
+        .map(|i| {
+            let request = client
+                .post(cluster.nodes[i % 3].url("/v1/login"))
+                .json(&json!({ "email": raced, "password": "not the password" }));
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for racer in racing {
+        statuses.push(racer.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[401; 4].as_slice(), &[429; 8]].concat());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

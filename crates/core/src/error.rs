@@ -10,8 +10,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("email already registered")]
     EmailTaken,
-    #[error("password must be 8 to 1024 characters")]
-    WeakPassword,
+    /// The message names the rule the password breaks, so the user knows what to change.
+    #[error("{0}")]
+    WeakPassword(crate::password::Weakness),
     #[error("not a valid email address")]
     InvalidEmail,
     #[error("roles: at most 64, each 1 to 128 of A-Z a-z 0-9 . _ : -")]
@@ -30,6 +31,9 @@ pub enum AuthError {
     InvalidGrant,
     #[error("not found")]
     NotFound,
+    /// Past a guessing limit (SPEC §2): refused before any password work.
+    #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
+    TooManyAttempts { retry_after: std::time::Duration },
     /// The active signing key cannot be withdrawn: nothing could sign (rotate first).
     #[error("the active signing key cannot be withdrawn; rotate first")]
     ActiveKey,

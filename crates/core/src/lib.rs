@@ -7,8 +7,10 @@
 
 pub mod background;
 pub mod bell;
+pub mod common_passwords;
 pub mod config;
 pub mod error;
+pub mod guessing;
 pub mod keys;
 pub mod mac;
 pub mod metrics;

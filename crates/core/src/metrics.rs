@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Counters {
     pub logins_ok: AtomicU64,
     pub logins_failed: AtomicU64,
+    /// Login, password-grant and sign-up attempts refused by the guessing limits.
+    pub throttled: AtomicU64,
     pub refreshes: AtomicU64,
     pub reuse_detections: AtomicU64,
 }

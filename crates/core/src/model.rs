@@ -189,12 +189,18 @@ uuid_id!(
 pub struct Email(String);
 
 impl Email {
+    /// The form accounts are known by (trimmed, NFKC, lower case), also for text that is not
+    /// an address: the guessing limits count attempts on it whether or not it could exist.
+    pub fn normalise(raw: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        raw.trim().nfkc().collect::<String>().to_lowercase()
+    }
+
     /// Normalises and checks the shape: one `@`, a non-empty local part, a domain with a dot,
     /// no whitespace or control characters, at most 254 bytes (RFC 5321 §4.5.3.1.3). Anything
     /// stricter rejects real addresses; deliverability is the application's concern.
     pub fn parse(raw: &str) -> Option<Self> {
-        use unicode_normalization::UnicodeNormalization;
-        let normalised: String = raw.trim().nfkc().collect::<String>().to_lowercase();
+        let normalised = Self::normalise(raw);
         if normalised.is_empty() || normalised.len() > 254 {
             return None;
         }
@@ -224,6 +230,13 @@ impl Email {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// What comes before the `@`, in the same normalised form.
+    pub fn local_part(&self) -> &str {
+        self.0
+            .split_once('@')
+            .map_or(self.0.as_str(), |(local, _)| local)
     }
 }
 

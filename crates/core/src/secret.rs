@@ -94,6 +94,18 @@ opaque_secret!(
     AdminSecret
 );
 
+opaque_secret!(
+    /// A device credential (SPEC §2): the device cookie's value, or the password grant's
+    /// `device_token`; see [`crate::guessing::Device`].
+    DeviceCredential
+);
+
+impl DeviceCredential {
+    pub(crate) fn from_sealed(value: String) -> Self {
+        Self(SecretString::from(value))
+    }
+}
+
 impl RefreshToken {
     /// Wraps a value derived by the core (the deterministic successor of a rotated token).
     pub(crate) fn from_derived(value: String) -> Self {
@@ -112,6 +124,15 @@ impl Password {
 
     pub fn expose_secret(&self) -> &str {
         self.0.expose_secret()
+    }
+
+    /// The Unicode NFKC form: what is hashed and checked, so that one password typed as
+    /// composed or decomposed accents, or in full-width forms, is one password (NIST SP
+    /// 800-63B §5.1.1.2).
+    #[must_use]
+    pub fn nfkc(&self) -> Password {
+        use unicode_normalization::UnicodeNormalization as _;
+        Self::new(self.expose_secret().nfkc().collect())
     }
 }
 

@@ -22,6 +22,7 @@
 
 use async_trait::async_trait;
 
+use crate::guessing::Tally;
 use crate::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
     SessionId, Timestamp, User, UserId,
@@ -79,6 +80,12 @@ pub trait StoreTx: Send {
     async fn insert_user(&mut self, user: &User) -> Result<(), StoreError>;
     /// Replaces the roles; `false` if there is no such user.
     async fn set_roles(&mut self, id: UserId, roles: &[String]) -> Result<bool, StoreError>;
+    /// Replaces the argon2id PHC string; `false` if there is no such user.
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError>;
     /// Moves `tokens_valid_after` to the later of `at` and one millisecond past its current
     /// value, and returns it; `None` if there is no such user. Epochs therefore strictly
     /// increase, also when two bumps of one user race on two nodes: each gets its own value,
@@ -327,12 +334,49 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn prune_outbox(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// The guessing counters (SPEC §2, §7): one [`Tally`] per key, shared by every node so that
+/// one limit holds across all of them. The rules are [`crate::guessing::admit`] and
+/// [`crate::guessing::release`]; a backend only makes their read-modify-write atomic and
+/// forgets a tally at its `expires_at`, so the number of keys stays bounded by the attempts
+/// of one window however many addresses an attacker rotates through. The durable stores keep
+/// them, and Redis when it is configured (native TTLs); they are not a system of record:
+/// losing them only forgives recent failures.
+#[async_trait]
+pub trait GuessingCounters: Send + Sync + 'static {
+    /// Atomically reads the tally under `key` (`None` when absent or expired at `now`) and
+    /// replaces it with `change(tally)` until that tally's `expires_at`, or deletes it when
+    /// `change` returns `None`. Returns the tally read. No other update of `key`, on any node,
+    /// runs between the read and the write; `change` may run more than once.
+    async fn update_tally(
+        &self,
+        key: &str,
+        now: Timestamp,
+        change: &(dyn Fn(Option<Tally>) -> Option<Tally> + Send + Sync),
+    ) -> Result<Option<Tally>, StoreError>;
+    /// The tally under `key`, `None` when absent or expired at `now`.
+    async fn tally(&self, key: &str, now: Timestamp) -> Result<Option<Tally>, StoreError>;
+    /// Forgets the tally under `key` (an administrator's unlock).
+    async fn clear_tally(&self, key: &str) -> Result<(), StoreError>;
+    /// Housekeeping: deletes every tally expired at `now`; returns how many. A backend whose
+    /// keys expire by themselves returns 0.
+    async fn prune_tallies(&self, now: Timestamp) -> Result<u64, StoreError>;
+}
+
 /// Everything a Tessera node needs from its durable store, as one object the server can hold
 /// as `Arc<dyn Store>` chosen from the `database` setting at start.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + DenylistStore + RevocationLog + OutboxStore + KeyStore + AdminKeyStore
+    UserStore
+    + SessionStore
+    + DenylistStore
+    + RevocationLog
+    + OutboxStore
+    + KeyStore
+    + AdminKeyStore
+    + GuessingCounters
 {
+    /// This store as the guessing counters, for a node without Redis.
+    fn guessing(&self) -> &dyn GuessingCounters;
     /// Opens a write transaction (see the module documentation). Waits while another writer
     /// holds one.
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;

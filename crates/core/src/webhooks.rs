@@ -38,15 +38,18 @@ pub enum EventType {
     RefreshReuseDetected,
     /// An administrator replaced a user's roles.
     UserRolesChanged,
+    /// Password guessing locked an account: its failures reached `login_max_failures`.
+    UserLocked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         Self::SessionCreated,
         Self::SessionRevoked,
         Self::UserSignedOutEverywhere,
         Self::RefreshReuseDetected,
         Self::UserRolesChanged,
+        Self::UserLocked,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl EventType {
             Self::UserSignedOutEverywhere => "user.signed_out_everywhere",
             Self::RefreshReuseDetected => "refresh.reuse_detected",
             Self::UserRolesChanged => "user.roles_changed",
+            Self::UserLocked => "user.locked",
         }
     }
 
@@ -270,6 +274,22 @@ pub fn roles_changed(
         EventType::UserRolesChanged,
         at,
         &json!({ "user_id": user, "roles": roles }),
+    )
+}
+
+/// `user.locked`: `{user_id, failures, locked_until}`, when guessing locks an account.
+pub fn user_locked(
+    webhooks: &[Webhook],
+    user: UserId,
+    failures: u32,
+    locked_until: Timestamp,
+    at: Timestamp,
+) -> Vec<OutboxMessage> {
+    messages(
+        webhooks,
+        EventType::UserLocked,
+        at,
+        &json!({ "user_id": user, "failures": failures, "locked_until": locked_until }),
     )
 }
 

@@ -6,7 +6,8 @@
 //! - `cookie/{mode}`: a session cookie resolved in each mode (`none` reads the store too: a
 //!   cookie carries no signature to check offline).
 //! - `{bearer,cookie}/strict_sqlite`: `strict` against a smaller SQLite store, for the cost
-//!   of a real store round trip.
+//!   of a real store round trip; `strict_postgres` the same against PostgreSQL (a fresh
+//!   database on `TESSERA_TEST_DATABASE_URL`, when it answers): a network round trip.
 //!
 //! The large state lives in the `memory` store, not SQLite: SQLite's `synchronous = FULL`
 //! makes each write an fsync, and filling 100 000 jtis plus 100 000 users (an insert and an
@@ -68,8 +69,8 @@ struct Fixture {
     rt: Runtime,
     /// `none`, `cached`, `strict` over the memory store, then `strict_sqlite`.
     targets: Vec<Target>,
-    /// Keeps the SQLite file alive while its service uses it.
-    _dir: TempDir,
+    /// Keeps the SQLite file (and the PostgreSQL database) alive while their services use it.
+    _guards: (TempDir, Option<tessera_store::testing::FreshDatabase>),
 }
 
 /// Built once (the fill takes seconds) and shared by both groups.
@@ -81,16 +82,19 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let (targets, dir) = rt.block_on(build());
+        let (targets, guards) = rt.block_on(build());
         Fixture {
             rt,
             targets,
-            _dir: dir,
+            _guards: guards,
         }
     })
 }
 
-async fn build() -> (Vec<Target>, TempDir) {
+async fn build() -> (
+    Vec<Target>,
+    (TempDir, Option<tessera_store::testing::FreshDatabase>),
+) {
     // One master key for every service over the shared store, so each can unseal the
     // signing key the first one created (`MasterKey` is not `Clone`).
     let master = SessionSecret::generate().expose_secret().to_owned();
@@ -163,7 +167,24 @@ async fn build() -> (Vec<Target>, TempDir) {
         cookie: sqlite_cookie,
         access_token: sqlite_token,
     });
-    (targets, dir)
+
+    let postgres = tessera_store::testing::FreshDatabase::create().await;
+    match &postgres {
+        Some(database) => {
+            let store = tessera_store::open(database.url()).await.unwrap();
+            fill(&store, SQLITE_ENTRIES).await;
+            let strict_postgres = start(&store, "strict", &master).await;
+            let (cookie, access_token) = sign_in(&strict_postgres).await;
+            targets.push(Target {
+                name: "strict_postgres",
+                tessera: strict_postgres,
+                cookie,
+                access_token,
+            });
+        }
+        None => println!("PostgreSQL does not answer: no strict_postgres rows"),
+    }
+    (targets, (dir, postgres))
 }
 
 /// Starts a service in `mode` over `store` (the `database` setting is never opened: the
@@ -187,7 +208,7 @@ async fn start(store: &Arc<dyn Store>, mode: &str, master: &str) -> Tessera {
 /// Signs the bench user up and returns a session cookie and an access token.
 async fn sign_in(tessera: &Tessera) -> (SessionSecret, String) {
     let password = || Password::new(PASSWORD.to_owned());
-    tessera.sign_up(EMAIL, password()).await.unwrap();
+    tessera.sign_up(EMAIL, password(), None).await.unwrap();
     let login = tessera
         .login(EMAIL, password(), DeviceInfo::default(), None)
         .await

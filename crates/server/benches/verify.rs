@@ -16,7 +16,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use criterion::{criterion_group, BenchmarkId, Criterion};
-use tempfile::TempDir;
 use tessera_core::config::ConfigLayer;
 use tessera_core::keys::{Algorithm, MasterKey};
 use tessera_core::secret::{Password, SessionSecret};
@@ -32,13 +31,13 @@ struct Fixture {
     tessera: Tessera,
     cookie: SessionSecret,
     access_token: String,
-    /// Keeps the SQLite file alive for as long as the service uses it.
-    _dir: Option<TempDir>,
+    /// Keeps the SQLite file (or the PostgreSQL database) alive as long as the service uses it.
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 struct Fixtures {
     rt: Runtime,
-    /// Ed25519 services, one per store: `memory`, `sqlite`.
+    /// Ed25519 services, one per store: `memory`, `sqlite`, and `postgres` when reachable.
     stores: Vec<(&'static str, Fixture)>,
     /// In-memory services, one per signing algorithm.
     algs: Vec<(Algorithm, Fixture)>,
@@ -54,13 +53,24 @@ fn fixtures() -> &'static Fixtures {
             .build()
             .unwrap();
         let (stores, algs) = rt.block_on(async {
-            let memory = fixture(None, Algorithm::EdDSA).await;
-            let sqlite = fixture(Some(tempfile::tempdir().unwrap()), Algorithm::EdDSA).await;
+            let memory = fixture("memory".into(), None, Algorithm::EdDSA).await;
+            let dir = tempfile::tempdir().unwrap();
+            let database = format!("sqlite://{}", dir.path().join("b.db").display());
+            let sqlite = fixture(database, Some(Box::new(dir)), Algorithm::EdDSA).await;
+            let mut stores = vec![("memory", memory), ("sqlite", sqlite)];
+            // PostgreSQL (TESSERA_TEST_DATABASE_URL, a fresh database) when it answers.
+            if let Some(database) = tessera_store::testing::FreshDatabase::create().await {
+                let url = database.url().to_owned();
+                let postgres = fixture(url, Some(Box::new(database)), Algorithm::EdDSA).await;
+                stores.push(("postgres", postgres));
+            } else {
+                eprintln!("PostgreSQL does not answer: no postgres rows");
+            }
             let mut algs = Vec::new();
             for alg in Algorithm::ALL {
-                algs.push((alg, fixture(None, alg).await));
+                algs.push((alg, fixture("memory".into(), None, alg).await));
             }
-            (vec![("memory", memory), ("sqlite", sqlite)], algs)
+            (stores, algs)
         });
         Fixtures { rt, stores, algs }
     })
@@ -68,11 +78,11 @@ fn fixtures() -> &'static Fixtures {
 
 /// Starts a service as the integration tests do (config → store → `Tessera::start`), signs a
 /// user up, then logs in once with a browser and once with the password grant.
-async fn fixture(dir: Option<TempDir>, alg: Algorithm) -> Fixture {
-    let database = match &dir {
-        Some(dir) => format!("sqlite://{}", dir.path().join("b.db").display()),
-        None => "memory".to_owned(),
-    };
+async fn fixture(
+    database: String,
+    guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    alg: Algorithm,
+) -> Fixture {
     let text = format!(
         "database = \"{database}\"\nsigning_alg = \"{}\"\n",
         alg.as_str()
@@ -91,7 +101,7 @@ async fn fixture(dir: Option<TempDir>, alg: Algorithm) -> Fixture {
     .await
     .unwrap();
     tessera
-        .sign_up(EMAIL, Password::new(PASSWORD.to_owned()))
+        .sign_up(EMAIL, Password::new(PASSWORD.to_owned()), None)
         .await
         .unwrap();
     let login = tessera
@@ -116,7 +126,7 @@ async fn fixture(dir: Option<TempDir>, alg: Algorithm) -> Fixture {
         tessera,
         cookie: login.secret,
         access_token: pair.access_token,
-        _dir: dir,
+        _guard: guard,
     }
 }
 

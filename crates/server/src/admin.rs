@@ -91,6 +91,31 @@ pub async fn sign_out_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /v1/admin/users/{id}/lockout`: clears the account's guessing tally, and so its
+/// lock, on every node (the tally is shared).
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/users/{id}/lockout",
+    tag = "admin",
+    params(("id" = String, Path, description = "a user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 204, description = "the account's failed-login count and lock are cleared"),
+        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
+    )
+)]
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = user_id(&id)?;
+    state.tessera.unlock(id).await?;
+    tracing::info!(admin = %admin.id, user = %id, "account unlocked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `DELETE /v1/admin/sessions/{id}`
 #[utoipa::path(
     delete,

@@ -78,16 +78,18 @@ impl SessionView {
     responses(
         (status = 201, description = "signed up: `{id, email, created_at}`", body = Object),
         (status = 400, description = "`weak_password`, `invalid_email` or `invalid_request`", body = ApiErrorBody),
+        (status = 429, description = "`too_many_attempts`: past `signup_ip_max` sign-ups from this address in an hour, with `Retry-After`", body = ApiErrorBody),
         (status = 409, description = "`email_taken`", body = ApiErrorBody),
     )
 )]
 pub async fn sign_up(
     State(state): State<AppState>,
+    Device(device): Device,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let user = state
         .tessera
-        .sign_up(&body.email, Password::new(body.password))
+        .sign_up(&body.email, Password::new(body.password), device.address)
         .await?;
     let view = serde_json::json!({
         "id": user.id.to_string(),
@@ -112,6 +114,7 @@ pub async fn sign_up(
     responses(
         (status = 200, description = "signed in: sets the session cookie; body `{user, session, csrf_token}`", body = Object),
         (status = 401, description = "`invalid_credentials`, alike for an unknown user and a wrong password", body = ApiErrorBody),
+        (status = 429, description = "`too_many_attempts`: past the guessing limits, answered before any password check unless the client shows this account's device cookie; `Retry-After` says when to try again", body = ApiErrorBody),
         (status = 403, description = "`origin_not_allowed` (login CSRF defence)", body = ApiErrorBody),
     )
 )]
@@ -148,6 +151,10 @@ pub async fn login(
     });
     let mut response = Json(body).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        state.device_cookie(login.device.expose_secret()),
+    );
     no_store(&mut response);
     Ok(response)
 }

@@ -2,7 +2,7 @@
 //! authentication; for cookie callers on unsafe methods it has also checked `Origin` and the
 //! CSRF token, so no handler can forget to.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
@@ -10,7 +10,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use tessera_core::secret::SessionSecret;
+use ipnet::IpNet;
+use tessera_core::secret::{DeviceCredential, SessionSecret};
 use tessera_core::service::{DeviceInfo, Principal};
 use tessera_core::AuthError;
 
@@ -41,6 +42,11 @@ impl<'a> Credential<'a> {
 
 /// The session cookie's value, if the request carries one.
 pub fn session_cookie(headers: &HeaderMap, cookie_name: &str) -> Option<SessionSecret> {
+    cookie(headers, cookie_name).map(SessionSecret::from_presented)
+}
+
+/// The value of the first non-empty cookie named `cookie_name`.
+pub fn cookie<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -48,8 +54,8 @@ pub fn session_cookie(headers: &HeaderMap, cookie_name: &str) -> Option<SessionS
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == cookie_name)
-        .map(|(_, value)| SessionSecret::from_presented(value.trim_matches('"')))
-        .filter(|s| !s.expose_secret().is_empty())
+        .map(|(_, value)| value.trim_matches('"'))
+        .filter(|value| !value.is_empty())
 }
 
 /// Refuses a request whose `Origin` (or, failing that, `Referer`) names an origin outside
@@ -166,22 +172,139 @@ fn is_safe(method: &Method) -> bool {
     )
 }
 
-/// User agent and peer address, recorded on new sessions for the device list.
+/// What the caller's device tells: user agent, client address (recorded on new sessions for
+/// the device list, and counted by the guessing limits) and its device cookie, if any.
 pub struct Device(pub DeviceInfo);
 
-impl<S: Send + Sync> FromRequestParts<S> for Device {
+impl FromRequestParts<AppState> for Device {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let ip = parts
+        let address = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
-        Ok(Self(DeviceInfo { user_agent, ip }))
+            .map(|ConnectInfo(peer)| {
+                client_address(
+                    peer.ip(),
+                    &parts.headers,
+                    &state.tessera.config().trusted_proxies,
+                )
+            });
+        let credential =
+            cookie(&parts.headers, &state.device_cookie_name).map(DeviceCredential::from_presented);
+        Ok(Self(DeviceInfo {
+            user_agent,
+            address,
+            credential,
+        }))
+    }
+}
+
+/// The client's address (SPEC §2 `trusted_proxies`): the socket peer, unless the peer is a
+/// trusted proxy; then `X-Forwarded-For` is read from the right, each entry having been added
+/// by the hop to its right, and the first entry that is not itself a trusted proxy is the
+/// client. Entries to its left were written by the client and are never believed, so
+/// prepending addresses chooses nothing. An unreadable entry stops the walk at the last hop
+/// known.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let entries = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|value| value.to_str().unwrap_or("").rsplit(','));
+    for entry in entries {
+        let Some(ip) = parse_forwarded(entry.trim()) else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: an address, or one with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies_and_from_the_right() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // An untrusted peer's header is ignored.
+        let spoofed = forwarded(&["1.1.1.1"]);
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &spoofed, &trusted),
+            ip("203.0.113.9")
+        );
+        // A trusted proxy's: the rightmost entry that is not a trusted proxy.
+        let chain = forwarded(&["6.6.6.6, 198.51.100.7, 10.1.1.1"]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &chain, &trusted),
+            ip("198.51.100.7")
+        );
+        // Split over several header lines, read as one list.
+        let lines = forwarded(&["6.6.6.6", "198.51.100.7", "10.1.1.1"]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &lines, &trusted),
+            ip("198.51.100.7")
+        );
+        // Ports and brackets are accepted; garbage stops at the last hop known.
+        let ported = forwarded(&["[2001:db8::1]:443"]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &ported, &trusted),
+            ip("2001:db8::1")
+        );
+        let garbage = forwarded(&["198.51.100.7, not-an-ip"]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &garbage, &trusted),
+            ip("10.0.0.2")
+        );
+        // Nothing forwarded: the proxy itself.
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.2")
+        );
+        // No trusted proxies: always the peer; IPv4-mapped peers are plain IPv4.
+        assert_eq!(
+            client_address(ip("::ffff:192.0.2.1"), &chain, &[]),
+            ip("192.0.2.1")
+        );
     }
 }

@@ -84,7 +84,7 @@ impl ApiError {
                         (StatusCode::UNAUTHORIZED, "invalid_credentials")
                     }
                     AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
-                    AuthError::WeakPassword => (StatusCode::BAD_REQUEST, "weak_password"),
+                    AuthError::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
                     AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "invalid_email"),
                     AuthError::InvalidRoles => (StatusCode::BAD_REQUEST, "invalid_roles"),
                     AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
@@ -92,6 +92,9 @@ impl ApiError {
                     AuthError::OriginRejected => (StatusCode::FORBIDDEN, "origin_not_allowed"),
                     AuthError::InvalidGrant => (StatusCode::BAD_REQUEST, "invalid_grant"),
                     AuthError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    AuthError::TooManyAttempts { .. } => {
+                        (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+                    }
                     AuthError::ActiveKey => (StatusCode::CONFLICT, "active_key"),
                     AuthError::Key(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                     // Fail closed (SPEC §7): an unreachable store is never a yes.
@@ -129,8 +132,19 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Self::Auth(AuthError::TooManyAttempts { retry_after }) = &self {
+            insert_retry_after(&mut response, *retry_after);
+        }
         response
     }
+}
+
+/// RFC 9110 §10.2.3, in whole seconds rounded up: a client that waits that long is admitted.
+fn insert_retry_after(response: &mut Response, retry_after: std::time::Duration) {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
 }
 
 /// RFC 6749 §5.2 errors for the token endpoint family.
@@ -143,6 +157,8 @@ pub enum OAuthError {
     InvalidClient,
     UnsupportedMediaType,
     PayloadTooLarge,
+    /// Past the guessing limits (SPEC §3): 429 in the RFC 6749 shape, with `Retry-After`.
+    TooManyAttempts(std::time::Duration),
     Unavailable(AuthError),
 }
 
@@ -159,6 +175,7 @@ impl From<AuthError> for OAuthError {
             AuthError::InvalidGrant | AuthError::Unauthenticated | AuthError::NotFound => {
                 Self::InvalidGrant("refresh token is invalid, expired or revoked")
             }
+            AuthError::TooManyAttempts { retry_after } => Self::TooManyAttempts(retry_after),
             other => Self::Unavailable(other),
         }
     }
@@ -203,6 +220,11 @@ impl IntoResponse for OAuthError {
                 "invalid_request",
                 "request body is larger than 64 KiB".to_owned(),
             ),
+            Self::TooManyAttempts(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many failed sign-ins; try again after Retry-After seconds".to_owned(),
+            ),
             Self::Unavailable(cause) => {
                 tracing::error!(error = %cause, "token request failed");
                 let status = if matches!(cause, AuthError::Store(_)) {
@@ -234,6 +256,9 @@ impl IntoResponse for OAuthError {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Self::TooManyAttempts(retry_after) = &self {
+            insert_retry_after(&mut response, *retry_after);
+        }
         // RFC 6749 §5.2: a failed client authentication answers 401 with a challenge.
         if status == StatusCode::UNAUTHORIZED {
             response

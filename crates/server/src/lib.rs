@@ -42,6 +42,8 @@ pub struct AppState {
     metrics: Arc<ops::HttpMetrics>,
     /// `GET /openapi.json`, rendered once: the document does not change while serving.
     openapi: Bytes,
+    /// SPEC §2: `__Host-tessera_device`, or `tessera_device` without `cookie_secure`.
+    device_cookie_name: Arc<str>,
 }
 
 impl AppState {
@@ -52,8 +54,15 @@ impl AppState {
             ""
         };
         let cookie_attributes = format!("; Path=/; HttpOnly; SameSite=Lax{secure}").into();
+        let device_cookie_name = if tessera.config().cookie_secure {
+            "__Host-tessera_device"
+        } else {
+            "tessera_device"
+        }
+        .into();
         let document = openapi_document(tessera.config());
         Self {
+            device_cookie_name,
             metrics: Arc::new(ops::HttpMetrics::for_document(&document)),
             openapi: ops::render_document(&document),
             tessera,
@@ -67,6 +76,22 @@ impl AppState {
         let cookie = format!(
             "{name}={value}; Max-Age={max_age}{}",
             self.cookie_attributes
+        );
+        HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The `Set-Cookie` value for the device cookie (SPEC §2): long-lived and `SameSite=Strict`,
+    /// as only Tessera's own login reads it; never sent with a cross-site request.
+    fn device_cookie(&self, value: &str) -> HeaderValue {
+        let secure = if self.tessera.config().cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        };
+        let lifetime = tessera_core::guessing::DEVICE_LIFETIME.as_secs();
+        let cookie = format!(
+            "{}={value}; Max-Age={lifetime}; Path=/; HttpOnly; SameSite=Strict{secure}",
+            self.device_cookie_name
         );
         HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -86,6 +111,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(api::revoke_my_session))
         .routes(routes!(admin::user_sessions, admin::sign_out_user))
         .routes(routes!(admin::revoke_session))
+        .routes(routes!(admin::unlock_user))
         .routes(routes!(admin::set_roles))
         .routes(routes!(api::verify))
         .routes(routes!(oauth::token))

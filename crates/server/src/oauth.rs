@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
-use tessera_core::secret::{Password, RefreshToken};
+use tessera_core::secret::{DeviceCredential, Password, RefreshToken};
 use tessera_core::service::TokenPair;
 use utoipa::ToSchema;
 
@@ -29,6 +29,11 @@ pub struct TokenRequest {
     password: Option<String>,
     /// For `grant_type=refresh_token`; the answer carries its replacement (rotation).
     refresh_token: Option<String>,
+    /// For `grant_type=password`: the `device_token` an earlier password grant for this
+    /// account answered with. Its holder keeps signing in while the account is locked by
+    /// someone else's guessing (SPEC §2).
+    #[schema(format = Password)]
+    device_token: Option<String>,
 }
 
 /// `POST /oauth2/token`
@@ -38,13 +43,14 @@ pub struct TokenRequest {
     tag = "tokens",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "`{access_token, token_type: \"Bearer\", expires_in, refresh_token}`", body = Object),
+        (status = 200, description = "`{access_token, token_type: \"Bearer\", expires_in, refresh_token}`, and `device_token` for the password grant", body = Object),
         (status = 400, description = "`invalid_request`, `invalid_grant` or `unsupported_grant_type`", body = OAuthErrorBody),
+        (status = 429, description = "`too_many_attempts`: past the guessing limits, with `Retry-After`", body = OAuthErrorBody),
     )
 )]
 pub async fn token(
     State(state): State<AppState>,
-    Device(device): Device,
+    Device(mut device): Device,
     form: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(request) = form?;
@@ -55,6 +61,10 @@ pub async fn token(
                     "username and password are required".into(),
                 ));
             };
+            device.credential = request
+                .device_token
+                .filter(|t| !t.is_empty())
+                .map(|t| DeviceCredential::from_presented(&t));
             state
                 .tessera
                 .password_grant(&username, Password::new(password), device)
@@ -80,12 +90,15 @@ pub async fn token(
 /// No `scope` member: Tessera grants no scopes, and RFC 6749 §5.1 forbids echoing a requested
 /// scope that was not granted.
 fn token_response(pair: &TokenPair) -> Response {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "access_token": pair.access_token,
         "token_type": "Bearer",
         "expires_in": pair.expires_in,
         "refresh_token": pair.refresh_token.expose_secret(),
     });
+    if let Some(device) = &pair.device_token {
+        body["device_token"] = device.expose_secret().into();
+    }
     let mut response = Json(body).into_response();
     // RFC 6749 §5.1
     response

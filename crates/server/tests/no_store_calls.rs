@@ -52,7 +52,7 @@ impl SignedIn {
         .unwrap();
         wait_fresh(&tessera).await;
         let email = format!("counted-{mode}@example.com");
-        tessera.sign_up(&email, password()).await.unwrap();
+        tessera.sign_up(&email, password(), None).await.unwrap();
         let login = tessera
             .login(&email, password(), DeviceInfo::default(), None)
             .await

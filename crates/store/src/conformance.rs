@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tessera_core::guessing::{self, Admission, Limit};
 use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
     SessionId, Timestamp, User, UserId, Via, WebhookEventId,
@@ -47,8 +48,8 @@ use tessera_core::secret::{SecretHash, SessionSecret};
 // For the races, whose store is a fixture's associated type: its supertraits' methods are
 // only found with the traits in scope.
 use tessera_core::store::{
-    DenylistStore as _, OutboxStore as _, RevocationLog as _, SessionStore as _, StoreTx,
-    UserStore as _,
+    DenylistStore as _, GuessingCounters, OutboxStore as _, RevocationLog as _, SessionStore as _,
+    StoreTx, UserStore as _,
 };
 use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
@@ -150,6 +151,7 @@ macro_rules! conformance_suite {
             unknown_user_is_none,
             users_are_listed_in_creation_order,
             set_roles_replaces_roles,
+            set_password_hash_replaces_only_that_users_hash,
             bump_epoch_moves_past_the_current_epoch,
             session_round_trips_by_id_and_hash,
             duplicate_session_conflicts,
@@ -206,6 +208,11 @@ macro_rules! conformance_suite {
             a_dropped_transaction_leaves_nothing,
             a_transaction_is_invisible_until_it_commits,
             a_failed_write_rolls_back_the_whole_transaction,
+            tallies_count_attempts_until_the_limit,
+            a_tally_is_gone_once_it_expires,
+            released_slots_and_cleared_tallies_are_forgotten,
+            concurrent_attempts_on_one_tally_take_at_most_max_slots,
+            prune_tallies_removes_only_expired_ones,
         );
         $crate::conformance_suite!($make_store; parallel:
             concurrent_rotations_rotate_once,
@@ -219,6 +226,35 @@ macro_rules! conformance_suite {
             a_later_commit_with_a_lower_position_is_never_skipped,
         );
     };
+}
+
+/// The guessing-counter cases alone, for a backend that holds only the counters (Redis):
+/// `$make_counters` evaluates to a future of `Option<C>` where `C:`
+/// [`GuessingCounters`]. The full [`conformance_suite!`](crate::conformance_suite) runs the
+/// same cases on every store.
+#[macro_export]
+macro_rules! guessing_suite {
+    ($make_counters:expr $(,)?) => {
+        $crate::guessing_suite!($make_counters;
+            tallies_count_attempts_until_the_limit,
+            a_tally_is_gone_once_it_expires,
+            released_slots_and_cleared_tallies_are_forgotten,
+            concurrent_attempts_on_one_tally_take_at_most_max_slots,
+        );
+    };
+    ($make_counters:expr; $($case:ident),+ $(,)?) => { $(
+        #[tokio::test]
+        async fn $case() {
+            let Some(counters) = $make_counters.await else {
+                $crate::testing::skip_or_fail(
+                    concat!("guessing case `", stringify!($case), "`"),
+                    "its counters builder returned none",
+                );
+                return;
+            };
+            $crate::conformance::$case(&counters).await;
+        }
+    )+ };
 }
 
 /// Runs `$call`, an expression over the transaction `$tx`, in a transaction of its own and
@@ -520,6 +556,7 @@ pub async fn unknown_user_is_none<S: Store + ?Sized>(store: &S) {
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.user_for_update(id).await.unwrap(), None);
     assert!(!tx.set_roles(id, &["admin".to_owned()]).await.unwrap());
+    assert!(!tx.set_password_hash(id, "$argon2id$x").await.unwrap());
     assert_eq!(tx.bump_epoch(id, at(1)).await.unwrap(), None);
     tx.commit().await.unwrap();
     assert_eq!(store.find_user(id).await.unwrap(), None);
@@ -563,6 +600,52 @@ pub async fn set_roles_replaces_roles<S: Store + ?Sized>(store: &S) {
         .roles
         .is_empty());
     assert!(!committed!(store, |tx| tx.set_roles(UserId::new(), &roles)).unwrap());
+}
+
+/// A sign-in with a hash made before passwords were normalised stores the NFKC form's hash.
+pub async fn set_password_hash_replaces_only_that_users_hash<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let other = seeded_user(store).await;
+    let rehashed =
+        "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdG5ld3NhbHQ$bmV3aGFzaG5ld2hhc2huZXdoYXNo";
+    assert!(committed!(store, |tx| tx.set_password_hash(user.id, rehashed)).unwrap());
+    let stored = store.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, rehashed);
+    assert_eq!(
+        User {
+            password_hash: user.password_hash.clone(),
+            ..stored
+        },
+        user,
+        "nothing else of the user changes"
+    );
+    assert_eq!(
+        store
+            .find_user_by_email(&user.email)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        rehashed
+    );
+    assert_eq!(store.find_user(other.id).await.unwrap().unwrap(), other);
+    // Dropped uncommitted: the hash stays.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx
+        .set_password_hash(user.id, "$argon2id$dropped")
+        .await
+        .unwrap());
+    drop(tx);
+    assert_eq!(
+        store
+            .find_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        rehashed
+    );
+    assert!(!committed!(store, |tx| tx.set_password_hash(UserId::new(), rehashed)).unwrap());
 }
 
 pub async fn bump_epoch_moves_past_the_current_epoch<S: Store + ?Sized>(store: &S) {
@@ -3272,6 +3355,171 @@ where
     assert_eq!(occurrences(&read, &first), 1, "A's entry was skipped");
     assert_eq!(occurrences(&read, &second), 1);
     assert!(read.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guessing counters (SPEC §2, §7): the core's rules run on what the backend reads, and the
+// backend makes the read-modify-write atomic and forgets a tally at its expiry.
+
+const GUESSES: Limit = Limit {
+    max: 3,
+    window: Duration::from_secs(60),
+};
+
+/// A key no other case uses.
+fn fresh_tally_key() -> String {
+    format!("account:{}", UserId::new())
+}
+
+/// One attempt, as the core makes it: take a slot with `admit`, and the answer it gave.
+async fn guess<C: GuessingCounters + ?Sized>(counters: &C, key: &str, now: Timestamp) -> Admission {
+    let before = counters
+        .update_tally(key, now, &|tally| {
+            Some(guessing::admit(tally, now, GUESSES).1)
+        })
+        .await
+        .unwrap();
+    guessing::admit(before, now, GUESSES).0
+}
+
+async fn give_back<C: GuessingCounters + ?Sized>(counters: &C, key: &str, now: Timestamp) {
+    counters
+        .update_tally(key, now, &|tally| guessing::release(tally, now, GUESSES))
+        .await
+        .unwrap();
+}
+
+pub async fn tallies_count_attempts_until_the_limit<C: GuessingCounters + ?Sized>(counters: &C) {
+    let key = fresh_tally_key();
+    assert_eq!(counters.tally(&key, at(0)).await.unwrap(), None);
+    for count in 1..=3 {
+        assert_eq!(
+            guess(counters, &key, at(0)).await,
+            Admission::Admitted { count }
+        );
+    }
+    assert_eq!(
+        guess(counters, &key, at(1)).await,
+        Admission::Refused {
+            retry_after: secs(59)
+        }
+    );
+    let stored = counters.tally(&key, at(1)).await.unwrap().unwrap();
+    assert_eq!(stored.count, 3, "a refused attempt takes no slot");
+    assert_eq!(stored.window_ends, at(60));
+    assert_eq!(stored.last, at(0));
+    assert_eq!(stored.expires_at, at(120));
+    assert_eq!(
+        counters.tally(&fresh_tally_key(), at(1)).await.unwrap(),
+        None
+    );
+}
+
+pub async fn a_tally_is_gone_once_it_expires<C: GuessingCounters + ?Sized>(counters: &C) {
+    let key = fresh_tally_key();
+    assert_eq!(
+        guess(counters, &key, at(0)).await,
+        Admission::Admitted { count: 1 }
+    );
+    let stored = counters.tally(&key, just_before(at(60))).await.unwrap();
+    assert_eq!(stored.map(|t| t.count), Some(1));
+    assert_eq!(counters.tally(&key, at(60)).await.unwrap(), None);
+    // A new window begins.
+    assert_eq!(
+        guess(counters, &key, at(60)).await,
+        Admission::Admitted { count: 1 }
+    );
+    let stored = counters.tally(&key, at(60)).await.unwrap().unwrap();
+    assert_eq!(stored.window_ends, at(120));
+}
+
+pub async fn released_slots_and_cleared_tallies_are_forgotten<C: GuessingCounters + ?Sized>(
+    counters: &C,
+) {
+    let key = fresh_tally_key();
+    guess(counters, &key, at(0)).await;
+    guess(counters, &key, at(0)).await;
+    give_back(counters, &key, at(0)).await;
+    let stored = counters.tally(&key, at(0)).await.unwrap().unwrap();
+    assert_eq!(stored.count, 1);
+    give_back(counters, &key, at(0)).await;
+    assert_eq!(counters.tally(&key, at(0)).await.unwrap(), None);
+
+    for _ in 0..3 {
+        guess(counters, &key, at(1)).await;
+    }
+    assert!(matches!(
+        guess(counters, &key, at(2)).await,
+        Admission::Refused { .. }
+    ));
+    counters.clear_tally(&key).await.unwrap();
+    assert_eq!(counters.tally(&key, at(2)).await.unwrap(), None);
+    assert_eq!(
+        guess(counters, &key, at(2)).await,
+        Admission::Admitted { count: 1 }
+    );
+}
+
+/// Many attempts at once on one key, all in flight together: the backend's read-modify-write
+/// is atomic, so exactly `max` take a slot, each seeing its own count.
+pub async fn concurrent_attempts_on_one_tally_take_at_most_max_slots<C>(counters: &C)
+where
+    C: GuessingCounters + ?Sized,
+{
+    let key = fresh_tally_key();
+    let attempts: Vec<_> = (0..RACERS).map(|_| guess(counters, &key, at(0))).collect();
+    let answers = all_at_once(attempts).await;
+    let mut admitted: Vec<u32> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Admission::Admitted { count } => Some(*count),
+            Admission::Refused { .. } => None,
+        })
+        .collect();
+    admitted.sort_unstable();
+    assert_eq!(admitted, [1, 2, 3], "answers: {answers:?}");
+    let stored = counters.tally(&key, at(0)).await.unwrap().unwrap();
+    assert_eq!(stored.count, 3);
+}
+
+/// Polls every future until all are done, so their awaits interleave on one task: the
+/// counters are borrowed, and a backend's round trips then overlap as spawned tasks' would.
+async fn all_at_once<T, F: std::future::Future<Output = T>>(futures: Vec<F>) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, result) in futures.iter_mut().zip(results.iter_mut()) {
+            if result.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *result = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+pub async fn prune_tallies_removes_only_expired_ones<S: Store + ?Sized>(store: &S) {
+    // Far from the other cases' times, so pruning here cannot take their tallies.
+    let base = -10_000_000;
+    let old = fresh_tally_key();
+    let live = fresh_tally_key();
+    guess(store, &old, at(base)).await;
+    guess(store, &live, at(base + 30)).await;
+    let pruned = store.prune_tallies(at(base + 60)).await.unwrap();
+    assert!(pruned >= 1, "pruned {pruned}");
+    // Deleted, not merely expired: asked as of a time it was alive, it is gone.
+    assert_eq!(store.tally(&old, at(base + 1)).await.unwrap(), None);
+    let kept = store.tally(&live, at(base + 60)).await.unwrap();
+    assert_eq!(kept.map(|t| t.count), Some(1));
 }
 
 #[cfg(test)]

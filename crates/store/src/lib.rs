@@ -27,6 +27,8 @@ pub mod conformance;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod testing;
@@ -35,6 +37,8 @@ pub mod testing;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisCounters;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use async_trait::async_trait;
 use imbl::{HashMap, HashSet, OrdMap};
+use tessera_core::guessing::Tally;
 use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
     SessionId, Timestamp, User, UserId,
@@ -28,8 +29,8 @@ use tessera_core::model::{
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RevocationLog, SessionStore, StoreTx,
-    UserStore,
+    AdminKeyStore, DenylistStore, GuessingCounters, KeyStore, OutboxStore, RevocationLog,
+    SessionStore, StoreTx, UserStore,
 };
 use tessera_core::webhooks::{OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
@@ -42,6 +43,28 @@ pub struct MemoryStore {
     committed: Arc<RwLock<State>>,
     /// Held by the one writer (a transaction, or a housekeeping write) at a time.
     writer: Arc<Mutex<()>>,
+    /// The guessing tallies: outside the transactional state, as they report nothing and
+    /// change on every failed login.
+    tallies: Arc<std::sync::Mutex<Tallies>>,
+}
+
+/// Guessing tallies by key. An attacker rotating addresses adds a key per address; expired
+/// ones are swept whenever the map has doubled since the last sweep, so it holds at most
+/// about twice the tallies alive in one window.
+#[derive(Debug, Default)]
+struct Tallies {
+    live: std::collections::HashMap<String, Tally>,
+    /// Size after the last sweep.
+    swept_to: usize,
+}
+
+impl Tallies {
+    fn sweep(&mut self, now: Timestamp) -> u64 {
+        let before = self.live.len();
+        self.live.retain(|_, tally| tally.expires_at > now);
+        self.swept_to = self.live.len();
+        (before - self.live.len()) as u64
+    }
 }
 
 /// A record and the order it was inserted in, to break ties between equal timestamps the
@@ -265,6 +288,18 @@ impl StoreTx for MemoryTx {
             return Ok(false);
         };
         user.value.roles = roles.to_vec();
+        Ok(true)
+    }
+
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(user) = self.state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        password_hash.clone_into(&mut user.value.password_hash);
         Ok(true)
     }
 
@@ -850,7 +885,60 @@ impl AdminKeyStore for MemoryStore {
 }
 
 #[async_trait]
+impl GuessingCounters for MemoryStore {
+    async fn update_tally(
+        &self,
+        key: &str,
+        now: Timestamp,
+        change: &(dyn Fn(Option<Tally>) -> Option<Tally> + Send + Sync),
+    ) -> Result<Option<Tally>, StoreError> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = tallies
+            .live
+            .get(key)
+            .copied()
+            .filter(|t| t.expires_at > now);
+        match change(before) {
+            Some(after) if after.expires_at > now => {
+                tallies.live.insert(key.to_owned(), after);
+            }
+            _ => {
+                tallies.live.remove(key);
+            }
+        }
+        if tallies.live.len() > 1024 && tallies.live.len() > tallies.swept_to.saturating_mul(2) {
+            tallies.sweep(now);
+        }
+        Ok(before)
+    }
+
+    async fn tally(&self, key: &str, now: Timestamp) -> Result<Option<Tally>, StoreError> {
+        let tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(tallies
+            .live
+            .get(key)
+            .copied()
+            .filter(|t| t.expires_at > now))
+    }
+
+    async fn clear_tally(&self, key: &str) -> Result<(), StoreError> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        tallies.live.remove(key);
+        Ok(())
+    }
+
+    async fn prune_tallies(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(tallies.sweep(now))
+    }
+}
+
+#[async_trait]
 impl Store for MemoryStore {
+    fn guessing(&self) -> &dyn GuessingCounters {
+        self
+    }
+
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         let writer = Arc::clone(&self.writer).lock_owned().await;
         let state = self.read()?.clone();

@@ -86,6 +86,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Uuid;
 use sqlx::{Connection as _, Row as _};
+use tessera_core::guessing::Tally;
 use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
     SessionId, Timestamp, User, UserId, Via, WebhookEventId,
@@ -93,8 +94,8 @@ use tessera_core::model::{
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, PoolUse, RevocationLog, SessionStore,
-    StoreTx, UserStore,
+    AdminKeyStore, DenylistStore, GuessingCounters, KeyStore, OutboxStore, PoolUse, RevocationLog,
+    SessionStore, StoreTx, UserStore,
 };
 use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
@@ -594,6 +595,22 @@ impl StoreTx for PostgresTx {
             // "exists".
             let done = sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
                 .bind(roles)
+                .bind(id.as_uuid())
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                .bind(password_hash)
                 .bind(id.as_uuid())
                 .execute(conn)
                 .await
@@ -1294,8 +1311,106 @@ impl AdminKeyStore for PostgresStore {
     }
 }
 
+fn tally_from_row(row: &PgRow) -> Result<Tally, StoreError> {
+    Ok(Tally {
+        count: u32::try_from(get::<i64>(row, "count")?).map_err(|e| corrupt("count", e))?,
+        window_ends: timestamp(row, "window_ends")?,
+        last: timestamp(row, "last_at")?,
+        expires_at: timestamp(row, "expires_at")?,
+    })
+}
+
+#[async_trait]
+impl GuessingCounters for PostgresStore {
+    async fn update_tally(
+        &self,
+        key: &str,
+        now: Timestamp,
+        change: &(dyn Fn(Option<Tally>) -> Option<Tally> + Send + Sync),
+    ) -> Result<Option<Tally>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(unavailable)?;
+        // `FOR UPDATE` locks only a row that exists: an expired placeholder is inserted
+        // first, so two nodes' first attempts on one key queue on its row instead of both
+        // reading nothing and the second overwriting the first.
+        sqlx::query(
+            "INSERT INTO guessing_tallies (key, count, window_ends, last_at, expires_at) \
+             VALUES ($1, 0, 0, 0, 0) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let row = sqlx::query(
+            "SELECT count, window_ends, last_at, expires_at FROM guessing_tallies \
+             WHERE key = $1 FOR UPDATE",
+        )
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let before = Some(tally_from_row(&row)?).filter(|t| t.expires_at > now);
+        match change(before) {
+            Some(after) => sqlx::query(
+                "UPDATE guessing_tallies SET count = $2, window_ends = $3, last_at = $4, \
+                 expires_at = $5 WHERE key = $1",
+            )
+            .bind(key)
+            .bind(i64::from(after.count))
+            .bind(after.window_ends.as_unix_millis())
+            .bind(after.last.as_unix_millis())
+            .bind(after.expires_at.as_unix_millis()),
+            None => sqlx::query("DELETE FROM guessing_tallies WHERE key = $1").bind(key),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(before)
+    }
+
+    async fn tally(&self, key: &str, now: Timestamp) -> Result<Option<Tally>, StoreError> {
+        sqlx::query(
+            "SELECT count, window_ends, last_at, expires_at FROM guessing_tallies \
+             WHERE key = $1 AND expires_at > $2",
+        )
+        .bind(key)
+        .bind(now.as_unix_millis())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .map(|row| tally_from_row(&row))
+        .transpose()
+    }
+
+    async fn clear_tally(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM guessing_tallies WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn prune_tallies(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM guessing_tallies WHERE expires_at <= $1")
+            .bind(now.as_unix_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
+    fn guessing(&self) -> &dyn GuessingCounters {
+        self
+    }
+
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         let tx = self
             .pool

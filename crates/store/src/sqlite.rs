@@ -28,6 +28,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::Row as _;
+use tessera_core::guessing::Tally;
 use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
     SessionId, Timestamp, User, UserId, Via, WebhookEventId,
@@ -35,8 +36,8 @@ use tessera_core::model::{
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RevocationLog, SessionStore, StoreTx,
-    UserStore,
+    AdminKeyStore, DenylistStore, GuessingCounters, KeyStore, OutboxStore, RevocationLog,
+    SessionStore, StoreTx, UserStore,
 };
 use tessera_core::webhooks::{EventType, OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
@@ -526,6 +527,22 @@ impl StoreTx for SqliteTx {
             // SQLite counts every row the WHERE matched, changed or not: `true` means "exists".
             let done = sqlx::query("UPDATE users SET roles = ?1 WHERE id = ?2")
                 .bind(roles_json(roles)?)
+                .bind(id.to_string())
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn set_password_hash(
+        &mut self,
+        id: UserId,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query("UPDATE users SET password_hash = ?1 WHERE id = ?2")
+                .bind(password_hash)
                 .bind(id.to_string())
                 .execute(conn)
                 .await
@@ -1194,8 +1211,101 @@ impl AdminKeyStore for SqliteStore {
     }
 }
 
+fn tally_of(row: &SqliteRow) -> Result<Tally, StoreError> {
+    let millis = |column: &str| -> Result<i64, StoreError> {
+        row.try_get(column)
+            .map_err(|e| corrupt("guessing tally", e))
+    };
+    Ok(Tally {
+        count: u32::try_from(millis("count")?).map_err(|e| corrupt("guessing tally", e))?,
+        window_ends: Timestamp::from_unix_millis(millis("window_ends")?),
+        last: Timestamp::from_unix_millis(millis("last_at")?),
+        expires_at: Timestamp::from_unix_millis(millis("expires_at")?),
+    })
+}
+
+#[async_trait]
+impl GuessingCounters for SqliteStore {
+    async fn update_tally(
+        &self,
+        key: &str,
+        now: Timestamp,
+        change: &(dyn Fn(Option<Tally>) -> Option<Tally> + Send + Sync),
+    ) -> Result<Option<Tally>, StoreError> {
+        // `BEGIN IMMEDIATE` on the one write connection: no other writer, in this process or
+        // another on the same file, runs between the read and the write.
+        let mut tx = self.write_tx().await?;
+        let before = sqlx::query(
+            "SELECT count, window_ends, last_at, expires_at FROM guessing_tallies \
+             WHERE key = ?1 AND expires_at > ?2",
+        )
+        .bind(key)
+        .bind(now.as_unix_millis())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .map(|row| tally_of(&row))
+        .transpose()?;
+        match change(before) {
+            Some(after) => sqlx::query(
+                "INSERT INTO guessing_tallies (key, count, window_ends, last_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO UPDATE SET \
+                 count = excluded.count, window_ends = excluded.window_ends, \
+                 last_at = excluded.last_at, expires_at = excluded.expires_at",
+            )
+            .bind(key)
+            .bind(i64::from(after.count))
+            .bind(after.window_ends.as_unix_millis())
+            .bind(after.last.as_unix_millis())
+            .bind(after.expires_at.as_unix_millis()),
+            None => sqlx::query("DELETE FROM guessing_tallies WHERE key = ?1").bind(key),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(before)
+    }
+
+    async fn tally(&self, key: &str, now: Timestamp) -> Result<Option<Tally>, StoreError> {
+        sqlx::query(
+            "SELECT count, window_ends, last_at, expires_at FROM guessing_tallies \
+             WHERE key = ?1 AND expires_at > ?2",
+        )
+        .bind(key)
+        .bind(now.as_unix_millis())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .map(|row| tally_of(&row))
+        .transpose()
+    }
+
+    async fn clear_tally(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM guessing_tallies WHERE key = ?1")
+            .bind(key)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn prune_tallies(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM guessing_tallies WHERE expires_at <= ?1")
+            .bind(now.as_unix_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    fn guessing(&self) -> &dyn GuessingCounters {
+        self
+    }
+
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         Ok(Box::new(SqliteTx {
             tx: self.write_tx().await?,

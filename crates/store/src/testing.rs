@@ -20,6 +20,8 @@ use std::io::Write as _;
 
 #[cfg(feature = "postgres")]
 pub use self::postgres::{fresh_postgres_store, FreshDatabase, FreshSchema};
+#[cfg(feature = "redis")]
+pub use self::redis::{fresh_redis_counters, redis_answers, redis_keys};
 
 /// Set to `1` to turn every skip into a failure (CI, where the services must be up).
 pub const REQUIRE_SERVICES: &str = "TESSERA_REQUIRE_SERVICES";
@@ -612,5 +614,62 @@ mod tests {
             service_url(Some("redis://cache:6380".to_owned()), DEFAULT_REDIS_URL),
             "redis://cache:6380"
         );
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use std::time::Duration;
+
+    use super::{redis_url, skip_or_fail};
+    use crate::RedisCounters;
+
+    /// Whether the Redis server at `url` accepts a connection within two seconds.
+    pub async fn redis_answers(url: &str) -> bool {
+        let Ok(client) = ::redis::Client::open(url) else {
+            return false;
+        };
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok())
+    }
+
+    /// The keys matching `pattern` (`KEYS`: for tests, on a prefix of their own).
+    pub async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+        let Ok(client) = ::redis::Client::open(url) else {
+            panic!("bad Redis URL {url}");
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            panic!("Redis at {url} does not answer");
+        };
+        ::redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("KEYS {pattern}: {e}"))
+    }
+
+    /// Guessing counters on the shared Redis under a prefix of their own (their keys expire
+    /// by themselves), with the prefix; `None` (having said why) when Redis does not answer.
+    pub async fn fresh_redis_counters() -> Option<(RedisCounters, String)> {
+        let url = redis_url();
+        if !redis_answers(&url).await {
+            skip_or_fail(
+                "Redis guessing counters",
+                &format!("Redis at {url} does not answer"),
+            );
+            return None;
+        }
+        let prefix = format!("tessera-test-{}:", tessera_core::model::SessionId::new());
+        match RedisCounters::new(&url, &prefix) {
+            Ok(counters) => Some((counters, prefix)),
+            Err(e) => {
+                skip_or_fail("Redis guessing counters", &e.to_string());
+                None
+            }
+        }
     }
 }

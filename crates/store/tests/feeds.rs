@@ -12,7 +12,9 @@ use tessera_core::model::{RevocationEvent, SessionId, Timestamp};
 use tessera_core::revocation::RevocationFeed;
 use tessera_core::Store;
 use tessera_store::bells;
-use tessera_store::testing::{self, skip_or_fail, FreshDatabase, RedisServer, TcpProxy};
+use tessera_store::testing::{
+    self, redis_answers, redis_keys, skip_or_fail, FreshDatabase, RedisServer, TcpProxy,
+};
 use tessera_store::MemoryStore;
 
 const BEAT: Heartbeat = Heartbeat {
@@ -47,28 +49,6 @@ async fn drain(bell: &Bell) {
 
 fn prefix() -> String {
     format!("tessera-test-{}:", SessionId::new())
-}
-
-async fn redis_answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .is_ok_and(|c| c.is_ok())
-}
-
-async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

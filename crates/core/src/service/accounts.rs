@@ -1,16 +1,26 @@
 //! Users: sign-up and the administrators' user commands, password checks, roles.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Tessera;
 use crate::error::AuthError;
 use crate::model::{Email, Timestamp, User, UserId};
-use crate::password::check_policy;
+use crate::password::{check_policy, Verification};
 use crate::secret::Password;
 use crate::webhooks;
 
 impl Tessera {
-    pub async fn sign_up(&self, email: &str, password: Password) -> Result<User, AuthError> {
+    /// Signs up a user from `address`, counted against SPEC §2's `signup_ip_max` once the
+    /// request is well-formed (the CLI's `add_user` is not limited).
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        password: Password,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<User, AuthError> {
+        Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        check_policy(&password)?;
+        self.admit_sign_up(address).await?;
         self.add_user(email, password, Vec::new()).await
     }
 
@@ -21,7 +31,7 @@ impl Tessera {
         roles: Vec<String>,
     ) -> Result<User, AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
-        check_policy(&password)?;
+        check_policy(&password, &email)?;
         let roles = normalise_roles(roles)?;
         if self.store.find_user_by_email(&email).await?.is_some() {
             return Err(AuthError::EmailTaken);
@@ -51,6 +61,14 @@ impl Tessera {
 
     pub async fn user(&self, id: UserId) -> Result<User, AuthError> {
         self.store.find_user(id).await?.ok_or(AuthError::NotFound)
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<User, AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::NotFound)?;
+        self.store
+            .find_user_by_email(&email)
+            .await?
+            .ok_or(AuthError::NotFound)
     }
 
     /// Every user, oldest first.
@@ -90,32 +108,51 @@ impl Tessera {
     }
 
     /// Checks a password; unknown email and wrong password fail alike and take the same time.
-    pub(super) async fn check_credentials(
+    pub(super) async fn check_password(
         &self,
         email: &str,
         password: Password,
     ) -> Result<User, AuthError> {
-        let outcome = self.check_password(email, password).await;
-        match &outcome {
-            Ok(_) => crate::metrics::Counters::bump(&self.counters.logins_ok),
-            Err(AuthError::InvalidCredentials) => {
-                crate::metrics::Counters::bump(&self.counters.logins_failed);
-            }
-            Err(_) => {}
-        }
-        outcome
-    }
-
-    async fn check_password(&self, email: &str, password: Password) -> Result<User, AuthError> {
         let user = match Email::parse(email) {
             Some(email) => self.store.find_user_by_email(&email).await?,
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        if self.hasher.verify(password, stored).await? {
-            user.ok_or(AuthError::InvalidCredentials)
-        } else {
-            Err(AuthError::InvalidCredentials)
+        match self.hasher.check(password, stored).await? {
+            Verification::Mismatch => Err(AuthError::InvalidCredentials),
+            Verification::Match => user.ok_or(AuthError::InvalidCredentials),
+            Verification::MatchedAsTyped { rehashed } => {
+                let mut user = user.ok_or(AuthError::InvalidCredentials)?;
+                if self.store_rehashed(&user, &rehashed).await {
+                    user.password_hash = rehashed;
+                }
+                Ok(user)
+            }
+        }
+    }
+
+    /// Replaces a hash made from the password as typed (before passwords were normalised)
+    /// with the hash of its NFKC form, unless the password changed since it was read. The
+    /// sign-in it comes from succeeds either way: a failure here is logged, and the next
+    /// sign-in tries again.
+    async fn store_rehashed(&self, user: &User, rehashed: &str) -> bool {
+        let stored = async {
+            let mut tx = self.store.begin().await?;
+            let current = tx.user_for_update(user.id).await?;
+            if current.is_none_or(|u| u.password_hash != user.password_hash) {
+                return Ok(false);
+            }
+            let set = tx.set_password_hash(user.id, rehashed).await?;
+            tx.commit().await?;
+            Ok::<_, crate::StoreError>(set)
+        }
+        .await;
+        match stored {
+            Ok(set) => set,
+            Err(e) => {
+                warn!(user = %user.id, error = %e, "could not store the normalised password hash");
+                false
+            }
         }
     }
 }

@@ -31,6 +31,8 @@ impl Tessera {
         // while for inspection.
         let retention = now.saturating_sub(OUTBOX_RETENTION);
         self.store.prune_outbox(retention).await?;
+        // Guessing tallies past their expiry count nothing (Redis expires its own).
+        self.guessing().prune_tallies(now).await?;
         Ok((pruned, purged))
     }
 

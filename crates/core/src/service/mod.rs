@@ -10,6 +10,7 @@
 //! its own cache and wake the others.
 
 mod accounts;
+pub(crate) mod guessing;
 mod housekeeping;
 mod keys;
 mod sessions;
@@ -29,7 +30,8 @@ use crate::keys::MasterKey;
 use crate::model::{RevocationEvent, Session, SessionId, Timestamp, User, UserId, Via};
 use crate::password::PasswordHasher;
 use crate::revocation::{RevocationCache, RevocationFeed, StoreFeed};
-use crate::secret::{RefreshToken, SessionSecret};
+use crate::secret::{DeviceCredential, RefreshToken, SessionSecret};
+use crate::store::GuessingCounters;
 use crate::store::{Store, StoreTx};
 use crate::webhooks::{OutboxMessage, RevokeReason, WebhookPlan};
 
@@ -51,11 +53,15 @@ const FEED_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// to the store, so memory stays bounded whatever the number of users.
 const COOKIE_CACHE_CAPACITY: usize = 200_000;
 
-/// What the caller's device told us, recorded on the session for the device list.
+/// What the caller's device told us: its user agent and address, recorded on a new session
+/// for the device list, and its device credential, which the guessing limits honour.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceInfo {
     pub user_agent: Option<String>,
-    pub ip: Option<String>,
+    /// The client address: the socket peer, or what a trusted proxy reports.
+    pub address: Option<std::net::IpAddr>,
+    /// A device cookie or `device_token` the client sent, unchecked.
+    pub credential: Option<crate::secret::DeviceCredential>,
 }
 
 /// Who is calling, proven by a live session (cookie) or a valid access token.
@@ -79,6 +85,8 @@ pub struct CookieLogin {
     pub session: Session,
     pub secret: SessionSecret,
     pub csrf_token: String,
+    /// The device cookie's value: this browser's credential for this account.
+    pub device: DeviceCredential,
 }
 
 /// An access token and the refresh token that continues its family.
@@ -88,6 +96,8 @@ pub struct TokenPair {
     pub expires_in: u64,
     pub refresh_token: RefreshToken,
     pub session: Session,
+    /// The password grant's `device_token`; `None` from a refresh.
+    pub device_token: Option<DeviceCredential>,
 }
 
 impl std::fmt::Debug for CookieLogin {
@@ -119,6 +129,10 @@ pub struct Tessera {
     /// HMAC key deriving a refresh token's successor from the token itself, so a replay within
     /// the grace window can be answered with the same successor without storing it.
     refresh_key: Zeroizing<[u8; 32]>,
+    /// HMAC key of device credentials (the guessing limits' device cookies).
+    device_key: Zeroizing<[u8; 32]>,
+    /// Where attempts are counted: Redis when configured, else the store.
+    guessing: Option<Arc<dyn GuessingCounters>>,
     /// Unix milliseconds of the last reload caused by an unknown `kid`.
     last_on_demand_reload: std::sync::atomic::AtomicI64,
     counters: crate::metrics::Counters,
@@ -241,6 +255,7 @@ impl Tessera {
         let keys_read_at = feed.cursor().await.ok();
         let csrf_key = Zeroizing::new(master.derive("csrf"));
         let refresh_key = Zeroizing::new(master.derive("refresh-successor"));
+        let device_key = Zeroizing::new(master.derive("device"));
         let keys = Arc::new(
             LiveKeys::start(Arc::clone(&store), master, Arc::clone(&config), policy).await?,
         );
@@ -282,6 +297,8 @@ impl Tessera {
         let service = Self {
             csrf_key,
             refresh_key,
+            device_key,
+            guessing: None,
             keys,
             store,
             config,
@@ -294,6 +311,24 @@ impl Tessera {
             background,
         };
         Ok(service)
+    }
+
+    /// Counts guessing attempts in `counters` (Redis) instead of the store, falling back to
+    /// the store while they cannot answer (see [`guessing::Fallback`]).
+    #[must_use]
+    pub fn with_guessing_counters(mut self, counters: Arc<dyn GuessingCounters>) -> Self {
+        self.guessing = Some(Arc::new(guessing::Fallback::new(
+            counters,
+            Arc::clone(&self.store),
+        )));
+        self
+    }
+
+    fn guessing(&self) -> &dyn GuessingCounters {
+        match &self.guessing {
+            Some(counters) => counters.as_ref(),
+            None => self.store.guessing(),
+        }
     }
 
     pub fn config(&self) -> &Config {

@@ -24,7 +24,7 @@ impl Tessera {
         device: DeviceInfo,
         previous: Option<&SessionSecret>,
     ) -> Result<CookieLogin, AuthError> {
-        let user = self.check_credentials(email, password).await?;
+        let (user, device_credential) = self.check_credentials(email, password, &device).await?;
         let now = Timestamp::now();
         let previous = match previous {
             Some(previous) => {
@@ -55,6 +55,7 @@ impl Tessera {
             session,
             secret,
             csrf_token,
+            device: device_credential,
         })
     }
 
@@ -90,7 +91,7 @@ impl Tessera {
             idle_timeout: idle,
             expires_at: now.saturating_add(lifetime),
             user_agent: device.user_agent.map(|ua| truncate(ua, 512)),
-            ip: device.ip,
+            ip: device.address.map(|a| a.to_string()),
             revoked_at: None,
         }
     }

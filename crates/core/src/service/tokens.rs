@@ -25,7 +25,7 @@ impl Tessera {
         password: Password,
         device: DeviceInfo,
     ) -> Result<TokenPair, AuthError> {
-        let user = self.check_credentials(email, password).await?;
+        let (user, device_token) = self.check_credentials(email, password, &device).await?;
         let now = Timestamp::now();
         let session = self.new_session(&user, None, device, now);
         let refresh_token = RefreshToken::generate();
@@ -48,6 +48,7 @@ impl Tessera {
             expires_in,
             refresh_token,
             session,
+            device_token: Some(device_token),
         })
     }
 
@@ -103,6 +104,7 @@ impl Tessera {
             expires_in,
             refresh_token: successor,
             session,
+            device_token: None,
         })
     }
 

@@ -424,6 +424,15 @@ fn write_domain(
 
     header(
         out,
+        "tessera_throttled_attempts_total",
+        "counter",
+        "Login, password-grant and sign-up attempts refused by the guessing limits (429).",
+    )?;
+    let throttled = Counters::get(&counters.throttled);
+    writeln!(out, "tessera_throttled_attempts_total {throttled}")?;
+
+    header(
+        out,
         "tessera_refreshes_total",
         "counter",
         "Successful refresh token rotations.",

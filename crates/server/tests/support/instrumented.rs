@@ -34,6 +34,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use tessera_core::guessing::Tally;
 use tessera_core::model::{
     AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
     SessionId, Timestamp, User, UserId,
@@ -41,8 +42,8 @@ use tessera_core::model::{
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
 use tessera_core::store::{
-    AdminKeyStore, DenylistStore, KeyStore, OutboxStore, RevocationLog, SessionStore, StoreTx,
-    UserStore,
+    AdminKeyStore, DenylistStore, GuessingCounters, KeyStore, OutboxStore, RevocationLog,
+    SessionStore, StoreTx, UserStore,
 };
 use tessera_core::webhooks::{OutboxMessage, QueuedMessage};
 use tessera_core::{Store, StoreError};
@@ -376,6 +377,10 @@ impl StoreTx for InstrumentedTx {
 
         WRITES(Changes) fn insert_user['life1](user: &'life1 User) -> ();
         WRITES(Changes) fn set_roles['life1](id: UserId, roles: &'life1 [String]) -> bool;
+        WRITES(Changes) fn set_password_hash['life1](
+            id: UserId,
+            password_hash: &'life1 str,
+        ) -> bool;
         WRITES(Changes) fn bump_epoch[](id: UserId, at: Timestamp) -> Option<Timestamp>;
         WRITES(Changes) fn insert_session['life1](session: &'life1 Session) -> ();
         WRITES(Changes) fn revoke_session[](id: SessionId, at: Timestamp) -> bool;
@@ -519,7 +524,24 @@ impl AdminKeyStore for InstrumentedStore {
     }
 }
 
+impl GuessingCounters for InstrumentedStore {
+    delegate! {
+        WRITES fn update_tally['life1, 'life2](
+            key: &'life1 str,
+            now: Timestamp,
+            change: &'life2 (dyn Fn(Option<Tally>) -> Option<Tally> + Send + Sync)
+        ) -> Option<Tally>;
+        READS fn tally['life1](key: &'life1 str, now: Timestamp) -> Option<Tally>;
+        WRITES fn clear_tally['life1](key: &'life1 str) -> ();
+        WRITES fn prune_tallies[](now: Timestamp) -> u64;
+    }
+}
+
 impl Store for InstrumentedStore {
+    fn guessing(&self) -> &dyn GuessingCounters {
+        self
+    }
+
     fn begin<'life0, 'async_trait>(&'life0 self) -> Boxed<'async_trait, Box<dyn StoreTx>>
     where
         'life0: 'async_trait,

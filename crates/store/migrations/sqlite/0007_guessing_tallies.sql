@@ -1,0 +1,11 @@
+-- The guessing limits' tallies (SPEC §2, §7), one per counted subject (an account's email
+-- hash, a client address, a device). A row past `expires_at` counts for nothing and is pruned,
+-- so the table holds at most the subjects attempted within about one window.
+CREATE TABLE guessing_tallies (
+    key         TEXT    NOT NULL PRIMARY KEY,
+    count       INTEGER NOT NULL,
+    window_ends INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX guessing_tallies_by_expires_at ON guessing_tallies (expires_at);
