@@ -18,8 +18,8 @@ impl Tessera {
         password: Password,
         address: Option<std::net::IpAddr>,
     ) -> Result<User, AuthError> {
-        Email::parse(email).ok_or(AuthError::InvalidEmail)?;
-        check_policy(&password)?;
+        let parsed = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        check_policy(&password, &parsed)?;
         self.admit_sign_up(address).await?;
         self.add_user(email, password, Vec::new()).await
     }
