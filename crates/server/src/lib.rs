@@ -14,6 +14,7 @@ use tessera_core::config::Config;
 use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod oauth;
 pub mod ops;
+pub mod revocations;
 pub mod webhooks;
 
 use error::ApiError;
@@ -42,6 +44,9 @@ pub struct AppState {
     metrics: Arc<ops::HttpMetrics>,
     /// `GET /openapi.json`, rendered once: the document does not change while serving.
     openapi: Bytes,
+    /// Set when the node starts shutting down: ends the `GET /v1/revocations` streams, which
+    /// would otherwise hold the connection drain until its bound.
+    shutdown: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -58,6 +63,7 @@ impl AppState {
             openapi: ops::render_document(&document),
             tessera,
             cookie_attributes,
+            shutdown: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -88,6 +94,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_session))
         .routes(routes!(admin::set_roles))
         .routes(routes!(api::verify))
+        .routes(routes!(revocations::revocations))
         .routes(routes!(oauth::token))
         .routes(routes!(oauth::revoke))
         .routes(routes!(oauth::introspect))
@@ -176,7 +183,13 @@ pub async fn serve(
     background.spawn("webhook delivery", |stop| {
         webhooks::deliver(delivering, stop)
     });
-    let app = router(AppState::new(Arc::clone(&tessera)));
+    let state = AppState::new(Arc::clone(&tessera));
+    let streams = Arc::clone(&state.shutdown);
+    let shutdown = async move {
+        shutdown.await;
+        streams.send_replace(true);
+    };
+    let app = router(state);
     connections::serve(listener, app, shutdown, DRAIN_BOUND).await;
     tessera.background().shutdown(BACKGROUND_BOUND).await;
     tracing::info!("shut down");
