@@ -238,7 +238,10 @@ fn verify_route(c: &mut Criterion) {
             "cookie_unsafe_allowed_origin",
             &[
                 (header::COOKIE, cookie.as_str()),
-                (header::HeaderName::from_static("x-forwarded-method"), "POST"),
+                (
+                    header::HeaderName::from_static("x-forwarded-method"),
+                    "POST",
+                ),
                 (header::ORIGIN, origin),
             ],
         ),
