@@ -275,3 +275,26 @@ async fn the_stream_resumes_after_the_last_event_id() {
     assert_eq!(res.status(), 400);
     assert_eq!(support::error_code(res).await, "invalid_request");
 }
+
+/// Shutdown ends open streams rather than waiting out the drain bound on subscribers that
+/// never hang up.
+#[tokio::test]
+async fn an_open_stream_does_not_hold_up_shutdown() {
+    let mut server = start_sqlite("").await;
+    let key = key(&server, AdminScope::Revocations).await;
+    let mut stream = open_stream(&server, &key).await;
+    assert_eq!(stream.status(), 200);
+
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < tessera_server::DRAIN_BOUND / 2,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream is still open after shutdown");
+}
