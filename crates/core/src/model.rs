@@ -412,3 +412,42 @@ pub enum RevocationEvent {
     /// rather than at the next periodic reload.
     KeyWithdrawn { kid: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(scope: AdminScope) -> AdminKey {
+        AdminKey {
+            id: AdminKeyId::new(),
+            name: "k".to_owned(),
+            hash: crate::secret::SessionSecret::generate().to_hash(),
+            created_at: Timestamp::from_unix(0),
+            revoked_at: None,
+            scope,
+        }
+    }
+
+    #[test]
+    fn an_admin_key_has_every_scope_and_the_others_only_their_own() {
+        for needed in AdminScope::ALL {
+            assert!(key(AdminScope::Admin).allows(needed));
+        }
+        assert!(key(AdminScope::Introspect).allows(AdminScope::Introspect));
+        assert!(!key(AdminScope::Introspect).allows(AdminScope::Admin));
+        assert!(!key(AdminScope::Introspect).allows(AdminScope::Revocations));
+        assert!(key(AdminScope::Revocations).allows(AdminScope::Revocations));
+        assert!(!key(AdminScope::Revocations).allows(AdminScope::Admin));
+        assert!(!key(AdminScope::Revocations).allows(AdminScope::Introspect));
+    }
+
+    #[test]
+    fn scope_names_round_trip_and_nothing_else_parses() {
+        for scope in AdminScope::ALL {
+            assert_eq!(AdminScope::parse(scope.as_str()), Some(scope));
+        }
+        for bad in ["", "Admin", "root", "introspect ", "revocation"] {
+            assert_eq!(AdminScope::parse(bad), None, "{bad:?}");
+        }
+    }
+}
