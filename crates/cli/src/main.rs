@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tessera_core::config::{Config, ConfigLayer};
 use tessera_core::error::AuthError;
 use tessera_core::keys::MasterKey;
-use tessera_core::model::{Timestamp, UserId};
+use tessera_core::model::{AdminScope, Timestamp, UserId};
 use tessera_core::secret::Password;
 use tessera_core::service::{KeyPolicy, Tessera};
 use tessera_core::url::redact_url;
@@ -84,10 +84,15 @@ enum UserCommand {
 
 #[derive(Subcommand)]
 enum AdminKeyCommand {
-    /// Create an admin API key and print it alone on one line (it is shown once, stored hashed)
+    /// Create an API key and print it alone on one line (it is shown once, stored hashed)
     Create {
         #[arg(long, default_value = "admin")]
         name: String,
+        /// What the key may do: `admin` (every admin route and every other scope),
+        /// `introspect` (POST /oauth2/introspect only) or `revocations` (GET /v1/revocations
+        /// only). Give a resource server the narrowest key it needs.
+        #[arg(long, default_value = "admin", value_parser = parse_scope)]
+        scope: AdminScope,
     },
     /// Revoke an admin API key by id
     Revoke { id: String },
@@ -115,6 +120,10 @@ enum TokenCommand {
 
 /// How long the runtime waits, after `serve` returned, for blocking work still running.
 const SHUTDOWN_LEFTOVERS: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn parse_scope(text: &str) -> Result<AdminScope, String> {
+    AdminScope::parse(text).ok_or_else(|| "expected admin, introspect or revocations".to_owned())
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -411,14 +420,14 @@ fn read_password(from_stdin: bool) -> CliResult<Password> {
 
 async fn admin_key(tessera: Arc<Tessera>, command: AdminKeyCommand) -> CliResult {
     match command {
-        AdminKeyCommand::Create { name } => {
+        AdminKeyCommand::Create { name, scope } => {
             let (key, secret) = tessera
-                .create_admin_key(&name)
+                .create_admin_key(&name, scope)
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "admin key {} ({}) created; it is shown once:",
-                key.id, key.name
+                "admin key {} ({}, scope {}) created; it is shown once:",
+                key.id, key.name, key.scope
             );
             println!("{}", secret.expose_secret());
         }

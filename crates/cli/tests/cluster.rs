@@ -250,7 +250,13 @@ async fn one_guessing_limit_holds_across_the_nodes(client: &reqwest::Client, clu
     let spread = "spread@example.com";
     sign_up(client, b, spread).await;
     for node in [a, b, c, a] {
-        assert_eq!(attempt(node, spread, "not the password").await.unwrap().status(), 401);
+        assert_eq!(
+            attempt(node, spread, "not the password")
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
     }
     for node in [a, b, c] {
         let res = attempt(node, spread, PASSWORD).await.unwrap();

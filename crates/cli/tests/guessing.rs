@@ -46,7 +46,10 @@ async fn every_failed_login_is_logged_with_account_address_and_reason_never_the_
     };
     let user = format!("user={id}");
     assert_eq!(with(&[&user, "client=127.0.0.1", "wrong password"]), 2);
-    assert_eq!(with(&["user=unknown", "client=127.0.0.1", "unknown account"]), 1);
+    assert_eq!(
+        with(&["user=unknown", "client=127.0.0.1", "unknown account"]),
+        1
+    );
     assert_eq!(with(&[&user, "client=127.0.0.1", "too many attempts"]), 1);
     assert!(log.contains("account locked"), "{log}");
     // Neither the passwords nor the address typed for an unknown account.
@@ -79,5 +82,8 @@ async fn user_unlock_clears_the_lock_for_every_node_on_the_database() {
     assert!(!output.status.success());
     let error = String::from_utf8(output.stderr).unwrap();
     assert_eq!(error.trim().lines().count(), 1, "{error}");
-    assert!(error.contains("no user with email nobody@example.com"), "{error}");
+    assert!(
+        error.contains("no user with email nobody@example.com"),
+        "{error}"
+    );
 }

@@ -26,6 +26,10 @@ pub enum AuthError {
     /// A cross-origin request from an origin not in `allowed_origins`.
     #[error("cross-origin request refused")]
     OriginRejected,
+    /// A live API key used for something its scope does not cover (RFC 6750 §3.1
+    /// `insufficient_scope`); the payload is the scope the request needed.
+    #[error("this API key lacks the `{0}` scope")]
+    InsufficientScope(crate::model::AdminScope),
     /// Unknown, spent, expired or revoked refresh token.
     #[error("refresh token is invalid, expired or revoked")]
     InvalidGrant,

@@ -361,6 +361,51 @@ pub struct AdminKey {
     pub hash: SecretHash,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    pub scope: AdminScope,
+}
+
+impl AdminKey {
+    /// Whether this key may be used for what `needed` guards.
+    pub fn allows(&self, needed: AdminScope) -> bool {
+        self.scope == AdminScope::Admin || self.scope == needed
+    }
+}
+
+/// What an API key may be used for (SPEC §3, §4). A resource server gets a key that can only
+/// introspect tokens or only follow the revocation stream, so a leaked key of its cannot sign
+/// users out or change roles. `Admin` has every scope: keys created before scopes existed
+/// were all-powerful, and stay so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminScope {
+    /// Every `/v1/admin/*` route, and every other scope.
+    Admin,
+    /// `POST /oauth2/introspect` (RFC 7662).
+    Introspect,
+    /// `GET /v1/revocations`, the revocation stream.
+    Revocations,
+}
+
+impl AdminScope {
+    pub const ALL: [AdminScope; 3] = [Self::Admin, Self::Introspect, Self::Revocations];
+
+    /// The name used on the command line, in the store and in `insufficient_scope` answers.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Introspect => "introspect",
+            Self::Revocations => "revocations",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == text)
+    }
+}
+
+impl fmt::Display for AdminScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A change to revocation state, announced to every node's cache (SPEC §5). Carries only ids
@@ -379,4 +424,43 @@ pub enum RevocationEvent {
     /// from the store, so the key's tokens stop verifying everywhere within the feed's lag
     /// rather than at the next periodic reload.
     KeyWithdrawn { kid: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(scope: AdminScope) -> AdminKey {
+        AdminKey {
+            id: AdminKeyId::new(),
+            name: "k".to_owned(),
+            hash: crate::secret::SessionSecret::generate().to_hash(),
+            created_at: Timestamp::from_unix(0),
+            revoked_at: None,
+            scope,
+        }
+    }
+
+    #[test]
+    fn an_admin_key_has_every_scope_and_the_others_only_their_own() {
+        for needed in AdminScope::ALL {
+            assert!(key(AdminScope::Admin).allows(needed));
+        }
+        assert!(key(AdminScope::Introspect).allows(AdminScope::Introspect));
+        assert!(!key(AdminScope::Introspect).allows(AdminScope::Admin));
+        assert!(!key(AdminScope::Introspect).allows(AdminScope::Revocations));
+        assert!(key(AdminScope::Revocations).allows(AdminScope::Revocations));
+        assert!(!key(AdminScope::Revocations).allows(AdminScope::Admin));
+        assert!(!key(AdminScope::Revocations).allows(AdminScope::Introspect));
+    }
+
+    #[test]
+    fn scope_names_round_trip_and_nothing_else_parses() {
+        for scope in AdminScope::ALL {
+            assert_eq!(AdminScope::parse(scope.as_str()), Some(scope));
+        }
+        for bad in ["", "Admin", "root", "introspect ", "revocation"] {
+            assert_eq!(AdminScope::parse(bad), None, "{bad:?}");
+        }
+    }
 }

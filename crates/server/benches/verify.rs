@@ -7,6 +7,9 @@
 //! - `bearer_authenticate/EdDSA/{store}`: today's per-request bearer cost (signature, session
 //!   liveness and the user's epoch, read from the store).
 //! - `access_token_sign/{alg}`: minting one access token.
+//! - `verify_route/{case}`: `GET /v1/verify` through the real router (no socket), as a proxy
+//!   asks it: bearer, cookie, and cookie for an unsafe method (`X-Forwarded-Method: POST`)
+//!   from an allowed `Origin`, the case that adds the origin check.
 //!
 //! Run with `cargo bench -p tessera-server --bench verify`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,6 +18,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use tessera_core::config::ConfigLayer;
 use tessera_core::keys::{Algorithm, MasterKey};
@@ -22,6 +28,7 @@ use tessera_core::secret::{Password, SessionSecret};
 use tessera_core::service::{DeviceInfo, KeyPolicy, Tessera};
 use tessera_core::verify::Claims;
 use tokio::runtime::Runtime;
+use tower::ServiceExt;
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "correct horse battery";
@@ -41,6 +48,9 @@ struct Fixtures {
     stores: Vec<(&'static str, Fixture)>,
     /// In-memory services, one per signing algorithm.
     algs: Vec<(Algorithm, Fixture)>,
+    /// The whole router over another in-memory Ed25519 service, with its user's cookie
+    /// header and bearer header.
+    route: (Router, String, String),
 }
 
 /// Built once (argon2 and RSA key generation are slow) and shared by every group.
@@ -52,7 +62,7 @@ fn fixtures() -> &'static Fixtures {
             .enable_all()
             .build()
             .unwrap();
-        let (stores, algs) = rt.block_on(async {
+        let (stores, algs, route) = rt.block_on(async {
             let memory = fixture("memory".into(), None, Algorithm::EdDSA).await;
             let dir = tempfile::tempdir().unwrap();
             let database = format!("sqlite://{}", dir.path().join("b.db").display());
@@ -70,9 +80,23 @@ fn fixtures() -> &'static Fixtures {
             for alg in Algorithm::ALL {
                 algs.push((alg, fixture("memory".into(), None, alg).await));
             }
-            (stores, algs)
+            let served = fixture("memory".into(), None, Algorithm::EdDSA).await;
+            let cookie = format!(
+                "{}={}",
+                served.tessera.config().cookie_name,
+                served.cookie.expose_secret()
+            );
+            let bearer = format!("Bearer {}", served.access_token);
+            let state = tessera_server::AppState::new(Arc::new(served.tessera));
+            let route = (tessera_server::router(state), cookie, bearer);
+            (stores, algs, route)
         });
-        Fixtures { rt, stores, algs }
+        Fixtures {
+            rt,
+            stores,
+            algs,
+            route,
+        }
     })
 }
 
@@ -213,6 +237,45 @@ fn access_token_sign(c: &mut Criterion) {
     group.finish();
 }
 
+fn verify_route(c: &mut Criterion) {
+    let f = fixtures();
+    let (router, cookie, bearer) = &f.route;
+    let origin = "http://127.0.0.1:8080";
+    let cases: [(&str, &[(header::HeaderName, &str)]); 3] = [
+        ("bearer", &[(header::AUTHORIZATION, bearer.as_str())]),
+        ("cookie", &[(header::COOKIE, cookie.as_str())]),
+        (
+            "cookie_unsafe_allowed_origin",
+            &[
+                (header::COOKIE, cookie.as_str()),
+                (
+                    header::HeaderName::from_static("x-forwarded-method"),
+                    "POST",
+                ),
+                (header::ORIGIN, origin),
+            ],
+        ),
+    ];
+    let mut group = c.benchmark_group("verify_route");
+    for (case, headers) in cases {
+        group.bench_function(case, |b| {
+            b.to_async(&f.rt).iter(|| async move {
+                let mut request = Request::get("/v1/verify");
+                for (name, value) in headers {
+                    request = request.header(name, *value);
+                }
+                let response = router
+                    .clone()
+                    .oneshot(request.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+            });
+        });
+    }
+    group.finish();
+}
+
 /// Bytes each credential adds to every request, printed before anything is measured.
 fn print_wire_sizes() {
     let f = fixtures();
@@ -239,7 +302,7 @@ criterion_group! {
         .sample_size(30)
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = cookie_session, access_token_verify, bearer_authenticate, access_token_sign, failed_login
+    targets = verify_route, cookie_session, access_token_verify, bearer_authenticate, access_token_sign, failed_login
 }
 
 fn main() {

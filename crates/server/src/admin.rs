@@ -1,5 +1,6 @@
-//! `/v1/admin/*`: operations on any user, authorised by an admin API key created with
-//! `tessera admin-key create`. A user's access token is never an admin credential.
+//! `/v1/admin/*`: operations on any user, authorised by an API key with the `admin` scope,
+//! created with `tessera admin-key create`. A user's access token is never an admin credential,
+//! and neither is a resource server's `introspect` or `revocations` key.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -7,7 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use tessera_core::model::{AdminKey, SessionId, UserId};
+use tessera_core::model::{AdminKey, AdminScope, SessionId, UserId};
 use tessera_core::secret::AdminSecret;
 use tessera_core::AuthError;
 use utoipa::ToSchema;
@@ -18,7 +19,7 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::ops::ApiErrorBody;
 use crate::AppState;
 
-/// Proof that the caller holds a live admin key.
+/// Proof that the caller holds a live API key with the `admin` scope.
 pub struct Admin(pub AdminKey);
 
 impl FromRequestParts<AppState> for Admin {
@@ -26,9 +27,19 @@ impl FromRequestParts<AppState> for Admin {
 
     #[tracing::instrument(level = "debug", skip_all)] // the key must never reach a span
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let secret = admin_secret(&parts.headers).ok_or(AuthError::Unauthenticated)?;
-        Ok(Self(state.tessera.authenticate_admin(&secret).await?))
+        Ok(Self(scoped_key(parts, state, AdminScope::Admin).await?))
     }
+}
+
+/// The live API key of a request, if its scope covers `needed`: 401 without a valid key, 403
+/// `insufficient_scope` for a valid key of another scope.
+pub async fn scoped_key(
+    parts: &Parts,
+    state: &AppState,
+    needed: AdminScope,
+) -> Result<AdminKey, ApiError> {
+    let secret = admin_secret(&parts.headers).ok_or(AuthError::Unauthenticated)?;
+    Ok(state.tessera.authenticate_admin(&secret, needed).await?)
 }
 
 /// The bearer credential of a request, read as an admin key.
@@ -50,10 +61,11 @@ fn user_id(text: &str) -> Result<UserId, ApiError> {
     path = "/v1/admin/users/{id}/sessions",
     tag = "admin",
     params(("id" = String, Path, description = "a user id")),
-    security(("admin_key" = [])),
+    security(("admin_key" = ["admin"])),
     responses(
         (status = 200, description = "the user's devices, as `GET /v1/sessions` lists them", body = Vec<Object>),
-        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 401, description = "`unauthenticated`: no valid API key", body = ApiErrorBody),
+        (status = 403, description = "`insufficient_scope`: the API key lacks the `admin` scope", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
     )
 )]
@@ -73,10 +85,11 @@ pub async fn user_sessions(
     path = "/v1/admin/users/{id}/sessions",
     tag = "admin",
     params(("id" = String, Path, description = "a user id")),
-    security(("admin_key" = [])),
+    security(("admin_key" = ["admin"])),
     responses(
         (status = 204, description = "every session and refresh family revoked, epoch bumped"),
-        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 401, description = "`unauthenticated`: no valid API key", body = ApiErrorBody),
+        (status = 403, description = "`insufficient_scope`: the API key lacks the `admin` scope", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
     )
 )]
@@ -122,10 +135,11 @@ pub async fn unlock_user(
     path = "/v1/admin/sessions/{id}",
     tag = "admin",
     params(("id" = String, Path, description = "a session id")),
-    security(("admin_key" = [])),
+    security(("admin_key" = ["admin"])),
     responses(
         (status = 204, description = "the session is revoked"),
-        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 401, description = "`unauthenticated`: no valid API key", body = ApiErrorBody),
+        (status = 403, description = "`insufficient_scope`: the API key lacks the `admin` scope", body = ApiErrorBody),
         (status = 404, description = "`not_found`", body = ApiErrorBody),
     )
 )]
@@ -154,11 +168,12 @@ pub struct Roles {
     tag = "admin",
     params(("id" = String, Path, description = "a user id")),
     request_body = Roles,
-    security(("admin_key" = [])),
+    security(("admin_key" = ["admin"])),
     responses(
         (status = 200, description = "the user: `{id, email, roles, created_at}`", body = Object),
         (status = 400, description = "`invalid_request`: too many or malformed roles", body = ApiErrorBody),
-        (status = 401, description = "`unauthenticated`: no valid admin API key", body = ApiErrorBody),
+        (status = 401, description = "`unauthenticated`: no valid API key", body = ApiErrorBody),
+        (status = 403, description = "`insufficient_scope`: the API key lacks the `admin` scope", body = ApiErrorBody),
         (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
     )
 )]

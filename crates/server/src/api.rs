@@ -12,7 +12,9 @@ use tessera_core::service::{Principal, RefusalReason, Refused};
 use tessera_core::AuthError;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::{check_origin, session_cookie, Authenticated, Credential, Device};
+use crate::auth::{
+    check_origin, proxied_method_is_unsafe, session_cookie, Authenticated, Credential, Device,
+};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, JsonOrForm};
 use crate::ops::ApiErrorBody;
@@ -338,8 +340,10 @@ static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
 static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
 /// `GET /v1/verify`: forward-auth for reverse proxies. 200 with identity headers or 401 with
-/// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1). Never a CSRF check: the
-/// proxy asks on behalf of a request it will forward, and answers are read-only.
+/// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1). No CSRF token check: the
+/// proxy cannot know the application's tokens. But a cookie request the proxy reports as
+/// unsafe gets the `Origin` / `Sec-Fetch-Site` check of Tessera's own routes, so a foreign
+/// site cannot make a signed-in browser POST to an application behind the proxy.
 #[utoipa::path(
     get,
     path = "/v1/verify",
@@ -354,6 +358,10 @@ static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
         (status = 401, description = "no valid credential; no body", headers(
             ("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"),
         )),
+        (status = 403, description = "`origin_not_allowed`: a cookie request that the proxy reports as unsafe \
+            (`X-Forwarded-Method` or `X-Original-Method` other than GET, HEAD, OPTIONS, TRACE) came from an \
+            `Origin` (or `Referer`) outside `allowed_origins`, or with `Sec-Fetch-Site: cross-site`; \
+            bearer requests are never refused for their origin", body = ApiErrorBody),
         (status = 503, description = "`unavailable`: revocation cannot be checked, so no yes (fail closed)", body = ApiErrorBody),
     )
 )]
@@ -361,6 +369,19 @@ pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let config = state.tessera.config();
     let outcome = match Credential::from_headers(&headers, &config.cookie_name) {
         Some(Credential::Bearer(token)) => state.tessera.check_bearer(token).await,
+        Some(Credential::Cookie(_))
+            if proxied_method_is_unsafe(&headers)
+                && check_origin(&headers, &config.allowed_origins, false).is_err() =>
+        {
+            // Refused before the cookie is looked up: whether it is valid changes nothing.
+            let mut response = ApiError::Auth(AuthError::OriginRejected).into_response();
+            response
+                .extensions_mut()
+                .insert(crate::ops::VerifyReason(Some(
+                    RefusalReason::OriginNotAllowed,
+                )));
+            return response;
+        }
         Some(Credential::Cookie(secret)) => state.tessera.check_cookie(&secret).await,
         None => Err(Refused::because(RefusalReason::MissingCredential)),
     };

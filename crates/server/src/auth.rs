@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
@@ -61,6 +61,7 @@ pub fn cookie<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<&'h str> 
 /// Refuses a request whose `Origin` (or, failing that, `Referer`) names an origin outside
 /// `allowed_origins`, and any request a browser marks `Sec-Fetch-Site: cross-site`.
 /// `require` demands that one of the headers be present (HTML form posts always carry one).
+/// Allocates nothing when `Origin` is sent: it runs on `/v1/verify`, the hot path.
 pub fn check_origin(
     headers: &HeaderMap,
     allowed: &[String],
@@ -73,28 +74,48 @@ pub fn check_origin(
     {
         return Err(AuthError::OriginRejected);
     }
-    let claimed = headers
-        .get(header::ORIGIN)
+    // `allowed_origins` holds canonical origins (lower case, no trailing slash), so a
+    // case-insensitive comparison is the comparison of canonical forms.
+    let is_allowed = |origin: &str| {
+        let origin = origin.trim_end_matches('/');
+        allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        return match origin.to_str() {
+            Ok(origin) if is_allowed(origin) => Ok(()),
+            _ => Err(AuthError::OriginRejected),
+        };
+    }
+    let referer = headers
+        .get(header::REFERER)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            headers
-                .get(header::REFERER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(tessera_core::url::origin_of)
-        });
-    match claimed {
-        Some(origin) => {
-            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-            if allowed.contains(&origin) {
-                Ok(())
-            } else {
-                Err(AuthError::OriginRejected)
-            }
-        }
+        .and_then(tessera_core::url::origin_of);
+    match referer {
+        Some(origin) if is_allowed(&origin) => Ok(()),
+        Some(_) => Err(AuthError::OriginRejected),
         None if require => Err(AuthError::OriginRejected),
         None => Ok(()),
     }
+}
+
+/// Whether a forward-auth request is on behalf of an unsafe method, as the proxy reports it:
+/// Traefik `forwardAuth` sends `X-Forwarded-Method`; nginx `auth_request` sends nothing unless
+/// configured with `proxy_set_header X-Original-Method $request_method;`. Either header naming
+/// a method other than GET, HEAD, OPTIONS or TRACE counts, as Tessera's own routes count
+/// methods; both are read, so a proxy cannot hide an unsafe method behind a safe one.
+pub fn proxied_method_is_unsafe(headers: &HeaderMap) -> bool {
+    static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+    static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+    [&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD]
+        .into_iter()
+        .filter_map(|name| headers.get(name))
+        .any(|method| {
+            let method = method.as_bytes().trim_ascii();
+            !(method.eq_ignore_ascii_case(b"GET")
+                || method.eq_ignore_ascii_case(b"HEAD")
+                || method.eq_ignore_ascii_case(b"OPTIONS")
+                || method.eq_ignore_ascii_case(b"TRACE"))
+        })
 }
 
 /// The CSRF token found in a form body by [`form_csrf_token`], for the extractor to check.

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use tessera_core::model::AdminScope;
 use tessera_core::AuthError;
 
 #[derive(Serialize)]
@@ -90,6 +91,9 @@ impl ApiError {
                     AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
                     AuthError::CsrfRejected => (StatusCode::FORBIDDEN, "csrf_token_invalid"),
                     AuthError::OriginRejected => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+                    AuthError::InsufficientScope(_) => {
+                        (StatusCode::FORBIDDEN, "insufficient_scope")
+                    }
                     AuthError::InvalidGrant => (StatusCode::BAD_REQUEST, "invalid_grant"),
                     AuthError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
                     AuthError::TooManyAttempts { .. } => {
@@ -135,6 +139,12 @@ impl IntoResponse for ApiError {
         if let Self::Auth(AuthError::TooManyAttempts { retry_after }) = &self {
             insert_retry_after(&mut response, *retry_after);
         }
+        if let Self::Auth(AuthError::InsufficientScope(scope)) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                insufficient_scope_challenge(*scope),
+            );
+        }
         response
     }
 }
@@ -147,6 +157,15 @@ fn insert_retry_after(response: &mut Response, retry_after: std::time::Duration)
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
 }
 
+/// RFC 6750 §3.1: a valid key that lacks the scope is told which scope the resource needs, so
+/// an operator knows what kind of key to make.
+fn insufficient_scope_challenge(scope: AdminScope) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_scope\""))
+}
+
 /// RFC 6749 §5.2 errors for the token endpoint family.
 #[derive(Debug)]
 pub enum OAuthError {
@@ -155,6 +174,9 @@ pub enum OAuthError {
     UnsupportedGrantType,
     /// Client authentication failed or was missing (RFC 6749 §5.2): 401 with a challenge.
     InvalidClient,
+    /// The client authenticated with a live API key whose scope does not cover this endpoint
+    /// (RFC 6750 §3.1): 403, and the challenge names the scope needed.
+    InsufficientScope(AdminScope),
     UnsupportedMediaType,
     PayloadTooLarge,
     /// Past the guessing limits (SPEC §3): 429 in the RFC 6749 shape, with `Retry-After`.
@@ -210,6 +232,11 @@ impl IntoResponse for OAuthError {
                 "invalid_client",
                 "an admin API key is required as Authorization: Bearer".to_owned(),
             ),
+            Self::InsufficientScope(scope) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!("this API key lacks the `{scope}` scope; create one with `tessera admin-key create --scope {scope}`"),
+            ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request",
@@ -264,6 +291,12 @@ impl IntoResponse for OAuthError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::InsufficientScope(scope) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                insufficient_scope_challenge(*scope),
+            );
         }
         response
     }

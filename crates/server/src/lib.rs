@@ -14,6 +14,7 @@ use tessera_core::config::Config;
 use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod oauth;
 pub mod ops;
+pub mod revocations;
 pub mod webhooks;
 
 use error::ApiError;
@@ -44,6 +46,9 @@ pub struct AppState {
     openapi: Bytes,
     /// SPEC §2: `__Host-tessera_device`, or `tessera_device` without `cookie_secure`.
     device_cookie_name: Arc<str>,
+    /// Set when the node starts shutting down: ends the `GET /v1/revocations` streams, which
+    /// would otherwise hold the connection drain until its bound.
+    shutdown: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -67,6 +72,7 @@ impl AppState {
             openapi: ops::render_document(&document),
             tessera,
             cookie_attributes,
+            shutdown: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -114,6 +120,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::unlock_user))
         .routes(routes!(admin::set_roles))
         .routes(routes!(api::verify))
+        .routes(routes!(revocations::revocations))
         .routes(routes!(oauth::token))
         .routes(routes!(oauth::revoke))
         .routes(routes!(oauth::introspect))
@@ -223,13 +230,16 @@ pub async fn serve(
         webhooks::deliver(delivering, stop)
     });
     let state = AppState::new(Arc::clone(&tessera));
+    let streams = Arc::clone(&state.shutdown);
     let app = router(state.clone());
     let scrapes = metrics_router(state);
     let (api_limits, metrics_limits) = connection_limits(tessera.config());
-    // Both addresses stop accepting at once and drain side by side.
+    // Both addresses stop accepting at once and drain side by side; the revocation streams
+    // end then too, or they would hold the drain until its bound.
     let (stopping, mut stopped) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        streams.send_replace(true);
         stopping.send_replace(true);
     };
     let metrics_shutdown = async move {

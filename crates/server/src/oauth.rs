@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
+use tessera_core::model::AdminScope;
 use tessera_core::secret::{DeviceCredential, Password, RefreshToken};
 use tessera_core::service::TokenPair;
 use utoipa::ToSchema;
@@ -145,7 +146,8 @@ pub async fn revoke(
     Ok(axum::http::StatusCode::OK.into_response())
 }
 
-/// `POST /oauth2/introspect` (RFC 7662) for resource servers holding an admin API key.
+/// `POST /oauth2/introspect` (RFC 7662) for resource servers holding an API key with the
+/// `introspect` scope (an `admin` key has it too).
 #[utoipa::path(
     post,
     path = "/oauth2/introspect",
@@ -155,7 +157,8 @@ pub async fn revoke(
     responses(
         (status = 200, description = "`{active: false}`, or `{active: true, sub, exp, iat, jti, sid, aud, iss, scope, roles, token_type}`", body = Object),
         (status = 400, description = "`invalid_request`: no `token`", body = OAuthErrorBody),
-        (status = 401, description = "`invalid_client`: no valid admin API key", body = OAuthErrorBody),
+        (status = 401, description = "`invalid_client`: no valid API key", body = OAuthErrorBody),
+        (status = 403, description = "`insufficient_scope`: the API key lacks the `introspect` scope (RFC 6750 §3.1; the `WWW-Authenticate` challenge names it)", body = OAuthErrorBody),
     )
 )]
 pub async fn introspect(
@@ -166,11 +169,14 @@ pub async fn introspect(
     let secret = crate::admin::admin_secret(&headers).ok_or(OAuthError::InvalidClient)?;
     state
         .tessera
-        .authenticate_admin(&secret)
+        .authenticate_admin(&secret, AdminScope::Introspect)
         .await
         .map_err(|e| match e {
             tessera_core::AuthError::Store(e) => {
                 OAuthError::Unavailable(tessera_core::AuthError::Store(e))
+            }
+            tessera_core::AuthError::InsufficientScope(scope) => {
+                OAuthError::InsufficientScope(scope)
             }
             _ => OAuthError::InvalidClient,
         })?;

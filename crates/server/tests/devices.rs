@@ -19,7 +19,11 @@ fn payload_of(token: &str) -> Value {
 }
 
 async fn admin_key(server: &TestServer) -> String {
-    let (_, secret) = server.tessera.create_admin_key("test").await.unwrap();
+    let (_, secret) = server
+        .tessera
+        .create_admin_key("test", tessera_core::model::AdminScope::Admin)
+        .await
+        .unwrap();
     secret.expose_secret().to_owned()
 }
 

@@ -129,7 +129,11 @@ struct Node {
 impl Node {
     async fn start() -> Self {
         let (server, store) = start_instrumented(SETTINGS).await;
-        let (_, secret) = server.tessera.create_admin_key("faults").await.unwrap();
+        let (_, secret) = server
+            .tessera
+            .create_admin_key("faults", tessera_core::model::AdminScope::Admin)
+            .await
+            .unwrap();
         Self {
             server,
             store,

@@ -321,7 +321,11 @@ async fn an_administrator_unlocks_an_account_and_its_lock_was_reported() {
     assert_eq!(data["user_id"], id);
     assert_eq!(data["failures"], 2);
 
-    let (_, key) = server.tessera.create_admin_key("test").await.unwrap();
+    let (_, key) = server
+        .tessera
+        .create_admin_key("test", tessera_core::model::AdminScope::Admin)
+        .await
+        .unwrap();
     let unlock = |bearer: Option<String>| {
         let mut request = server
             .client

@@ -402,7 +402,11 @@ async fn every_event_type_reaches_its_subscriber() {
     let user_id = browser.body["user"]["id"].as_str().unwrap().to_owned();
     let pair = server.password_grant(&email).await;
     let token_session = reuse_refresh_token(&server, &pair).await;
-    let (_, admin) = server.tessera.create_admin_key("ops").await.unwrap();
+    let (_, admin) = server
+        .tessera
+        .create_admin_key("ops", tessera_core::model::AdminScope::Admin)
+        .await
+        .unwrap();
     let res = server
         .client
         .put(server.url(&format!("/v1/admin/users/{user_id}/roles")))

@@ -40,8 +40,8 @@ use std::time::Duration;
 use serde_json::json;
 use tessera_core::guessing::{self, Admission, Limit};
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
-    SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, AdminScope, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey,
+    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
 use tessera_core::rotation::{self, Decision, PresentedToken};
 use tessera_core::secret::{SecretHash, SessionSecret};
@@ -191,6 +191,7 @@ macro_rules! conformance_suite {
             retire_signing_key_once,
             delete_signing_key,
             admin_key_round_trips,
+            admin_key_scope_round_trips,
             revoked_admin_key_is_not_found,
             ping_answers,
             revocation_log_is_ordered_and_resumable,
@@ -1811,6 +1812,7 @@ fn new_admin_key() -> AdminKey {
         hash: fresh_hash(),
         created_at: at(0),
         revoked_at: None,
+        scope: AdminScope::Admin,
     }
 }
 
@@ -1849,6 +1851,21 @@ pub async fn admin_key_round_trips<S: Store + ?Sized>(store: &S) {
         store.find_live_admin_key(&same_id.hash).await.unwrap(),
         None
     );
+}
+
+/// A key reads back with the scope it was made with: a store that lost it would turn a
+/// resource server's narrow key into an admin key, or lock it out.
+pub async fn admin_key_scope_round_trips<S: Store + ?Sized>(store: &S) {
+    for scope in AdminScope::ALL {
+        let key = AdminKey {
+            scope,
+            ..new_admin_key()
+        };
+        insert_admin_key(store, &key).await;
+        let found = store.find_live_admin_key(&key.hash).await.unwrap().unwrap();
+        assert_eq!(found.scope, scope);
+        assert_eq!(found, key);
+    }
 }
 
 pub async fn revoked_admin_key_is_not_found<S: Store + ?Sized>(store: &S) {

@@ -88,8 +88,8 @@ use sqlx::types::Uuid;
 use sqlx::{Connection as _, Row as _};
 use tessera_core::guessing::Tally;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
-    SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, AdminScope, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey,
+    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
@@ -132,7 +132,7 @@ const SESSION_ENDED_BEFORE: &str = "(revoked_at < $1 \
 
 const SIGNING_KEY_COLUMNS: &str = "kid, alg, sealed_private, public_jwk, created_at, retired_at";
 
-const ADMIN_KEY_COLUMNS: &str = "id, name, hash, created_at, revoked_at";
+const ADMIN_KEY_COLUMNS: &str = "id, name, hash, created_at, revoked_at, scope";
 
 const OUTBOX_COLUMNS: &str = "id, event_id, endpoint, event_type, body, attempts, \
      next_attempt_at, created_at, last_error";
@@ -381,7 +381,13 @@ fn admin_key_from_row(row: &PgRow) -> Result<AdminKey, StoreError> {
         hash: hash(row, "hash")?,
         created_at: timestamp(row, "created_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
+        scope: scope(row)?,
     })
+}
+
+fn scope(row: &PgRow) -> Result<AdminScope, StoreError> {
+    let text: String = get(row, "scope")?;
+    AdminScope::parse(&text).ok_or_else(|| corrupt("scope", format!("{text:?}")))
 }
 
 fn queued_from_row(row: &PgRow) -> Result<QueuedMessage, StoreError> {
@@ -825,13 +831,14 @@ impl StoreTx for PostgresTx {
     async fn insert_admin_key(&mut self, key: &AdminKey) -> Result<(), StoreError> {
         tracked!(self, |conn| {
             sqlx::query(&format!(
-                "INSERT INTO admin_keys ({ADMIN_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+                "INSERT INTO admin_keys ({ADMIN_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
             ))
             .bind(key.id.as_uuid())
             .bind(&key.name)
             .bind(key.hash.as_bytes().as_slice())
             .bind(key.created_at.as_unix_millis())
             .bind(key.revoked_at.map(Timestamp::as_unix_millis))
+            .bind(key.scope.as_str())
             .execute(conn)
             .await
             .map_err(|err| insert_failed(err, |_| "admin_key"))?;

@@ -30,8 +30,8 @@ use sqlx::sqlite::{
 use sqlx::Row as _;
 use tessera_core::guessing::Tally;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
-    SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, AdminScope, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey,
+    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
 };
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
@@ -319,7 +319,13 @@ fn admin_key_from_row(row: &SqliteRow) -> Result<AdminKey, StoreError> {
         hash: hash(row, "hash")?,
         created_at: timestamp(row, "created_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
+        scope: scope(row)?,
     })
+}
+
+fn scope(row: &SqliteRow) -> Result<AdminScope, StoreError> {
+    let text: String = get(row, "scope")?;
+    AdminScope::parse(&text).ok_or_else(|| corrupt("scope", format!("{text:?}")))
 }
 
 fn queued_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
@@ -752,14 +758,15 @@ impl StoreTx for SqliteTx {
     async fn insert_admin_key(&mut self, key: &AdminKey) -> Result<(), StoreError> {
         tracked!(self, |conn| {
             sqlx::query(
-                "INSERT INTO admin_keys (id, name, hash, created_at, revoked_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO admin_keys (id, name, hash, created_at, revoked_at, scope) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .bind(key.id.to_string())
             .bind(&key.name)
             .bind(key.hash.as_bytes().as_slice())
             .bind(key.created_at.as_unix_millis())
             .bind(key.revoked_at.map(Timestamp::as_unix_millis))
+            .bind(key.scope.as_str())
             .execute(conn)
             .await
             .map_err(|err| insert_failed(err, |_| "admin_key"))?;

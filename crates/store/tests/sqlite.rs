@@ -293,3 +293,48 @@ async fn second_resolution_databases_migrate_to_milliseconds() {
         .await
         .unwrap());
 }
+
+/// An admin key made before keys had scopes could do everything; after the migration it is an
+/// `admin` key, so upgrading locks no operator out and widens no key.
+#[tokio::test]
+async fn keys_made_before_scopes_become_admin_keys() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use tessera_core::model::{AdminKeyId, AdminScope};
+    use tessera_core::store::AdminKeyStore as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    let mut before = sqlx::migrate!("./migrations/sqlite");
+    let kept: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 6)
+        .cloned()
+        .collect();
+    before.migrations = kept.into();
+    before.run(&pool).await.unwrap();
+
+    let (id, hash) = (AdminKeyId::new(), SessionSecret::generate().to_hash());
+    sqlx::query(
+        "INSERT INTO admin_keys (id, name, hash, created_at, revoked_at) \
+         VALUES (?1, 'old', ?2, 1700000000000, NULL)",
+    )
+    .bind(id.to_string())
+    .bind(hash.as_bytes().as_slice())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let key = store.find_live_admin_key(&hash).await.unwrap().unwrap();
+    assert_eq!(key.id, id);
+    assert_eq!(key.scope, AdminScope::Admin);
+}

@@ -10,7 +10,7 @@ use super::{key_error, Tessera};
 use crate::config::Config;
 use crate::error::AuthError;
 use crate::keys::{KeyRing, MasterKey, SigningKey};
-use crate::model::{AdminKey, AdminKeyId, RevocationEvent, SealedKey, Timestamp};
+use crate::model::{AdminKey, AdminKeyId, AdminScope, RevocationEvent, SealedKey, Timestamp};
 use crate::secret::AdminSecret;
 use crate::store::Store;
 
@@ -77,8 +77,13 @@ impl Tessera {
         Ok(())
     }
 
-    /// Creates an admin API key; the secret is returned once and only its hash is kept.
-    pub async fn create_admin_key(&self, name: &str) -> Result<(AdminKey, AdminSecret), AuthError> {
+    /// Creates an API key limited to `scope` (`Admin` has every scope); the secret is returned
+    /// once and only its hash is kept.
+    pub async fn create_admin_key(
+        &self,
+        name: &str,
+        scope: AdminScope,
+    ) -> Result<(AdminKey, AdminSecret), AuthError> {
         let secret = AdminSecret::generate();
         let key = AdminKey {
             id: AdminKeyId::new(),
@@ -86,11 +91,12 @@ impl Tessera {
             hash: secret.to_hash(),
             created_at: Timestamp::now(),
             revoked_at: None,
+            scope,
         };
         let mut tx = self.store.begin().await?;
         tx.insert_admin_key(&key).await?;
         tx.commit().await?;
-        info!(admin_key = %key.id, name = %key.name, "admin key created");
+        info!(admin_key = %key.id, name = %key.name, scope = %key.scope, "admin key created");
         Ok((key, secret))
     }
 
@@ -106,11 +112,24 @@ impl Tessera {
         Ok(())
     }
 
-    pub async fn authenticate_admin(&self, secret: &AdminSecret) -> Result<AdminKey, AuthError> {
-        self.store
+    /// The live API key behind `secret`, if its scope covers `needed`. An unknown or revoked
+    /// key is `Unauthenticated`; a live key without the scope is `InsufficientScope`, so the
+    /// caller learns to use another key rather than that its key is dead.
+    pub async fn authenticate_admin(
+        &self,
+        secret: &AdminSecret,
+        needed: AdminScope,
+    ) -> Result<AdminKey, AuthError> {
+        let key = self
+            .store
             .find_live_admin_key(&secret.to_hash())
             .await?
-            .ok_or(AuthError::Unauthenticated)
+            .ok_or(AuthError::Unauthenticated)?;
+        if key.allows(needed) {
+            Ok(key)
+        } else {
+            Err(AuthError::InsufficientScope(needed))
+        }
     }
 }
 

@@ -361,6 +361,18 @@ impl Tessera {
         &self.cache
     }
 
+    /// Up to `limit` entries of the revocation log after position `after`, oldest first: what
+    /// `GET /v1/revocations` streams to resource servers that verify tokens offline. Read from
+    /// the log itself rather than this node's cache, so a stream resumed on another node from
+    /// the same position misses nothing.
+    pub async fn revocations_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Timestamp, RevocationEvent)>, AuthError> {
+        Ok(self.store.events_after(after, limit).await?)
+    }
+
     /// `session.revoked` messages with `reason` for the configured webhooks; nothing to queue
     /// when none subscribes.
     fn revocation_plan(&self, reason: RevokeReason) -> WebhookPlan {

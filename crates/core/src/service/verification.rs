@@ -31,6 +31,9 @@ pub enum RefusalReason {
     EpochPassed,
     /// The token's `jti` is denylisted (RFC 7009).
     JtiDenied,
+    /// A cookie request the proxy reports as unsafe (POST, PUT, PATCH, DELETE) came from an
+    /// origin outside `allowed_origins`: cross-site request forgery through the proxy.
+    OriginNotAllowed,
     /// The store could not be asked: no yes without it (SPEC §7).
     Unavailable,
     /// Any other failure to authenticate.
@@ -73,7 +76,7 @@ impl From<&VerifyError> for TokenFault {
 
 impl RefusalReason {
     /// Every reason, so a metrics layer can register a bounded label set up front.
-    pub const ALL: [RefusalReason; 18] = [
+    pub const ALL: [RefusalReason; 19] = [
         Self::MissingCredential,
         Self::Token(TokenFault::TooLarge),
         Self::Token(TokenFault::Malformed),
@@ -90,6 +93,7 @@ impl RefusalReason {
         Self::SessionRevoked,
         Self::EpochPassed,
         Self::JtiDenied,
+        Self::OriginNotAllowed,
         Self::Unavailable,
         Self::Unauthenticated,
     ];
@@ -115,6 +119,7 @@ impl RefusalReason {
             Self::SessionRevoked => "session_revoked",
             Self::EpochPassed => "epoch_passed",
             Self::JtiDenied => "jti_denied",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::Unavailable => "unavailable",
             Self::Unauthenticated => "unauthenticated",
         }

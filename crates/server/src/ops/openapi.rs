@@ -29,7 +29,7 @@ use crate::AppState;
         (name = "users", description = "Sign-up and browser sessions (cookie)"),
         (name = "tokens", description = "OAuth2-shaped token endpoints and key publication"),
         (name = "verify", description = "Forward-auth for reverse proxies"),
-        (name = "admin", description = "Administration with an admin API key"),
+        (name = "admin", description = "Administration with an API key of the `admin` scope"),
         (name = "operations", description = "Health, readiness and this document (metrics are served on `metrics_listen`)"),
     )
 )]
@@ -73,8 +73,12 @@ pub fn finish_document(mut doc: OpenApiDocument, config: &Config) -> OpenApiDocu
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some(
-                    "An admin API key created with `tessera admin-key create`. A user's access \
-                     token is never an admin credential.",
+                    "An API key created with `tessera admin-key create --scope SCOPE`. Each \
+                     operation names the scope it needs: `admin` (every `/v1/admin/*` route; an \
+                     admin key has every scope), `introspect` (`POST /oauth2/introspect`) or \
+                     `revocations` (`GET /v1/revocations`). A valid key without that scope gets \
+                     403 `insufficient_scope` (RFC 6750 §3.1). A user's access token is never \
+                     an API key.",
                 ))
                 .build(),
         ),
