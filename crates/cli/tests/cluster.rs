@@ -21,9 +21,11 @@ const LAG_BOUND: Duration = Duration::from_secs(1);
 struct Cluster {
     nodes: Vec<Server>,
     admin_key: String,
+    /// The flags every node was started with, to start one again.
+    args: Vec<String>,
     // Dropped after the servers.
     _database: FreshDatabase,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Three nodes on a fresh database, started at once, each ready (`/readyz` 200: store
@@ -53,8 +55,9 @@ async fn cluster(database: FreshDatabase, url: &str, extra: &[&str]) -> Cluster 
     Cluster {
         nodes,
         admin_key,
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
         _database: database,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -467,4 +470,41 @@ async fn losing_postgres_fails_closed_and_recovers_without_a_restart() {
     }
     assert_eq!(refresh(&client, b, &refresh_token).await.status(), 200);
     grant(&client, a, email).await;
+}
+
+/// A node killed with `kill -9` and started again catches up: a revocation made while it was
+/// down is refused there as soon as it is ready, and the feed reaches it again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_catches_up_with_what_it_missed() {
+    let Some(database) =
+        FreshDatabase::for_test("a_node_killed_and_restarted_catches_up_with_what_it_missed").await
+    else {
+        return;
+    };
+    let url = database.url().to_owned();
+    let mut cluster = cluster(database, &url, &[]).await;
+    let client = reqwest::Client::new();
+    let email = "restarted@example.com";
+    sign_up(&client, &cluster.nodes[0], email).await;
+    let (missed, _) = grant(&client, &cluster.nodes[0], email).await;
+    let (later, _) = grant(&client, &cluster.nodes[0], email).await;
+    assert_eq!(
+        verify_bearer(&client, &cluster.nodes[2], &missed).await,
+        200
+    );
+
+    cluster.nodes[2].kill();
+    revoke(&client, &cluster.nodes[0], &missed).await;
+    let args: Vec<&str> = cluster.args.iter().map(String::as_str).collect();
+    let restarted = serve_with(cluster.dir.path(), "warn", &args).await;
+    ready(&restarted, 200, Duration::from_secs(20)).await;
+    assert_eq!(verify_bearer(&client, &restarted, &missed).await, 401);
+    assert_eq!(verify_bearer(&client, &restarted, &later).await, 200);
+
+    revoke(&client, &cluster.nodes[1], &later).await;
+    let lag = refused_on([&restarted], |node| verify_bearer(&client, node, &later)).await;
+    assert!(
+        lag < LAG_BOUND,
+        "refused on the restarted node after {lag:?}"
+    );
 }

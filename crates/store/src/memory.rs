@@ -181,6 +181,15 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Guessing tallies held, expired ones not yet swept included: what they cost in memory.
+    pub fn tallies_held(&self) -> usize {
+        self.tallies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live
+            .len()
+    }
+
     /// The committed state, for one lookup: never hold the guard across an `.await`.
     fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
         self.committed.read().map_err(poisoned)
