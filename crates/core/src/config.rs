@@ -1,14 +1,20 @@
 //! Configuration per SPEC §2: every setting has one key, read from the TOML file, then the
 //! environment (`TESSERA_` + KEY), then `serve` flags (`--key-with-dashes`); later sources win.
-//! Every layer is a map from key to raw value and one parser per key turns the winner into a
-//! typed value, so the three sources cannot drift apart and every error names the key and
-//! where its value came from.
+//! Each source is a `figment` provider of raw values; figment layers them and tags every
+//! value with the metadata of its source. One parser per key turns the winner into a typed
+//! value, so the three sources cannot drift apart and every error names the key and where its
+//! value came from. The sources are read here rather than by figment's own `Toml` and `Env`
+//! providers: the file must refuse unknown keys with a one-line message, and environment
+//! values must stay text (figment's `Env` would turn `[a]` into a list and `1` into a number)
+//! and be read through a lookup that tests can replace.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 
 use crate::keys::Algorithm;
 use crate::url::{origin_of, redact_url};
@@ -57,24 +63,28 @@ pub const SETTINGS: &[Setting] = &[
 /// form. `[[webhooks]]` (SPEC §3): each table has `url`, `secret` and `events`.
 pub const FILE_ONLY: &[&str] = &["webhooks"];
 
-/// Where a value came from, for error messages that tell the user what to fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    File(PathBuf),
-    Env,
-    Flag,
+/// One source's values under the metadata that names where they came from: the file by its
+/// path, the environment and the flags by an interpolater that spells a key the way that
+/// source does (`TESSERA_ACCESS_TOKEN_TTL`, `--access-token-ttl`).
+struct Layer {
+    metadata: Metadata,
+    values: Dict,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Raw {
-    Text(String),
-    Toml(toml::Value),
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
 }
 
-/// One source's settings, not yet interpreted.
+/// One or more sources' settings, layered but not yet interpreted.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigLayer {
-    values: BTreeMap<&'static str, (Source, Raw)>,
+    figment: Figment,
 }
 
 /// One clear line naming the key (SPEC §2).
@@ -83,28 +93,27 @@ pub struct ConfigLayer {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn invalid(key: &str, source: &Source, expected: &str) -> Self {
+    fn invalid(key: &str, source: &Metadata, expected: &str) -> Self {
         Self(format!(
             "invalid value for `{key}` ({}): expected {expected}",
             from(key, source)
         ))
     }
 
-    fn missing(key: &str, source: &Source) -> Self {
+    fn missing(key: &str, source: &Metadata) -> Self {
         Self(format!("missing key `{key}` {}", from(key, source)))
     }
 
-    fn unknown(key: &str, source: &Source) -> Self {
+    fn unknown(key: &str, source: &Metadata) -> Self {
         Self(format!("unknown key `{key}` {}", from(key, source)))
     }
 }
 
 /// Where a key's value was read, as an error message names it.
-fn from(key: &str, source: &Source) -> String {
-    match source {
-        Source::File(path) => format!("in {}", path.display()),
-        Source::Env => format!("from {}", env_name(key)),
-        Source::Flag => format!("from --{}", key.replace('_', "-")),
+fn from(key: &str, source: &Metadata) -> String {
+    match &source.source {
+        Some(figment::Source::File(path)) => format!("in {}", path.display()),
+        _ => format!("from {}", source.interpolate(&Profile::Default, &[key])),
     }
 }
 
@@ -120,7 +129,49 @@ pub fn env_name(key: &str) -> String {
     format!("TESSERA_{}", key.to_ascii_uppercase())
 }
 
+/// Items of a list setting: a TOML array of strings, or comma-separated text.
+fn list(value: &Value) -> Option<Vec<String>> {
+    match value {
+        Value::String(_, text) => Some(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Value::Array(_, items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// A value as the user wrote it, for an error message that quotes it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(_, text) => text.clone(),
+        Value::Char(_, c) => c.to_string(),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, n) => n
+            .to_i128()
+            .map(|n| n.to_string())
+            .or_else(|| n.to_u128().map(|n| n.to_string()))
+            .or_else(|| n.to_f64().map(|n| n.to_string()))
+            .unwrap_or_default(),
+        Value::Array(..) => "a list".to_owned(),
+        Value::Dict(..) => "a table".to_owned(),
+        Value::Empty(..) => "nothing".to_owned(),
+    }
+}
+
 impl ConfigLayer {
+    fn of(metadata: Metadata, values: Dict) -> Self {
+        Self {
+            figment: Figment::from(Layer { metadata, values }),
+        }
+    }
+
     /// Parses a TOML file's text. Unknown keys are refused so a typo cannot silently leave a
     /// default in force.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -131,19 +182,17 @@ impl ConfigLayer {
                 e.message()
             ))
         })?;
-        let mut layer = Self::default();
-        for (key, value) in table {
-            let Some(key) = known_in_file(&key) else {
-                return Err(ConfigError(format!(
-                    "unknown key `{key}` in {}",
-                    path.display()
-                )));
-            };
-            layer
-                .values
-                .insert(key, (Source::File(path.to_owned()), Raw::Toml(value)));
+        if let Some(key) = table.keys().find(|key| known_in_file(key).is_none()) {
+            return Err(ConfigError(format!(
+                "unknown key `{key}` in {}",
+                path.display()
+            )));
         }
-        Ok(layer)
+        let values = Value::serialize(&table)
+            .ok()
+            .and_then(Value::into_dict)
+            .ok_or_else(|| ConfigError(format!("{}: not a TOML table", path.display())))?;
+        Ok(Self::of(Metadata::from("TOML file", path), values))
     }
 
     /// Reads `path`; a missing file is an empty layer only when `required` is false (the
@@ -160,51 +209,61 @@ impl ConfigLayer {
     }
 
     /// `TESSERA_<KEY>` for every key, looked up through `lookup` (the process environment in
-    /// production, a map in tests).
+    /// production, a map in tests). Values stay text, as the per-key parsers expect, and
+    /// variables that are not settings are not read at all.
     pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let mut layer = Self::default();
-        for setting in SETTINGS {
-            if let Some(value) = lookup(&env_name(setting.key)) {
-                layer
-                    .values
-                    .insert(setting.key, (Source::Env, Raw::Text(value)));
-            }
-        }
-        layer
+        let values = SETTINGS
+            .iter()
+            .filter_map(|s| lookup(&env_name(s.key)).map(|v| (s.key.to_owned(), Value::from(v))))
+            .collect();
+        let metadata = Metadata::named("environment variable")
+            .interpolater(|_: &Profile, keys: &[&str]| env_name(&keys.join(".")));
+        Self::of(metadata, values)
     }
 
     /// Key/value pairs given as command-line flags.
     pub fn from_flags<'a>(
         pairs: impl IntoIterator<Item = (&'a str, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut layer = Self::default();
+        let mut values = Dict::new();
         for (key, value) in pairs {
             let Some(key) = known(key) else {
                 return Err(ConfigError(format!("unknown setting `{key}`")));
             };
-            layer.values.insert(key, (Source::Flag, Raw::Text(value)));
+            values.insert(key.to_owned(), Value::from(value));
         }
-        Ok(layer)
+        let metadata =
+            Metadata::named("command-line flag").interpolater(|_: &Profile, keys: &[&str]| {
+                format!("--{}", keys.join(".").replace('_', "-"))
+            });
+        Ok(Self::of(metadata, values))
     }
 
     /// `self` over `lower`: each key `self` sets wins.
     #[must_use]
-    pub fn over(mut self, lower: Self) -> Self {
-        for (key, value) in lower.values {
-            self.values.entry(key).or_insert(value);
+    pub fn over(self, lower: Self) -> Self {
+        Self {
+            figment: lower.figment.merge(self.figment),
         }
-        self
     }
 
-    fn text(&self, key: &'static str) -> Result<Option<(String, &Source)>, ConfigError> {
-        match self.values.get(key) {
+    /// The winning value of `key` and the metadata of the source it came from.
+    fn value(&self, key: &str) -> Option<(Value, &Metadata)> {
+        let value = self.figment.find_value(key).ok()?;
+        let source = self.figment.get_metadata(value.tag())?;
+        Some((value, source))
+    }
+
+    fn text(&self, key: &'static str) -> Result<Option<(String, &Metadata)>, ConfigError> {
+        match self.value(key) {
             None => Ok(None),
-            Some((source, Raw::Text(text) | Raw::Toml(toml::Value::String(text)))) => {
-                Ok(Some((text.trim().to_owned(), source)))
-            }
-            Some((source, Raw::Toml(toml::Value::Integer(n)))) => Ok(Some((n.to_string(), source))),
-            Some((source, Raw::Toml(toml::Value::Boolean(b)))) => Ok(Some((b.to_string(), source))),
-            Some((source, Raw::Toml(_))) => Err(ConfigError::invalid(key, source, "a string")),
+            Some((Value::String(_, text), source)) => Ok(Some((text.trim().to_owned(), source))),
+            Some((Value::Num(_, n), source)) => match n.to_i128() {
+                Some(n) => Ok(Some((n.to_string(), source))),
+                None => Err(ConfigError::invalid(key, source, "a string")),
+            },
+            Some((Value::Bool(_, b), source)) => Ok(Some((b.to_string(), source))),
+            Some((_, source)) => Err(ConfigError::invalid(key, source, "a string")),
         }
     }
 
@@ -313,22 +372,11 @@ impl ConfigLayer {
 
     fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         const EXPECTED: &str = "CIDRs such as 10.0.0.0/8 or addresses, comma-separated";
-        let Some((source, raw)) = self.values.get("trusted_proxies") else {
+        let Some((value, source)) = self.value("trusted_proxies") else {
             return Ok(Vec::new());
         };
-        let items: Vec<&str> = match raw {
-            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect(),
-            Raw::Toml(toml::Value::Array(items)) => items
-                .iter()
-                .map(toml::Value::as_str)
-                .collect::<Option<_>>()
-                .ok_or_else(|| ConfigError::invalid("trusted_proxies", source, EXPECTED))?,
-            Raw::Toml(_) => return Err(ConfigError::invalid("trusted_proxies", source, EXPECTED)),
-        };
+        let items = list(&value)
+            .ok_or_else(|| ConfigError::invalid("trusted_proxies", source, EXPECTED))?;
         items
             .iter()
             .map(|item| {
@@ -360,23 +408,11 @@ impl ConfigLayer {
     fn origins(&self) -> Result<Option<Vec<String>>, ConfigError> {
         const EXPECTED: &str =
             "origins such as https://app.example.com (scheme://host[:port], comma-separated)";
-        let Some((source, raw)) = self.values.get("allowed_origins") else {
+        let Some((value, source)) = self.value("allowed_origins") else {
             return Ok(None);
         };
-        let items: Vec<String> = match raw {
-            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            Raw::Toml(toml::Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or_else(|| ConfigError::invalid("allowed_origins", source, EXPECTED))?,
-            Raw::Toml(_) => return Err(ConfigError::invalid("allowed_origins", source, EXPECTED)),
-        };
+        let items = list(&value)
+            .ok_or_else(|| ConfigError::invalid("allowed_origins", source, EXPECTED))?;
         items
             .iter()
             .map(|item| {
@@ -391,10 +427,10 @@ impl ConfigLayer {
     /// field, `webhooks[1].events`, as they count in the file from 0.
     fn webhooks(&self) -> Result<Vec<Webhook>, ConfigError> {
         const FIELDS: [&str; 3] = ["url", "secret", "events"];
-        let Some((source, raw)) = self.values.get("webhooks") else {
+        let Some((value, source)) = self.value("webhooks") else {
             return Ok(Vec::new());
         };
-        let Raw::Toml(toml::Value::Array(tables)) = raw else {
+        let Value::Array(_, tables) = value else {
             return Err(ConfigError::invalid(
                 "webhooks",
                 source,
@@ -404,7 +440,7 @@ impl ConfigLayer {
         let mut webhooks: Vec<Webhook> = Vec::with_capacity(tables.len());
         for (i, table) in tables.iter().enumerate() {
             let key = |field: &str| format!("webhooks[{i}].{field}");
-            let Some(table) = table.as_table() else {
+            let Some(table) = table.as_dict() else {
                 return Err(ConfigError::invalid(
                     &format!("webhooks[{i}]"),
                     source,
@@ -416,7 +452,7 @@ impl ConfigLayer {
             }
             let text = |field: &str| match table.get(field) {
                 None => Err(ConfigError::missing(&key(field), source)),
-                Some(toml::Value::String(text)) => Ok(text.as_str()),
+                Some(Value::String(_, text)) => Ok(text.as_str()),
                 Some(_) => Err(ConfigError::invalid(&key(field), source, "a string")),
             };
             let url = text("url")?.trim();
@@ -448,11 +484,9 @@ impl ConfigLayer {
                 return Err(ConfigError::missing(&key("events"), source));
             };
             let mut events = Vec::new();
-            for item in listed.as_array().map(Vec::as_slice).unwrap_or_default() {
+            for item in listed.as_array().unwrap_or_default() {
                 let Some(event) = item.as_str().and_then(EventType::parse) else {
-                    let shown = item
-                        .as_str()
-                        .map_or_else(|| item.to_string(), str::to_owned);
+                    let shown = shown(item);
                     return Err(ConfigError::invalid(
                         &key("events"),
                         source,
@@ -883,6 +917,51 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_source_that_won_the_layering() {
+        let layered = |file_text: &str, env: Option<&str>, flag: Option<&str>| {
+            let env = ConfigLayer::from_env(|n| {
+                (n == "TESSERA_ACCESS_TOKEN_TTL")
+                    .then(|| env.map(str::to_owned))
+                    .flatten()
+            });
+            let flags =
+                ConfigLayer::from_flags(flag.map(|v| ("access_token_ttl", v.to_owned()))).unwrap();
+            flags.over(env.over(file(file_text))).resolve()
+        };
+        let expected = "expected a duration of whole seconds such as 15m, 30d or 10s";
+        let err = layered("access_token_ttl = \"soon\"", Some("1m"), Some("1500ms")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("invalid value for `access_token_ttl` (from --access-token-ttl): {expected}"),
+            "flag wins, so a bad flag is what is named"
+        );
+        let err = layered("access_token_ttl = \"1m\"", Some("soon"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid value for `access_token_ttl` (from TESSERA_ACCESS_TOKEN_TTL): {expected}"
+            )
+        );
+        let err = layered("audience = \"a\"\naccess_token_ttl = 60", None, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("invalid value for `access_token_ttl` (in tessera.toml): {expected}"),
+            "an integer in the file is read as text, and a bare 60 is no duration"
+        );
+        let config = layered("access_token_ttl = \"soon\"", Some("2m"), None).unwrap();
+        assert_eq!(
+            config.access_token_ttl,
+            Duration::from_secs(120),
+            "a bad value that loses the layering is never read"
+        );
+        let err = file("listen = 1.5").resolve().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid value for `listen` (in tessera.toml): expected a string"
+        );
     }
 
     #[test]
