@@ -321,3 +321,54 @@ impl IntoResponse for OAuthError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn busy() -> AuthError {
+        AuthError::Busy {
+            retry_after: Duration::from_millis(1_500),
+        }
+    }
+
+    #[tokio::test]
+    async fn hashing_at_capacity_is_a_503_with_retry_after_in_the_api_shape() {
+        let response = ApiError::from(busy()).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let body = body(response).await;
+        assert_eq!(body["error"], "unavailable");
+        assert!(
+            body["message"].as_str().unwrap().contains("try again in"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashing_at_capacity_is_a_503_with_retry_after_in_the_oauth_shape() {
+        let response = OAuthError::from(busy()).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let body = body(response).await;
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("Retry-After"),
+            "{body}"
+        );
+    }
+}
