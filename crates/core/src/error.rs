@@ -38,6 +38,11 @@ pub enum AuthError {
     /// Past a guessing limit (SPEC §2): refused before any password work.
     #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
     TooManyAttempts { retry_after: std::time::Duration },
+    /// Every password-hashing thread is taken and the queue is full, or a login waited in it
+    /// too long: refused with a hint to retry, so a login burst gets quick answers and the
+    /// server keeps a core for everything else.
+    #[error("too many sign-ins are being checked at once; try again in {} s", retry_after.as_secs().max(1))]
+    Busy { retry_after: std::time::Duration },
     /// The active signing key cannot be withdrawn: nothing could sign (rotate first).
     #[error("the active signing key cannot be withdrawn; rotate first")]
     ActiveKey,

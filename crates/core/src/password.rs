@@ -1,11 +1,15 @@
-//! Password hashing: argon2id with the OWASP parameters (m = 19 456 KiB, t = 2, p = 1), run
-//! off the async executor on a bounded pool so a burst of logins cannot stall verification.
+//! Password hashing: argon2id with the OWASP parameters (m = 19 456 KiB, t = 2, p = 1), run on
+//! a small pool of threads of its own, each reusing one argon2 memory area, so a burst of logins
+//! can neither take every core from verification nor leave ~19 MiB behind per thread it touched.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use tokio::sync::oneshot;
 
 use zeroize::Zeroizing;
 
@@ -57,41 +61,251 @@ pub fn check_policy(password: &Password, email: &Email) -> Result<(), AuthError>
     Ok(())
 }
 
-fn argon2() -> Result<Argon2<'static>, AuthError> {
-    let params = Params::new(19_456, 2, 1, None).map_err(|e| AuthError::Key(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+/// The parameters every new hash is made with (OWASP's argon2id recommendation).
+const M_COST_KIB: u32 = 19_456;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+
+/// Argon2 works in 1 KiB blocks: the memory a hashing thread keeps for today's parameters.
+const KEPT_BLOCKS: usize = M_COST_KIB as usize;
+
+/// Logins that may wait per hashing thread before new ones are refused outright: at tens of
+/// milliseconds a hash, a full queue drains in about a second or two.
+const QUEUE_PER_THREAD: usize = 32;
+
+/// A job still waiting for a thread after this long is refused when its turn comes rather than
+/// hashed: its client has likely given up, and hashing it would only delay the jobs behind it.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+fn params() -> Result<Params, AuthError> {
+    Params::new(M_COST_KIB, T_COST, P_COST, None).map_err(|e| AuthError::Key(e.to_string()))
 }
 
-/// Hashes and verifies on blocking threads, at most `permits` at a time: each hash holds
-/// ~19 MiB and a core for tens of milliseconds, so an unbounded burst would exhaust both.
+/// How many threads hash on a machine with `cores` cores: one fewer, at least one. However
+/// many logins arrive, a core is left for verification and the rest of the API (on a single
+/// core the operating system has to share it).
+pub fn pool_size(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
+/// How much a [`PasswordHasher`] takes on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Threads that hash, each keeping one argon2 memory area (~19 MiB).
+    pub threads: usize,
+    /// Jobs that may wait for a thread; past it a job is refused at once.
+    pub queue: usize,
+    /// A job that waited longer than this is refused when its turn comes.
+    pub max_wait: Duration,
+}
+
+impl PoolLimits {
+    pub fn for_threads(threads: usize) -> Self {
+        let threads = threads.max(1);
+        Self {
+            threads,
+            queue: threads * QUEUE_PER_THREAD,
+            max_wait: MAX_QUEUE_WAIT,
+        }
+    }
+
+    /// What a refused client is told to wait: by then the queue it met has drained.
+    fn retry_after(&self) -> Duration {
+        self.max_wait.max(Duration::from_secs(1))
+    }
+}
+
+/// A hashing thread's argon2 memory, kept from one job to the next: freed after every hash,
+/// ~19 MiB per thread stayed with the allocator anyway, once for every thread that ever hashed.
+#[derive(Default)]
+struct Memory {
+    blocks: Vec<Block>,
+}
+
+impl Memory {
+    fn with_blocks<R>(&mut self, needed: usize, f: impl FnOnce(&mut [Block]) -> R) -> R {
+        if needed > KEPT_BLOCKS {
+            // A hash stored under costlier settings than today's: its memory is not kept.
+            return f(&mut vec![Block::default(); needed]);
+        }
+        if self.blocks.len() < needed {
+            // Argon2 overwrites every block it uses, so the area is reused without clearing.
+            self.blocks = vec![Block::default(); KEPT_BLOCKS];
+        }
+        f(&mut self.blocks)
+    }
+}
+
+/// Work for a hashing thread: given the thread's memory, or `None` when it waited too long
+/// (it then answers that the hasher is busy).
+type Work = Box<dyn FnOnce(Option<&mut Memory>) + Send>;
+
+struct Job {
+    queued_at: Instant,
+    work: Work,
+}
+
+#[derive(Default)]
+struct Gauge {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Threads of its own, not tokio's blocking pool: that pool grows to hundreds of threads, each
+/// of which would keep an argon2 memory area, and would let logins take every core.
+struct Pool {
+    jobs: SyncSender<Job>,
+    limits: PoolLimits,
+    gauge: Arc<Gauge>,
+}
+
+impl Pool {
+    fn start(limits: PoolLimits) -> Result<Self, AuthError> {
+        let (jobs, queue) = sync_channel(limits.queue);
+        let queue = Arc::new(Mutex::new(queue));
+        let gauge = Arc::new(Gauge::default());
+        for _ in 0..limits.threads {
+            let (queue, gauge) = (Arc::clone(&queue), Arc::clone(&gauge));
+            std::thread::Builder::new()
+                .name("password-hash".into())
+                .spawn(move || work(&queue, &gauge, limits.max_wait))
+                .map_err(|e| AuthError::Key(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Self {
+            jobs,
+            limits,
+            gauge,
+        })
+    }
+
+    fn busy(&self) -> AuthError {
+        AuthError::Busy {
+            retry_after: self.limits.retry_after(),
+        }
+    }
+
+    fn submit(&self, work: Work) -> Result<(), AuthError> {
+        let job = Job {
+            queued_at: Instant::now(),
+            work,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(self.busy()),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(AuthError::Key("the hashing threads stopped".into()))
+            }
+        }
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, AuthError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Memory) -> Result<T, AuthError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let busy = self.busy();
+        self.submit(Box::new(move |memory| {
+            // A caller that went away (its client hung up) needs no hash: skip the work.
+            if reply.is_closed() {
+                return;
+            }
+            let _ = reply.send(memory.map_or(Err(busy), f));
+        }))?;
+        answer
+            .await
+            .map_err(|_| AuthError::Key("a hashing job failed".into()))?
+    }
+
+    /// As [`run`](Self::run), for callers outside the async executor.
+    fn run_blocking<T, F>(&self, f: F) -> Result<T, AuthError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Memory) -> Result<T, AuthError> + Send + 'static,
+    {
+        let (reply, answer) = sync_channel(1);
+        let busy = self.busy();
+        self.submit(Box::new(move |memory| {
+            let _ = reply.send(memory.map_or(Err(busy), f));
+        }))?;
+        answer
+            .recv()
+            .map_err(|_| AuthError::Key("a hashing job failed".into()))?
+    }
+}
+
+/// A hashing thread: takes jobs until every [`PasswordHasher`] sharing the pool is gone.
+fn work(queue: &Mutex<Receiver<Job>>, gauge: &Gauge, max_wait: Duration) {
+    let mut memory = Memory::default();
+    loop {
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else {
+            return;
+        };
+        if job.queued_at.elapsed() > max_wait {
+            (job.work)(None);
+            continue;
+        }
+        let running = gauge.running.fetch_add(1, Ordering::SeqCst) + 1;
+        gauge.peak.fetch_max(running, Ordering::SeqCst);
+        // A job that panics drops its reply (its caller sees an error); the thread lives on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (job.work)(Some(&mut memory));
+        }));
+        gauge.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Hashes and verifies on a pool of [`PoolLimits::threads`] threads; a login that finds the
+/// queue full, or waits too long in it, is refused with [`AuthError::Busy`].
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
+    pool: Arc<Pool>,
     /// A real hash of a random password: unknown emails are verified against it so that they
     /// take as long as a wrong password (no account enumeration by timing).
     dummy_hash: Arc<str>,
 }
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize) -> Result<Self, AuthError> {
+    /// `threads` hashing threads (see [`pool_size`]) with the default queue limits; blocks
+    /// while the dummy hash is made.
+    pub fn new(threads: usize) -> Result<Self, AuthError> {
+        Self::with_limits(PoolLimits::for_threads(threads))
+    }
+
+    pub fn with_limits(limits: PoolLimits) -> Result<Self, AuthError> {
+        let pool = Arc::new(Pool::start(limits)?);
         let dummy = crate::secret::SessionSecret::generate();
-        let dummy_hash = hash_blocking(&Password::new(dummy.expose_secret().to_owned()))?;
+        let dummy = Password::new(dummy.expose_secret().to_owned());
+        let dummy_hash = pool.run_blocking(move |memory| hash_with(memory, &dummy))?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            pool,
             dummy_hash: dummy_hash.into(),
         })
     }
 
+    pub fn limits(&self) -> PoolLimits {
+        self.pool.limits
+    }
+
+    /// Hashes running right now.
+    pub fn running(&self) -> usize {
+        self.pool.gauge.running.load(Ordering::SeqCst)
+    }
+
+    /// The most hashes that ever ran at once: never more than [`PoolLimits::threads`].
+    pub fn peak_running(&self) -> usize {
+        self.pool.gauge.peak.load(Ordering::SeqCst)
+    }
+
     /// Hashes the NFKC form, the one every later check compares first.
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
-        let _permit = self
-            .permits
-            .acquire()
+        self.pool
+            .run(move |memory| hash_with(memory, &password.nfkc()))
             .await
-            .map_err(|_| AuthError::Key("hasher closed".into()))?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password.nfkc()))
-            .await
-            .map_err(|e| AuthError::Key(format!("hashing task failed: {e}")))?
     }
 
     /// Whether `password` matches; see [`check`](Self::check).
@@ -104,22 +318,18 @@ impl PasswordHasher {
     }
 
     /// Checks `password` against `stored`, which is `None` for an unknown user: the dummy hash
-    /// is checked instead and the answer is always a mismatch.
+    /// is checked instead, through the same queue, and the answer is always a mismatch.
     pub async fn check(
         &self,
         password: Password,
         stored: Option<String>,
     ) -> Result<Verification, AuthError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| AuthError::Key("hasher closed".into()))?;
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let outcome = tokio::task::spawn_blocking(move || check_blocking(&password, &phc))
-            .await
-            .map_err(|e| AuthError::Key(format!("hashing task failed: {e}")))??;
+        let outcome = self
+            .pool
+            .run(move |memory| check_with(memory, &password, &phc))
+            .await?;
         Ok(if known {
             outcome
         } else {
@@ -147,43 +357,280 @@ impl Verification {
     }
 }
 
-fn check_blocking(password: &Password, phc: &str) -> Result<Verification, AuthError> {
+fn check_with(
+    memory: &mut Memory,
+    password: &Password,
+    phc: &str,
+) -> Result<Verification, AuthError> {
     let normalised = password.nfkc();
-    if verify_blocking(&normalised, phc) {
+    if verify_with(memory, &normalised, phc) {
         return Ok(Verification::Match);
     }
     // The form as typed is tried whenever it differs, for known and unknown users alike, so
     // the second verification's cost says nothing about whether the account exists.
-    if normalised.expose_secret() != password.expose_secret() && verify_blocking(password, phc) {
+    if normalised.expose_secret() != password.expose_secret() && verify_with(memory, password, phc)
+    {
         return Ok(Verification::MatchedAsTyped {
-            rehashed: hash_blocking(&normalised)?,
+            rehashed: hash_with(memory, &normalised)?,
         });
     }
     Ok(Verification::Mismatch)
 }
 
-fn hash_blocking(password: &Password) -> Result<String, AuthError> {
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    argon2()?
-        .hash_password(password.expose_secret().as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| AuthError::Key(e.to_string()))
+/// Argon2's raw output over `memory`, for `salt` in its PHC (B64) form.
+fn derive(
+    memory: &mut Memory,
+    argon2: &Argon2<'_>,
+    password: &Password,
+    salt: Salt<'_>,
+    len: usize,
+) -> Result<Output, argon2::password_hash::Error> {
+    let mut buffer = [0u8; Salt::MAX_LENGTH];
+    let salt = salt.decode_b64(&mut buffer)?;
+    memory.with_blocks(argon2.params().block_count(), |blocks| {
+        Output::init_with(len, |out| {
+            argon2
+                .hash_password_into_with_memory(
+                    password.expose_secret().as_bytes(),
+                    salt,
+                    out,
+                    blocks,
+                )
+                .map_err(Into::into)
+        })
+    })
 }
 
-fn verify_blocking(password: &Password, phc: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(phc) else {
-        return false;
+fn hash_with(memory: &mut Memory, password: &Password) -> Result<String, AuthError> {
+    let invalid = |e: argon2::password_hash::Error| AuthError::Key(e.to_string());
+    let params = params()?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let output = derive(
+        memory,
+        &argon2,
+        password,
+        salt.as_salt(),
+        Params::DEFAULT_OUTPUT_LEN,
+    )
+    .map_err(invalid)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(invalid)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
     };
-    // Parameters come from the PHC string, so hashes made under older settings still verify.
-    Argon2::default()
-        .verify_password(password.expose_secret().as_bytes(), &parsed)
-        .is_ok()
+    Ok(hash.to_string())
+}
+
+fn verify_with(memory: &mut Memory, password: &Password, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|parsed| matches_hash(memory, password, &parsed) == Ok(true))
+}
+
+/// Parameters, algorithm and version come from the PHC string, so hashes made under older
+/// settings still verify; the outputs are compared in constant time (`Output`'s `==`).
+fn matches_hash(
+    memory: &mut Memory,
+    password: &Password,
+    parsed: &PasswordHash<'_>,
+) -> Result<bool, argon2::password_hash::Error> {
+    let (Some(salt), Some(expected)) = (parsed.salt, &parsed.hash) else {
+        return Ok(false);
+    };
+    let algorithm = Algorithm::try_from(parsed.algorithm)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()?
+        .unwrap_or_default();
+    let params = Params::try_from(parsed)?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let computed = derive(memory, &argon2, password, salt, expected.len())?;
+    Ok(computed == *expected)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+
+    fn verify_blocking(password: &Password, phc: &str) -> bool {
+        verify_with(&mut Memory::default(), password, phc)
+    }
+
+    fn crate_hash(password: &Password, params: Params) -> String {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.expose_secret().as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn hashes_agree_with_the_crates_phc_api_and_honour_stored_parameters() {
+        let password = Password::new("correct horse".into());
+        let wrong = Password::new("correct horse!".into());
+        let mut memory = Memory::default();
+        let ours = hash_with(&mut memory, &password).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok());
+        assert!(Argon2::default()
+            .verify_password(b"correct horse!", &parsed)
+            .is_err());
+        // Hashes made by the crate, under today's and under other settings (cheaper, costlier
+        // than the memory kept, argon2i), verify over the reused memory with their own.
+        let others = [
+            params().unwrap(),
+            Params::new(8_192, 3, 1, None).unwrap(),
+            Params::new(24_576, 1, 2, Some(16)).unwrap(),
+        ];
+        for params in others {
+            let phc = crate_hash(&password, params);
+            assert!(verify_with(&mut memory, &password, &phc), "{phc}");
+            assert!(!verify_with(&mut memory, &wrong, &phc), "{phc}");
+        }
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, params().unwrap())
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_with(&mut memory, &password, &argon2i));
+        assert!(!verify_with(&mut memory, &wrong, &argon2i));
+        // The memory kept is today's size, whatever the larger hash needed.
+        assert_eq!(memory.blocks.len(), KEPT_BLOCKS);
+        for garbage in ["", "$argon2id$", "not a hash", &ours[..ours.len() - 4]] {
+            assert!(!verify_with(&mut memory, &password, garbage), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn the_pool_leaves_a_core_free() {
+        assert_eq!(pool_size(1), 1);
+        assert_eq!(pool_size(2), 1);
+        assert_eq!(pool_size(8), 7);
+        assert_eq!(pool_size(0), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_more_hashes_run_at_once_than_the_pool_has_threads() {
+        let hasher = PasswordHasher::new(2).unwrap();
+        assert_eq!(hasher.limits().threads, 2);
+        let jobs: Vec<_> = (0..8)
+            .map(|i| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move {
+                    let password = Password::new(format!("correct horse {i}"));
+                    let hash = hasher.hash(password.clone()).await.unwrap();
+                    assert!(hasher.verify(password, Some(hash)).await.unwrap());
+                })
+            })
+            .collect();
+        for job in jobs {
+            job.await.unwrap();
+        }
+        let peak = hasher.peak_running();
+        assert!((1..=2).contains(&peak), "{peak} hashes ran at once");
+        // On the pool's own threads, not the executor's nor tokio's blocking pool.
+        let thread = hasher
+            .pool
+            .run(|_| Ok(std::thread::current().name().map(str::to_owned)))
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("password-hash"));
+    }
+
+    /// Occupies the pool's only thread until the returned sender is dropped or sent to.
+    fn hold_the_thread(hasher: &PasswordHasher) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel();
+        hasher
+            .pool
+            .submit(Box::new(move |_| {
+                started.send(()).unwrap();
+                let _ = held.recv();
+            }))
+            .unwrap();
+        running.recv().unwrap();
+        release
+    }
+
+    #[tokio::test]
+    async fn a_login_finding_the_queue_full_is_refused_at_once() {
+        let limits = PoolLimits {
+            threads: 1,
+            queue: 1,
+            max_wait: Duration::from_secs(60),
+        };
+        let hasher = PasswordHasher::with_limits(limits).unwrap();
+        let hash = hasher
+            .hash(Password::new("correct horse".into()))
+            .await
+            .unwrap();
+        let release = hold_the_thread(&hasher);
+        let (filler_ran, filler_done) = std::sync::mpsc::channel();
+        hasher
+            .pool
+            .submit(Box::new(move |_| filler_ran.send(()).unwrap()))
+            .unwrap();
+        let refused = hasher
+            .check(Password::new("correct horse".into()), Some(hash.clone()))
+            .await;
+        assert!(
+            matches!(refused, Err(AuthError::Busy { retry_after }) if retry_after >= Duration::from_secs(1)),
+            "{refused:?}"
+        );
+        let refused = hasher.check(Password::new("anything".into()), None).await;
+        assert!(
+            matches!(refused, Err(AuthError::Busy { .. })),
+            "{refused:?}"
+        );
+        let refused = hasher.hash(Password::new("anything".into())).await;
+        assert!(
+            matches!(refused, Err(AuthError::Busy { .. })),
+            "{refused:?}"
+        );
+        // Once the queue has drained, logins are served again.
+        release.send(()).unwrap();
+        filler_done.recv().unwrap();
+        assert!(hasher
+            .verify(Password::new("correct horse".into()), Some(hash))
+            .await
+            .unwrap());
+        assert_eq!(hasher.peak_running(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_login_that_waited_too_long_is_refused_unhashed() {
+        let limits = PoolLimits {
+            threads: 1,
+            queue: 8,
+            max_wait: Duration::from_millis(50),
+        };
+        let hasher = PasswordHasher::with_limits(limits).unwrap();
+        let release = hold_the_thread(&hasher);
+        let waiting = tokio::spawn({
+            let hasher = hasher.clone();
+            async move { hasher.check(Password::new("anything".into()), None).await }
+        });
+        // Long past `max_wait`; the spawned login is queued as soon as this test yields.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        release.send(()).unwrap();
+        let refused = waiting.await.unwrap();
+        assert!(
+            matches!(refused, Err(AuthError::Busy { .. })),
+            "{refused:?}"
+        );
+        // A login that does not wait is served.
+        assert!(!hasher
+            .verify(Password::new("anything".into()), None)
+            .await
+            .unwrap());
+    }
 
     #[tokio::test]
     async fn hash_is_argon2id_with_owasp_parameters_and_verifies() {
@@ -344,8 +791,9 @@ mod tests {
         let hasher = PasswordHasher::new(2).unwrap();
         let typed = Password::new("cre\u{300}me bru\u{302}le\u{301}e".into());
         let composed = Password::new("cr\u{e8}me br\u{fb}l\u{e9}e".into());
-        // As hashes were made before normalisation: from the bytes typed.
-        let legacy = hash_blocking(&typed).unwrap();
+        // As hashes were made before normalisation: from the bytes typed, by the crate's own
+        // PHC API.
+        let legacy = crate_hash(&typed, params().unwrap());
         assert!(!verify_blocking(&composed, &legacy));
         let Verification::MatchedAsTyped { rehashed } = hasher
             .check(typed.clone(), Some(legacy.clone()))

@@ -117,6 +117,7 @@ pub async fn sign_up(
         (status = 200, description = "signed in: sets the session cookie; body `{user, session, csrf_token}`", body = Object),
         (status = 401, description = "`invalid_credentials`, alike for an unknown user and a wrong password", body = ApiErrorBody),
         (status = 429, description = "`too_many_attempts`: past the guessing limits, answered before any password check unless the client shows this account's device cookie; `Retry-After` says when to try again", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: too many sign-ins are being checked at once (password hashing at capacity); `Retry-After` says when to try again", body = ApiErrorBody),
         (status = 403, description = "`origin_not_allowed` (login CSRF defence)", body = ApiErrorBody),
     )
 )]

@@ -102,9 +102,12 @@ impl ApiError {
                     AuthError::ActiveKey => (StatusCode::CONFLICT, "active_key"),
                     AuthError::Key(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                     // Fail closed (SPEC §7): an unreachable store is never a yes.
-                    AuthError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                    AuthError::Store(_) | AuthError::Busy { .. } => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                    }
                 };
-                let message = if status.is_server_error() {
+                // Load shedding is no fault: its message, which says when to retry, is kept.
+                let message = if status.is_server_error() && !matches!(e, AuthError::Busy { .. }) {
                     "the server could not complete the request; try again".to_owned()
                 } else {
                     e.to_string()
@@ -119,7 +122,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
         if let Self::Auth(cause) = &self {
-            if status.is_server_error() {
+            if matches!(cause, AuthError::Busy { .. }) {
+                tracing::warn!("password hashing at capacity; login refused with 503");
+            } else if status.is_server_error() {
                 tracing::error!(error = %cause, "request failed");
             }
         }
@@ -136,7 +141,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Self::Auth(AuthError::TooManyAttempts { retry_after }) = &self {
+        if let Self::Auth(
+            AuthError::TooManyAttempts { retry_after } | AuthError::Busy { retry_after },
+        ) = &self
+        {
             insert_retry_after(&mut response, *retry_after);
         }
         if let Self::Auth(AuthError::InsufficientScope(scope)) = &self {
@@ -181,6 +189,8 @@ pub enum OAuthError {
     PayloadTooLarge,
     /// Past the guessing limits (SPEC §3): 429 in the RFC 6749 shape, with `Retry-After`.
     TooManyAttempts(std::time::Duration),
+    /// Password hashing at capacity: 503 `temporarily_unavailable` with `Retry-After`.
+    Busy(std::time::Duration),
     Unavailable(AuthError),
 }
 
@@ -198,6 +208,7 @@ impl From<AuthError> for OAuthError {
                 Self::InvalidGrant("refresh token is invalid, expired or revoked")
             }
             AuthError::TooManyAttempts { retry_after } => Self::TooManyAttempts(retry_after),
+            AuthError::Busy { retry_after } => Self::Busy(retry_after),
             other => Self::Unavailable(other),
         }
     }
@@ -252,6 +263,15 @@ impl IntoResponse for OAuthError {
                 "too_many_attempts",
                 "too many failed sign-ins; try again after Retry-After seconds".to_owned(),
             ),
+            Self::Busy(_) => {
+                tracing::warn!("password hashing at capacity; token request refused with 503");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many sign-ins are being checked at once; try again after Retry-After seconds"
+                        .to_owned(),
+                )
+            }
             Self::Unavailable(cause) => {
                 tracing::error!(error = %cause, "token request failed");
                 let status = if matches!(cause, AuthError::Store(_)) {
@@ -283,7 +303,7 @@ impl IntoResponse for OAuthError {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Self::TooManyAttempts(retry_after) = &self {
+        if let Self::TooManyAttempts(retry_after) | Self::Busy(retry_after) = &self {
             insert_retry_after(&mut response, *retry_after);
         }
         // RFC 6749 §5.2: a failed client authentication answers 401 with a challenge.
@@ -299,5 +319,56 @@ impl IntoResponse for OAuthError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn busy() -> AuthError {
+        AuthError::Busy {
+            retry_after: Duration::from_millis(1_500),
+        }
+    }
+
+    #[tokio::test]
+    async fn hashing_at_capacity_is_a_503_with_retry_after_in_the_api_shape() {
+        let response = ApiError::from(busy()).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let body = body(response).await;
+        assert_eq!(body["error"], "unavailable");
+        assert!(
+            body["message"].as_str().unwrap().contains("try again in"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashing_at_capacity_is_a_503_with_retry_after_in_the_oauth_shape() {
+        let response = OAuthError::from(busy()).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let body = body(response).await;
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("Retry-After"),
+            "{body}"
+        );
     }
 }

@@ -47,6 +47,7 @@ pub struct TokenRequest {
         (status = 200, description = "`{access_token, token_type: \"Bearer\", expires_in, refresh_token}`, and `device_token` for the password grant", body = Object),
         (status = 400, description = "`invalid_request`, `invalid_grant` or `unsupported_grant_type`", body = OAuthErrorBody),
         (status = 429, description = "`too_many_attempts`: past the guessing limits, with `Retry-After`", body = OAuthErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: too many sign-ins are being checked at once (password hashing at capacity), with `Retry-After`", body = OAuthErrorBody),
     )
 )]
 pub async fn token(

@@ -243,7 +243,8 @@ impl Tessera {
         policy: KeyPolicy,
         feed: Arc<dyn RevocationFeed>,
     ) -> Result<Self, AuthError> {
-        let hasher_threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let hasher_threads = crate::password::pool_size(cores);
         let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(hasher_threads))
             .await
             .map_err(|e| AuthError::Key(e.to_string()))??;
