@@ -1,24 +1,40 @@
-//! Prometheus metrics (SPEC §3): the request table filled by [`MetricsLayer`], the text
-//! exposition of it and of the domain counters, and `GET /metrics`.
+//! Prometheus metrics (SPEC §3): the request metrics filled by [`MetricsLayer`], the exposition
+//! of them and of the domain counters, and `GET /metrics`.
 //!
-//! Request metrics are a fixed table of atomics, one row per documented route (the OpenAPI
-//! document is the list, so a new route is measured as soon as it is documented). The table
-//! lives in [`AppState`], never in a static, so two servers in one process do not mix counts.
-//! Recording a request is a hash lookup of the matched route template and a few relaxed
-//! atomic adds: no lock and no allocation, since it sits on the hot path of `/v1/verify`.
+//! The metric types, the registry and the text exposition are `prometheus-client`'s. Request
+//! metrics are kept in families with one series per `(route, method)` (latency) and per
+//! `(route, method, status)` (counts), the routes being those of the OpenAPI document (so a new
+//! route is measured as soon as it is documented). They live in [`AppState`], never in a static,
+//! so two servers in one process do not mix counts.
+//!
+//! Recording a request sits on the hot path of `/v1/verify`, so it never goes through a
+//! family: a family lookup takes its lock and clones the labels. Each series' handle is looked
+//! up once, at start-up for documented methods or on its first request otherwise, and cached in
+//! a fixed table indexed by route, method and status; after that a request costs a hash lookup
+//! of the matched route template and a few relaxed atomic adds, with no lock and no allocation.
+//! For the same reason the latency histogram is a table of atomics encoded through the crate's
+//! histogram encoder, since the crate's own `Histogram` takes a mutex per observation.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::{
+    prometheus_text, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use tessera_core::metrics::{Counters, RevocationStatus};
 use tessera_core::service::RefusalReason;
 use tessera_core::store::PoolUse;
@@ -29,7 +45,7 @@ use utoipa::openapi::OpenApi as OpenApiDocument;
 use super::no_store;
 use crate::AppState;
 
-/// Prometheus text exposition format, version 0.0.4.
+/// Prometheus text exposition format, version 0.0.4 (what `prometheus_text::encode` writes).
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`, on `metrics_listen` only (`crate::metrics_router`): it is not part of the
@@ -54,23 +70,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Upper bounds of the latency buckets, in seconds. Fine at the low end: a cached-mode
 /// `/v1/verify` answers in tens of microseconds, while a login runs argon2 for tens of ms.
-const BUCKETS: [(f64, &str); 16] = [
-    (0.000_1, "0.0001"),
-    (0.000_25, "0.00025"),
-    (0.000_5, "0.0005"),
-    (0.001, "0.001"),
-    (0.002_5, "0.0025"),
-    (0.005, "0.005"),
-    (0.01, "0.01"),
-    (0.025, "0.025"),
-    (0.05, "0.05"),
-    (0.1, "0.1"),
-    (0.25, "0.25"),
-    (0.5, "0.5"),
-    (1.0, "1"),
-    (2.5, "2.5"),
-    (5.0, "5"),
-    (10.0, "10"),
+const BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// The same bounds in nanoseconds, for an integer comparison on the hot path.
@@ -148,42 +150,103 @@ pub const UNDOCUMENTED: &str = "undocumented";
 /// The route whose outcomes are counted by reason in `tessera_verify_total`.
 const VERIFY_ROUTE: &str = "/v1/verify";
 
-/// One `(route, method)` series: a histogram and counts by status.
-struct Series {
-    /// Per bucket, not cumulative: the renderer adds them up.
+/// Labels of a latency series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+    method: &'static str,
+}
+
+/// Labels of a request count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    route: Arc<str>,
+    method: &'static str,
+    status: &'static str,
+}
+
+/// One label whose values are all known at compile time.
+type OneLabel = [(&'static str, &'static str); 1];
+
+/// A latency histogram over [`BUCKETS`] that records with relaxed atomic adds (the crate's
+/// `Histogram` locks a mutex per observation); the crate encodes it like its own.
+#[derive(Clone, Debug, Default)]
+struct Latency(Arc<LatencyCells>);
+
+#[derive(Debug, Default)]
+struct LatencyCells {
+    /// Per bucket, not cumulative: the encoder adds them up.
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
-    statuses: [AtomicU64; STATUSES.len()],
+}
+
+impl Latency {
+    fn observe(&self, elapsed: Duration) {
+        let cells = &*self.0;
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(bucket) = BUCKET_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .and_then(|i| cells.buckets.get(i))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        cells.count.fetch_add(1, Ordering::Relaxed);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let cells = &*self.0;
+        let mut buckets = [(0.0, 0); BUCKETS.len()];
+        let mut observed = 0;
+        for ((slot, bound), cell) in buckets.iter_mut().zip(BUCKETS).zip(&cells.buckets) {
+            let count = cell.load(Ordering::Relaxed);
+            observed += count;
+            *slot = (bound, count);
+        }
+        // Read after the buckets, so `+Inf` is never below the last bucket.
+        let count = cells.count.load(Ordering::Relaxed).max(observed);
+        #[allow(clippy::cast_precision_loss)] // seconds as a float is the format
+        let sum = cells.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram(
+            sum,
+            count,
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// One `(route, method)`: its latency series and its count per status, each a handle into a
+/// family, taken from the family on first use and kept here so later requests skip its lock.
+struct Series {
+    latency: OnceLock<Latency>,
+    statuses: [OnceLock<Counter>; STATUSES.len()],
 }
 
 impl Series {
     fn new() -> Self {
         Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-            statuses: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: OnceLock::new(),
+            statuses: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 }
 
 struct RouteRow {
-    route: Box<str>,
-    /// Methods the document lists for this route: their series are exported from the start
-    /// (at zero), so `rate()` works from the first scrape. Others appear once used.
-    documented: [bool; METHODS.len()],
+    route: Arc<str>,
     series: [Series; METHODS.len()],
-}
-
-impl RouteRow {
-    fn new(route: &str, documented: [bool; METHODS.len()]) -> Self {
-        Self {
-            route: route.into(),
-            documented,
-            series: std::array::from_fn(|_| Series::new()),
-        }
-    }
 }
 
 /// Outcome slots of `tessera_verify_total`: `ok` (slot 0), then each [`RefusalReason`] in the
@@ -220,7 +283,11 @@ pub struct HttpMetrics {
     rows: Box<[RouteRow]>,
     index: HashMap<Box<str>, usize>,
     verify_row: Option<usize>,
-    verify: [AtomicU64; VERIFY_OUTCOMES],
+    requests: Family<StatusLabels, Counter>,
+    latency: Family<RouteLabels, Latency>,
+    verify_family: Family<OneLabel, Counter>,
+    /// The handles of `verify_family`, by outcome slot.
+    verify: [Counter; VERIFY_OUTCOMES],
 }
 
 const UNMATCHED_ROW: usize = 0;
@@ -228,24 +295,44 @@ const UNDOCUMENTED_ROW: usize = 1;
 
 impl HttpMetrics {
     /// Pre-registers a row for each path of the document (paths use axum's `{param}` syntax,
-    /// which is also what [`MatchedPath`] reports).
+    /// which is also what [`MatchedPath`] reports). The latency series of the methods the
+    /// document lists are created now, at zero, so `rate()` works from the first scrape;
+    /// others appear once used.
     pub fn for_document(doc: &OpenApiDocument) -> Self {
-        let mut rows = vec![
-            RouteRow::new(UNMATCHED, [false; METHODS.len()]),
-            RouteRow::new(UNDOCUMENTED, [false; METHODS.len()]),
-        ];
+        let new_row = |route: &str| RouteRow {
+            route: route.into(),
+            series: std::array::from_fn(|_| Series::new()),
+        };
+        let mut rows = vec![new_row(UNMATCHED), new_row(UNDOCUMENTED)];
         let mut index = HashMap::new();
+        let mut documented = Vec::new();
         for (path, item) in &doc.paths.paths {
             index.insert(path.as_str().into(), rows.len());
-            rows.push(RouteRow::new(path, documented_methods(item)));
+            documented.push((rows.len(), documented_methods(item)));
+            rows.push(new_row(path));
         }
         let verify_row = index.get(VERIFY_ROUTE).copied();
-        Self {
+        let verify_family = Family::<OneLabel, Counter>::default();
+        let verify = std::array::from_fn(|slot| {
+            verify_family.get_or_create_owned(&[("outcome", verify_label(slot))])
+        });
+        let metrics = Self {
             rows: rows.into_boxed_slice(),
             index,
             verify_row,
-            verify: std::array::from_fn(|_| AtomicU64::new(0)),
+            requests: Family::default(),
+            latency: Family::default(),
+            verify_family,
+            verify,
+        };
+        for (row, methods) in documented {
+            for (method, listed) in methods.into_iter().enumerate() {
+                if listed {
+                    metrics.latency_of(row, method);
+                }
+            }
         }
+        metrics
     }
 
     fn row_of(&self, matched: Option<&MatchedPath>) -> usize {
@@ -259,6 +346,36 @@ impl HttpMetrics {
         }
     }
 
+    /// The cached latency handle of `(row, method)`, taken from the family the first time.
+    fn latency_of(&self, row: usize, method: usize) -> Option<&Latency> {
+        let route = self.rows.get(row)?;
+        let series = route.series.get(method)?;
+        let method = *METHODS.get(method)?;
+        Some(series.latency.get_or_init(|| {
+            self.latency.get_or_create_owned(&RouteLabels {
+                route: Arc::clone(&route.route),
+                method,
+            })
+        }))
+    }
+
+    /// The cached request counter of `(row, method, status)`, taken from the family the first
+    /// time: counts by status are exported once non-zero, as before any request they say
+    /// nothing.
+    fn requests_of(&self, row: usize, method: usize, status: usize) -> Option<&Counter> {
+        let route = self.rows.get(row)?;
+        let cell = route.series.get(method)?.statuses.get(status)?;
+        let method = *METHODS.get(method)?;
+        let status = *STATUSES.get(status)?;
+        Some(cell.get_or_init(|| {
+            self.requests.get_or_create_owned(&StatusLabels {
+                route: Arc::clone(&route.route),
+                method,
+                status,
+            })
+        }))
+    }
+
     fn record(
         &self,
         row: usize,
@@ -267,21 +384,11 @@ impl HttpMetrics {
         elapsed: Duration,
         verdict: Option<VerifyReason>,
     ) {
-        let Some(series) = self.rows.get(row).and_then(|r| r.series.get(method)) else {
-            return;
-        };
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        if let Some(bucket) = BUCKET_NANOS
-            .iter()
-            .position(|&bound| nanos <= bound)
-            .and_then(|i| series.buckets.get(i))
-        {
-            bucket.fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = self.latency_of(row, method) {
+            latency.observe(elapsed);
         }
-        series.count.fetch_add(1, Ordering::Relaxed);
-        series.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        if let Some(counter) = series.statuses.get(status_slot(status)) {
-            counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.requests_of(row, method, status_slot(status)) {
+            counter.inc();
         }
         if Some(row) == self.verify_row && method == 0 {
             // The handler's verdict; without one (a rejection before it ran), the status.
@@ -294,258 +401,157 @@ impl HttpMetrics {
                 |VerifyReason(refused)| refused,
             );
             if let Some(counter) = self.verify.get(verify_slot(refused)) {
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.inc();
             }
         }
     }
 
     /// The whole exposition: request metrics, then the domain counters and revocation state.
+    ///
+    /// The domain's values are read now into a registry made for this scrape (families are
+    /// shared handles, so registering the request metrics in it copies no series).
     pub fn render(
         &self,
         counters: &Counters,
         revocation: RevocationStatus,
         pool: Option<PoolUse>,
     ) -> String {
+        // HELP texts are written without their full stop: the registry adds it.
+        let mut registry = Registry::default();
+        registry.register(
+            "tessera_http_requests",
+            "HTTP requests by route template, method and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "tessera_http_request_duration_seconds",
+            "HTTP request latency by route template and method, until the response head",
+            self.latency.clone(),
+        );
+        registry.register(
+            "tessera_verify",
+            "Forward-auth answers of GET /v1/verify by outcome",
+            self.verify_family.clone(),
+        );
+        register_domain(&mut registry, counters, revocation);
+        register_pool(&mut registry, pool);
         let mut out = String::with_capacity(64 * 1024);
         // Writing to a `String` cannot fail; the `Result` only satisfies `fmt::Write`.
-        let _ = self.write(&mut out, counters, revocation, pool);
+        let _ = prometheus_text::encode(&mut out, &registry);
         out
     }
+}
 
-    fn write(
-        &self,
-        out: &mut String,
-        counters: &Counters,
-        revocation: RevocationStatus,
-        pool: Option<PoolUse>,
-    ) -> std::fmt::Result {
-        self.write_requests(out)?;
-        self.write_latency(out)?;
-        header(
-            out,
-            "tessera_verify_total",
-            "counter",
-            "Forward-auth answers of GET /v1/verify by outcome.",
-        )?;
-        for (slot, counter) in self.verify.iter().enumerate() {
-            let outcome = verify_label(slot);
-            let value = counter.load(Ordering::Relaxed);
-            writeln!(out, "tessera_verify_total{{outcome=\"{outcome}\"}} {value}")?;
-        }
-        write_domain(out, counters, revocation)?;
-        write_pool(out, pool)
+/// A family of counters with one label, set to the given values.
+fn counters_by(label: &'static str, values: &[(&'static str, u64)]) -> Family<OneLabel, Counter> {
+    let family = Family::<OneLabel, Counter>::default();
+    for &(value, count) in values {
+        family.get_or_create(&[(label, value)]).inc_by(count);
     }
+    family
+}
 
-    fn write_requests(&self, out: &mut String) -> std::fmt::Result {
-        header(
-            out,
-            "tessera_http_requests_total",
-            "counter",
-            "HTTP requests by route template, method and status.",
-        )?;
-        for row in &*self.rows {
-            let route = LabelValue(&row.route);
-            for (method, series) in METHODS.iter().zip(&row.series) {
-                for (status, counter) in STATUSES.iter().zip(&series.statuses) {
-                    let value = counter.load(Ordering::Relaxed);
-                    if value > 0 {
-                        writeln!(
-                            out,
-                            "tessera_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {value}"
-                        )?;
-                    }
-                }
-            }
-        }
-        Ok(())
+/// A family of gauges with one label, set to the given values.
+fn gauges_by(label: &'static str, values: &[(&'static str, i64)]) -> Family<OneLabel, Gauge> {
+    let family = Family::<OneLabel, Gauge>::default();
+    for &(value, level) in values {
+        family.get_or_create(&[(label, value)]).set(level);
     }
+    family
+}
 
-    fn write_latency(&self, out: &mut String) -> std::fmt::Result {
-        header(
-            out,
-            "tessera_http_request_duration_seconds",
-            "histogram",
-            "HTTP request latency by route template and method, until the response head.",
-        )?;
-        for row in &*self.rows {
-            let route = LabelValue(&row.route);
-            for ((method, series), documented) in
-                METHODS.iter().zip(&row.series).zip(row.documented)
-            {
-                if !documented && series.count.load(Ordering::Relaxed) == 0 {
-                    continue;
-                }
-                let mut cumulative = 0;
-                for ((_, le), bucket) in BUCKETS.iter().zip(&series.buckets) {
-                    cumulative += bucket.load(Ordering::Relaxed);
-                    writeln!(
-                        out,
-                        "tessera_http_request_duration_seconds_bucket{{route=\"{route}\",method=\"{method}\",le=\"{le}\"}} {cumulative}"
-                    )?;
-                }
-                // Read after the buckets, so `+Inf` is never below the last bucket.
-                let count = series.count.load(Ordering::Relaxed).max(cumulative);
-                writeln!(
-                    out,
-                    "tessera_http_request_duration_seconds_bucket{{route=\"{route}\",method=\"{method}\",le=\"+Inf\"}} {count}"
-                )?;
-                #[allow(clippy::cast_precision_loss)] // seconds as a float is the format
-                let sum = series.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-                writeln!(
-                    out,
-                    "tessera_http_request_duration_seconds_sum{{route=\"{route}\",method=\"{method}\"}} {sum}"
-                )?;
-                writeln!(
-                    out,
-                    "tessera_http_request_duration_seconds_count{{route=\"{route}\",method=\"{method}\"}} {count}"
-                )?;
-            }
-        }
-        Ok(())
-    }
+/// Milliseconds as seconds.
+fn seconds(ms: u64) -> ConstGauge<f64> {
+    #[allow(clippy::cast_precision_loss)] // exact below 2^53 ms, some 285,000 years
+    ConstGauge::new(ms as f64 / 1000.0)
 }
 
 /// The counters only the domain sees, and the revocation state of this node.
-fn write_domain(
-    out: &mut String,
-    counters: &Counters,
-    revocation: RevocationStatus,
-) -> std::fmt::Result {
-    header(
-        out,
-        "tessera_logins_total",
-        "counter",
-        "Password logins (cookie and password grant) by result.",
-    )?;
-    let ok = Counters::get(&counters.logins_ok);
-    let failed = Counters::get(&counters.logins_failed);
-    writeln!(out, "tessera_logins_total{{result=\"ok\"}} {ok}")?;
-    writeln!(out, "tessera_logins_total{{result=\"failed\"}} {failed}")?;
-
-    header(
-        out,
-        "tessera_throttled_attempts_total",
-        "counter",
-        "Login, password-grant and sign-up attempts refused by the guessing limits (429).",
-    )?;
-    let throttled = Counters::get(&counters.throttled);
-    writeln!(out, "tessera_throttled_attempts_total {throttled}")?;
-
-    header(
-        out,
-        "tessera_refreshes_total",
-        "counter",
-        "Successful refresh token rotations.",
-    )?;
-    let refreshes = Counters::get(&counters.refreshes);
-    writeln!(out, "tessera_refreshes_total {refreshes}")?;
-
-    header(
-        out,
-        "tessera_refresh_reuse_detections_total",
-        "counter",
-        "Reuses of a rotated refresh token; each revoked its family.",
-    )?;
-    let reuse = Counters::get(&counters.reuse_detections);
-    writeln!(out, "tessera_refresh_reuse_detections_total {reuse}")?;
-
-    header(
-        out,
+fn register_domain(registry: &mut Registry, counters: &Counters, revocation: RevocationStatus) {
+    registry.register(
+        "tessera_logins",
+        "Password logins (cookie and password grant) by result",
+        counters_by(
+            "result",
+            &[
+                ("ok", Counters::get(&counters.logins_ok)),
+                ("failed", Counters::get(&counters.logins_failed)),
+            ],
+        ),
+    );
+    registry.register(
+        "tessera_throttled_attempts",
+        "Login, password-grant and sign-up attempts refused by the guessing limits (429)",
+        ConstCounter::new(Counters::get(&counters.throttled)),
+    );
+    registry.register(
+        "tessera_refreshes",
+        "Successful refresh token rotations",
+        ConstCounter::new(Counters::get(&counters.refreshes)),
+    );
+    registry.register(
+        "tessera_refresh_reuse_detections",
+        "Reuses of a rotated refresh token; each revoked its family",
+        ConstCounter::new(Counters::get(&counters.reuse_detections)),
+    );
+    registry.register(
         "tessera_revocation_lag_seconds",
-        "gauge",
-        "Delay between the last applied revocation event's creation and its application on this node.",
-    )?;
-    let lag = Millis(revocation.last_lag_ms);
-    writeln!(out, "tessera_revocation_lag_seconds {lag}")?;
-
-    header(
-        out,
+        "Delay between the last applied revocation event's creation and its application on this node",
+        seconds(revocation.last_lag_ms),
+    );
+    registry.register(
         "tessera_revocation_feed_silence_seconds",
-        "gauge",
-        "Time since the revocation feed was last heard (0 when no feed is used).",
-    )?;
-    let silence = Millis(revocation.feed_silence_ms);
-    writeln!(out, "tessera_revocation_feed_silence_seconds {silence}")?;
-
-    header(
-        out,
+        "Time since the revocation feed was last heard (0 when no feed is used)",
+        seconds(revocation.feed_silence_ms),
+    );
+    registry.register(
         "tessera_revocation_fresh",
-        "gauge",
-        "1 when revocation checking can be trusted (always 1 outside cached mode).",
-    )?;
-    let mode = revocation.mode.as_str();
-    let fresh = u8::from(revocation.fresh);
-    writeln!(out, "tessera_revocation_fresh{{mode=\"{mode}\"}} {fresh}")?;
-
-    let feed = LabelValue(revocation.feed.name);
-    header(
-        out,
+        "1 when revocation checking can be trusted (always 1 outside cached mode)",
+        gauges_by(
+            "mode",
+            &[(revocation.mode.as_str(), i64::from(revocation.fresh))],
+        ),
+    );
+    let feed = revocation.feed;
+    registry.register(
         "tessera_revocation_feed_connected",
-        "gauge",
-        "1 when the feed's push channel is up and its heartbeat heard (always 1 for a polled log).",
-    )?;
-    let connected = u8::from(revocation.feed.connected);
-    writeln!(
-        out,
-        "tessera_revocation_feed_connected{{feed=\"{feed}\"}} {connected}"
-    )?;
-    header(
-        out,
-        "tessera_revocation_feed_reconnects_total",
-        "counter",
-        "Times the feed's push channel was re-established after its first connection.",
-    )?;
-    let reconnects = revocation.feed.reconnects;
-    writeln!(
-        out,
-        "tessera_revocation_feed_reconnects_total{{feed=\"{feed}\"}} {reconnects}"
-    )?;
-    header(
-        out,
-        "tessera_revocation_feed_resyncs_total",
-        "counter",
-        "Times this node (re)synchronised from the revocation log, the first time included.",
-    )?;
-    let resyncs = revocation.feed.resyncs;
-    writeln!(
-        out,
-        "tessera_revocation_feed_resyncs_total{{feed=\"{feed}\"}} {resyncs}"
-    )
+        "1 when the feed's push channel is up and its heartbeat heard (always 1 for a polled log)",
+        gauges_by("feed", &[(feed.name, i64::from(feed.connected))]),
+    );
+    registry.register(
+        "tessera_revocation_feed_reconnects",
+        "Times the feed's push channel was re-established after its first connection",
+        counters_by("feed", &[(feed.name, feed.reconnects)]),
+    );
+    registry.register(
+        "tessera_revocation_feed_resyncs",
+        "Times this node (re)synchronised from the revocation log, the first time included",
+        counters_by("feed", &[(feed.name, feed.resyncs)]),
+    );
 }
 
 /// The store's connection pool, when it has one (PostgreSQL).
-fn write_pool(out: &mut String, pool: Option<PoolUse>) -> std::fmt::Result {
+fn register_pool(registry: &mut Registry, pool: Option<PoolUse>) {
     let Some(pool) = pool else {
-        return Ok(());
+        return;
     };
-    header(
-        out,
+    let level = |n: u32| i64::from(n);
+    registry.register(
         "tessera_store_pool_connections",
-        "gauge",
-        "Store connections open now, by state.",
-    )?;
-    let busy = pool.open.saturating_sub(pool.idle);
-    writeln!(
-        out,
-        "tessera_store_pool_connections{{state=\"busy\"}} {busy}"
-    )?;
-    writeln!(
-        out,
-        "tessera_store_pool_connections{{state=\"idle\"}} {}",
-        pool.idle
-    )?;
-    header(
-        out,
+        "Store connections open now, by state",
+        gauges_by(
+            "state",
+            &[
+                ("busy", level(pool.open.saturating_sub(pool.idle))),
+                ("idle", level(pool.idle)),
+            ],
+        ),
+    );
+    registry.register(
         "tessera_store_pool_max_connections",
-        "gauge",
-        "The most connections the store's pool opens (database_pool_size).",
-    )?;
-    writeln!(out, "tessera_store_pool_max_connections {}", pool.max)
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
-    writeln!(out, "# HELP {name} {help}")?;
-    writeln!(out, "# TYPE {name} {kind}")
+        "The most connections the store's pool opens (database_pool_size)",
+        ConstGauge::new(level(pool.max)),
+    );
 }
 
 /// The methods a document path lists, as [`METHODS`] slots.
@@ -560,32 +566,6 @@ fn documented_methods(item: &PathItem) -> [bool; METHODS.len()] {
         item.options.is_some(),
         false,
     ]
-}
-
-/// Milliseconds written as seconds, exactly (`1234` → `1.234`).
-struct Millis(u64);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
-    }
-}
-
-/// A label value escaped as the exposition format requires (`\`, `"` and newlines).
-struct LabelValue<'a>(&'a str);
-
-impl std::fmt::Display for LabelValue<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\\' => f.write_str("\\\\")?,
-                '"' => f.write_str("\\\"")?,
-                '\n' => f.write_str("\\n")?,
-                c => f.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Measures every request. Added with `Router::layer`, so it runs after routing (the matched
@@ -760,7 +740,7 @@ mod tests {
             "tessera_http_request_duration_seconds_count{route=\"/v1/sessions/{id}\",method=\"GET\"} 0\n"
         ));
         assert!(!text.contains("route=\"unmatched\""));
-        assert!(text.contains("tessera_revocation_feed_silence_seconds 7.250\n"));
+        assert!(text.contains("tessera_revocation_feed_silence_seconds 7.25\n"));
         assert!(text.contains("tessera_revocation_lag_seconds 0.012\n"));
         assert!(text.contains("tessera_revocation_fresh{mode=\"cached\"} 1\n"));
         assert!(
@@ -777,6 +757,15 @@ mod tests {
         assert!(text.contains("tessera_store_pool_connections{state=\"busy\"} 4\n"));
         assert!(text.contains("tessera_store_pool_connections{state=\"idle\"} 3\n"));
         assert!(text.contains("tessera_store_pool_max_connections 10\n"));
+        // Names and HELP texts as they were before the registry wrote them.
+        assert!(text.contains(
+            "# HELP tessera_refreshes_total Successful refresh token rotations.\n# TYPE tessera_refreshes_total counter\n"
+        ));
+        assert!(!text.contains(".."), "{text}");
+        assert!(
+            !text.contains("# EOF"),
+            "the 0.0.4 text format has no end marker"
+        );
     }
 
     #[test]
@@ -789,6 +778,20 @@ mod tests {
             "other"
         );
         assert_eq!(METHODS[method_slot(&Method::DELETE)], "DELETE");
-        assert_eq!(LabelValue("a\"b\\c\nd").to_string(), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn route_labels_are_escaped() {
+        let get = PathItem::new(HttpMethod::Get, OperationBuilder::new().build());
+        let doc = OpenApiBuilder::new()
+            .paths(PathsBuilder::new().path("/a\"b\\c\nd", get))
+            .build();
+        let text = HttpMetrics::for_document(&doc).render(&Counters::default(), status(true), None);
+        assert!(
+            text.contains(
+                "tessera_http_request_duration_seconds_count{route=\"/a\\\"b\\\\c\\nd\",method=\"GET\"} 0\n"
+            ),
+            "{text}"
+        );
     }
 }
