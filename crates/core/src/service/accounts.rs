@@ -107,16 +107,13 @@ impl Tessera {
         Ok(user)
     }
 
-    /// Checks a password; unknown email and wrong password fail alike and take the same time.
+    /// Checks a password against `user`, the account the login named (`None` when there is
+    /// none); an unknown account and a wrong password fail alike and take the same time.
     pub(super) async fn check_password(
         &self,
-        email: &str,
+        user: Option<User>,
         password: Password,
     ) -> Result<User, AuthError> {
-        let user = match Email::parse(email) {
-            Some(email) => self.store.find_user_by_email(&email).await?,
-            None => None,
-        };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         match self.hasher.check(password, stored).await? {
             Verification::Mismatch => Err(AuthError::InvalidCredentials),

@@ -104,9 +104,9 @@ const SIGN_UP_WINDOW: Duration = Duration::from_secs(3600);
 #[derive(Default)]
 pub(super) struct Held {
     slots: Vec<(String, Limit)>,
-    /// The account's tally with this attempt, when the account was counted (no device
-    /// credential): a failure at exactly `login_max_failures` starts the lock.
-    account_count: Option<u32>,
+    /// The account's tally with this attempt and its limit, when the account was counted (no
+    /// device credential): a failure that fills it starts the lock.
+    account: Option<(Tally, Limit)>,
 }
 
 /// Why a login failed, for the log.
@@ -163,7 +163,7 @@ impl Tessera {
                 return Err(e);
             }
         };
-        let outcome = self.check_password(email, password).await;
+        let outcome = self.check_password(user.clone(), password).await;
         match &outcome {
             Ok(_) => Counters::bump(&self.counters.logins_ok),
             Err(AuthError::InvalidCredentials) => {
@@ -220,13 +220,13 @@ impl Tessera {
         let mut held = Held::default();
         for (key, limit) in wanted {
             match self.attempt(&key, limit, now).await {
-                Ok(Admission::Admitted { count }) => {
+                Ok((Admission::Admitted { .. }, tally)) => {
                     if known.is_none() && held.slots.is_empty() {
-                        held.account_count = Some(count);
+                        held.account = Some((tally, limit));
                     }
                     held.slots.push((key, limit));
                 }
-                Ok(Admission::Refused { retry_after }) => {
+                Ok((Admission::Refused { retry_after }, _)) => {
                     self.give_back(&held, now).await;
                     return Err(AuthError::TooManyAttempts { retry_after });
                 }
@@ -239,13 +239,14 @@ impl Tessera {
         Ok(held)
     }
 
-    /// Takes a slot in the tally under `key`, or learns that it is locked.
+    /// Takes a slot in the tally under `key`, or learns that it is locked; with the tally as
+    /// it now stands.
     async fn attempt(
         &self,
         key: &str,
         limit: Limit,
         now: Timestamp,
-    ) -> Result<Admission, AuthError> {
+    ) -> Result<(Admission, Tally), AuthError> {
         let before = self
             .guessing()
             .update_tally(key, now, &|tally| {
@@ -253,7 +254,7 @@ impl Tessera {
             })
             .await?;
         // `admit` is a pure function of what the store read: this is the answer it gave.
-        Ok(guessing::admit(before, now, limit).0)
+        Ok(guessing::admit(before, now, limit))
     }
 
     /// Gives the slots back: the attempt was not a failure (it succeeded, or was stopped by
@@ -279,23 +280,15 @@ impl Tessera {
             self.give_back(&held, now).await;
             return;
         }
-        let limits = self.config.guessing;
-        if held.account_count != Some(limits.login_max_failures) {
+        let Some((tally, limit)) = held.account else {
+            return;
+        };
+        let (Some(user), Some(until)) = (user, tally.locked_until(limit)) else {
+            return;
+        };
+        if tally.count != limit.max {
             return;
         }
-        let Some(user) = user else { return };
-        let limit = Limit {
-            max: limits.login_max_failures,
-            window: limits.window,
-        };
-        let until = Tally {
-            count: limits.login_max_failures,
-            window_ends: now.saturating_add(limit.window),
-            last: now,
-            expires_at: now,
-        }
-        .locked_until(limit)
-        .unwrap_or(now);
         warn!(user = %user.id, until = %until.to_rfc3339(), "account locked: too many failed logins");
         if let Err(e) = self.report_lock(user.id, until, now).await {
             warn!(user = %user.id, error = %e, "could not queue user.locked");
@@ -338,6 +331,7 @@ impl Tessera {
         match self
             .attempt(&Subject::SignUp(address).key(), limit, now)
             .await?
+            .0
         {
             Admission::Admitted { .. } => Ok(()),
             Admission::Refused { retry_after } => {
@@ -357,21 +351,6 @@ impl Tessera {
             .await?;
         info!(user = %id, "account unlocked");
         Ok(())
-    }
-
-    /// The account's tally: how many failures it holds and until when it is locked.
-    pub async fn lockout(&self, id: UserId) -> Result<Option<(u32, Option<Timestamp>)>, AuthError> {
-        let user = self.store.find_user(id).await?.ok_or(AuthError::NotFound)?;
-        let limit = Limit {
-            max: self.config.guessing.login_max_failures,
-            window: self.config.guessing.window,
-        };
-        let now = Timestamp::now();
-        let tally = self
-            .guessing()
-            .tally(&Subject::Account(user.email.as_str()).key(), now)
-            .await?;
-        Ok(tally.map(|t| (t.count, t.locked_until(limit).filter(|u| *u > now))))
     }
 }
 
