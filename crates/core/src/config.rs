@@ -43,6 +43,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "session_absolute_timeout", help: "cookie session absolute timeout [default: 7d]" },
     Setting { key: "revocation_mode", help: "none, cached or strict [default: cached]" },
     Setting { key: "max_staleness", help: "feed silence before cached falls back to strict [default: 5s]" },
+    Setting { key: "token_cache_size", help: "verified access tokens held per node, keyed by the token's hash [default: 65536; 0: off]" },
+    Setting { key: "token_cache_ttl", help: "how long a verified access token is held before its signature is checked again [default: 60s]" },
     Setting { key: "cookie_name", help: "session cookie name [default: __Host-tessera_session]" },
     Setting { key: "cookie_secure", help: "Secure cookies and the __Host- prefix; false for plain-HTTP development [default: true]" },
     Setting { key: "allowed_origins", help: "comma-separated origins allowed on cookie requests [default: the issuer's origin]" },
@@ -350,6 +352,22 @@ impl ConfigLayer {
             .unwrap_or(default))
     }
 
+    /// `token_cache_size = 0` turns the cache off; the size is bounded so that a typo cannot
+    /// reserve gigabytes (each entry holds the claims, about half a kibibyte).
+    fn token_cache(&self) -> Result<TokenCacheLimits, ConfigError> {
+        let size = self
+            .parsed(
+                "token_cache_size",
+                "a whole number from 0 to 16777216",
+                |t| t.parse::<usize>().ok().filter(|n| *n <= 1 << 24),
+            )?
+            .unwrap_or(65_536);
+        Ok(TokenCacheLimits {
+            size,
+            ttl: self.duration("token_cache_ttl", Duration::from_secs(60))?,
+        })
+    }
+
     /// SPEC §2's guessing limits.
     fn guessing(&self) -> Result<GuessingLimits, ConfigError> {
         Ok(GuessingLimits {
@@ -618,6 +636,7 @@ impl ConfigLayer {
                 .duration("session_absolute_timeout", Duration::from_secs(7 * 86_400))?,
             revocation_mode,
             max_staleness: self.duration("max_staleness", Duration::from_secs(5))?,
+            token_cache: self.token_cache()?,
             cookie_name,
             cookie_secure,
             allowed_origins,
@@ -659,6 +678,15 @@ impl fmt::Debug for Config {
             .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
+}
+
+/// How many verified access tokens a node remembers, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCacheLimits {
+    /// Entries held at most; 0: every token's signature is checked on every request.
+    pub size: usize,
+    /// An entry is dropped this long after its token was verified, whatever its `exp`.
+    pub ttl: Duration,
 }
 
 /// How a node checks that a valid-looking credential has not been revoked (SPEC §5).
@@ -716,6 +744,8 @@ pub struct Config {
     pub session_absolute_timeout: Duration,
     pub revocation_mode: RevocationMode,
     pub max_staleness: Duration,
+    /// The verified-access-token cache (SPEC §2 `token_cache_size`, `token_cache_ttl`).
+    pub token_cache: TokenCacheLimits,
     pub cookie_name: String,
     pub cookie_secure: bool,
     pub allowed_origins: Vec<String>,
@@ -784,6 +814,8 @@ mod tests {
         );
         assert_eq!(config.revocation_mode, RevocationMode::Cached);
         assert_eq!(config.max_staleness, Duration::from_secs(5));
+        assert_eq!(config.token_cache.size, 65_536);
+        assert_eq!(config.token_cache.ttl, Duration::from_secs(60));
         assert_eq!(config.cookie_name, "__Host-tessera_session");
         assert!(config.cookie_secure);
         assert_eq!(
@@ -962,6 +994,20 @@ mod tests {
             err,
             "invalid value for `listen` (in tessera.toml): expected a string"
         );
+    }
+
+    #[test]
+    fn a_token_cache_of_zero_entries_is_off_and_a_negative_size_is_refused() {
+        let config = file("token_cache_size = 0\ntoken_cache_ttl = \"5s\"")
+            .resolve()
+            .unwrap();
+        assert_eq!(config.token_cache.size, 0);
+        assert_eq!(config.token_cache.ttl, Duration::from_secs(5));
+        let err = file("token_cache_size = -1")
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token_cache_size"), "{err}");
     }
 
     #[test]

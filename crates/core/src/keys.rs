@@ -633,6 +633,17 @@ impl KeyRing {
         })
     }
 
+    /// Whether `other` signs with the same key and verifies with the same set: a kid names
+    /// one key for good, so equal kids mean equal keys. A reload that finds nothing changed
+    /// keeps the ring in force, and with it what the token cache verified under it.
+    pub fn same_keys(&self, other: &KeyRing) -> bool {
+        let mut mine: Vec<&str> = self.verifier.kids().collect();
+        let mut theirs: Vec<&str> = other.verifier.kids().collect();
+        mine.sort_unstable();
+        theirs.sort_unstable();
+        self.active.kid() == other.active.kid() && mine == theirs
+    }
+
     /// The key new tokens are signed with.
     pub fn active(&self) -> &SigningKey {
         &self.active
@@ -675,6 +686,7 @@ mod tests {
             sid: "session-1".to_owned(),
             roles: vec!["member".to_owned()],
             scope: None,
+            nbf: None,
         }
     }
 

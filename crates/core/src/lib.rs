@@ -22,6 +22,7 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod text;
+pub mod token_cache;
 pub mod url;
 pub mod webhooks;
 

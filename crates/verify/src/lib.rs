@@ -122,6 +122,10 @@ pub struct Claims {
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Not before (RFC 7519 §4.1.5). Tessera mints none, but honours it when present; it is
+    /// kept so that a cached verification can check it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// Checks access tokens against a set of keys, for one issuer and one audience.

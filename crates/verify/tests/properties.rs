@@ -108,6 +108,7 @@ fn real_token(index: usize) -> (String, Claims) {
         sid: "0190f5d2-7c1e-7a3b-9d4e-aaaaaaaaaaaa".to_owned(),
         roles: vec!["member".to_owned()],
         scope: None,
+        nbf: None,
     };
     let mut header = Header::new(key.alg.to_jsonwebtoken());
     header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());

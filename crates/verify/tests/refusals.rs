@@ -133,6 +133,7 @@ fn claims() -> Claims {
         sid: "0190f5d2-7c1e-7a3b-9d4e-aaaaaaaaaaaa".to_owned(),
         roles: vec!["member".to_owned()],
         scope: None,
+        nbf: None,
     }
 }
 

@@ -170,9 +170,12 @@ impl LiveKeys {
 
     pub(super) async fn reload(&self) -> Result<(), AuthError> {
         let ring = ring_from_store(self.store.as_ref(), &self.master, &self.config).await?;
-        match self.ring.write() {
-            Ok(mut guard) => *guard = Arc::new(ring),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        let mut guard = self
+            .ring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !guard.same_keys(&ring) {
+            *guard = Arc::new(ring);
         }
         Ok(())
     }

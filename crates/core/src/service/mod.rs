@@ -137,6 +137,8 @@ pub struct Tessera {
     last_on_demand_reload: std::sync::atomic::AtomicI64,
     counters: crate::metrics::Counters,
     cache: Arc<RevocationCache>,
+    /// Access tokens verified recently (SPEC §2 `token_cache_size`).
+    tokens: crate::token_cache::TokenCache,
     feed: Arc<dyn RevocationFeed>,
     /// Cookie sessions whose `last_seen_at` moved in the cache and must reach the store.
     pending_touches: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
@@ -295,6 +297,7 @@ impl Tessera {
                 crate::background::flush_touches(store, pending, cache, stop)
             });
         }
+        let tokens = crate::token_cache::TokenCache::new(config.token_cache);
         let service = Self {
             csrf_key,
             refresh_key,
@@ -306,6 +309,7 @@ impl Tessera {
             hasher,
             last_on_demand_reload: std::sync::atomic::AtomicI64::new(0),
             counters: crate::metrics::Counters::default(),
+            tokens,
             cache,
             feed,
             pending_touches,

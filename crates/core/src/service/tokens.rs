@@ -134,6 +134,7 @@ impl Tessera {
             sid: session.id.to_string(),
             roles: user.roles.clone(),
             scope: None,
+            nbf: None,
         };
         let token = self.key_ring().active().sign(&claims).map_err(key_error)?;
         Ok((token, ttl.as_secs()))
@@ -249,6 +250,7 @@ mod tests {
             sid: SessionId::new().to_string(),
             roles: vec![],
             scope: None,
+            nbf: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Verification: who a cookie or a bearer token belongs to, and whether it was revoked, in
 //! the revocation mode in force (SPEC §5); introspection (RFC 7662).
 
+use std::sync::Arc;
+
 use super::{issued_at, Principal, Tessera};
 use crate::config::RevocationMode;
 use crate::error::AuthError;
@@ -248,7 +250,7 @@ impl Tessera {
     /// As [`authenticate_bearer`](Self::authenticate_bearer), saying why a token was refused.
     pub async fn check_bearer(&self, token: &str) -> Result<Principal, Refused> {
         let claims = self
-            .check_token(token)
+            .verified_claims(token)
             .await
             .map_err(|e| Refused::because(RefusalReason::Token(TokenFault::from(&e))))?;
         let (Some(user_id), Some(session_id)) =
@@ -281,7 +283,7 @@ impl Tessera {
         Ok(Principal {
             user_id,
             session_id,
-            roles: claims.roles,
+            roles: claims.roles.clone(),
             presented: Via::Token,
             session,
         })
@@ -326,15 +328,42 @@ impl Tessera {
     /// and logs). An unknown `kid` triggers one key-ring reload, so a key rotated by the CLI
     /// or another node is honoured without a restart.
     pub async fn check_token(&self, token: &str) -> Result<Claims, VerifyError> {
-        match self.key_ring().verifier().verify(token) {
+        self.verified_claims(token).await.map(Arc::unwrap_or_clone)
+    }
+
+    /// As [`check_token`](Self::check_token), answered from the token cache when this exact
+    /// token was verified recently under the key ring still in force (see
+    /// [`crate::token_cache`]): the hot path of a client that sends one token many times.
+    async fn verified_claims(&self, token: &str) -> Result<Arc<Claims>, VerifyError> {
+        let now = Timestamp::now();
+        let mut ring = self.key_ring();
+        let key = self.tokens.key(token);
+        if let Some(claims) = key
+            .as_ref()
+            .and_then(|key| self.tokens.get(key, &ring, now))
+        {
+            return Ok(claims);
+        }
+        let claims = match ring.verifier().verify(token) {
             Err(VerifyError::UnknownKey) => {
                 if !self.may_reload_on_demand() || self.reload_keys().await.is_err() {
                     return Err(VerifyError::UnknownKey);
                 }
-                self.key_ring().verifier().verify(token)
+                ring = self.key_ring();
+                ring.verifier().verify(token)
             }
             outcome => outcome,
+        }?;
+        let claims = Arc::new(claims);
+        if let Some(key) = key {
+            self.tokens.insert(key, Arc::clone(&claims), ring, now);
         }
+        Ok(claims)
+    }
+
+    /// Verified access tokens this node holds in its token cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.len()
     }
 
     /// Claims the on-demand reload slot if the last one is old enough; one caller wins.
