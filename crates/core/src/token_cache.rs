@@ -1,7 +1,7 @@
 //! The verified-access-token cache (SPEC §2 `token_cache_size`, `token_cache_ttl`).
 //!
 //! A client presents the same access token on every request for up to its whole lifetime, and
-//! checking its signature is most of the cost of a bearer request (about 60 µs for EdDSA, far
+//! checking its signature is most of the cost of a bearer request (about 60 µs for Ed25519, far
 //! more for ES256 and RS256). A node therefore remembers, for a short while, the claims of the
 //! tokens it has verified, under the SHA-256 of the whole token: only the exact bytes that were
 //! verified hit, and a forged token cannot be made to collide with a cached one.
@@ -23,7 +23,7 @@ use crate::secret::SecretHash;
 use crate::verify::{Claims, LEEWAY_SECS, MAX_TOKEN_BYTES};
 
 /// Claims verified once, with what a hit must still hold to stand for a fresh verification.
-struct Verified {
+struct Entry {
     claims: Arc<Claims>,
     /// The key ring the signature was checked against; a hit under any other ring misses, so
     /// a rotation or withdrawal is honoured without clearing the cache.
@@ -34,7 +34,7 @@ struct Verified {
 /// Bounded: at most `token_cache_size` entries, evicted by S3-FIFO, so one-off tokens (a scan,
 /// or many clients each sending a token once) cannot push out the ones in steady use.
 pub struct TokenCache {
-    entries: Option<Cache<SecretHash, Arc<Verified>>>,
+    entries: Option<Cache<SecretHash, Arc<Entry>>>,
     ttl_ms: i64,
 }
 
@@ -91,7 +91,7 @@ impl TokenCache {
         if let Some(entries) = &self.entries {
             entries.insert(
                 key,
-                Arc::new(Verified {
+                Arc::new(Entry {
                     claims,
                     ring,
                     verified_at_ms: now.as_unix_millis(),

@@ -1,6 +1,8 @@
 //! `/v1/*`: sign-up, browser sessions and forward-auth verification.
 
-use axum::extract::{Query, State};
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -134,15 +136,18 @@ pub async fn login(
         .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
     check_origin(&headers, &config.allowed_origins, is_form)?;
     let previous = session_cookie(&headers, &config.cookie_name);
-    let login = state
-        .tessera
-        .login(
-            &body.email,
-            Password::new(body.password),
-            device,
-            previous.as_ref(),
-        )
-        .await?;
+    let tessera = Arc::clone(&state.tessera);
+    let login = crate::to_completion(async move {
+        tessera
+            .login(
+                &body.email,
+                Password::new(body.password),
+                device,
+                previous.as_ref(),
+            )
+            .await
+    })
+    .await?;
     let cookie = state.session_cookie(
         login.secret.expose_secret(),
         config.session_absolute_timeout.as_secs(),
@@ -366,13 +371,15 @@ static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
         (status = 503, description = "`unavailable`: revocation cannot be checked, so no yes (fail closed)", body = ApiErrorBody),
     )
 )]
-pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn verify(State(state): State<AppState>, request: Request) -> Response {
+    // The request itself, not a `HeaderMap` extractor, which would clone every header.
+    let headers = request.headers();
     let config = state.tessera.config();
-    let outcome = match Credential::from_headers(&headers, &config.cookie_name) {
+    let outcome = match Credential::from_headers(headers, &config.cookie_name) {
         Some(Credential::Bearer(token)) => state.tessera.check_bearer(token).await,
         Some(Credential::Cookie(_))
-            if proxied_method_is_unsafe(&headers)
-                && check_origin(&headers, &config.allowed_origins, false).is_err() =>
+            if proxied_method_is_unsafe(headers)
+                && check_origin(headers, &config.allowed_origins, false).is_err() =>
         {
             // Refused before the cookie is looked up: whether it is valid changes nothing.
             let mut response = ApiError::Auth(AuthError::OriginRejected).into_response();

@@ -2,19 +2,21 @@
 //! Handlers parse, call the core and shape the answer; errors become HTTP only in
 //! [`error`].
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{middleware, Json, Router};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use axum::Router;
 use tessera_core::config::Config;
 use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::{Service, ServiceBuilder};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -35,8 +37,20 @@ use error::ApiError;
 /// SPEC §2: request bodies are capped at 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each extractor of
+/// each request, and one reference count is cheaper than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub tessera: Arc<Tessera>,
     /// `; Path=/; HttpOnly; SameSite=Lax[; Secure]`, computed once.
     cookie_attributes: Arc<str>,
@@ -66,14 +80,14 @@ impl AppState {
         }
         .into();
         let document = openapi_document(tessera.config());
-        Self {
+        Self(Arc::new(Shared {
             device_cookie_name,
             metrics: Arc::new(ops::HttpMetrics::for_document(&document)),
             openapi: ops::render_document(&document),
             tessera,
             cookie_attributes,
             shutdown: Arc::new(watch::Sender::new(false)),
-        }
+        }))
     }
 
     /// The `Set-Cookie` value for the session cookie; an empty value with `max_age` 0 clears it.
@@ -136,22 +150,35 @@ pub fn openapi_document(config: &Config) -> utoipa::openapi::OpenApi {
     ops::finish_document(api().into_openapi(), config)
 }
 
-/// The whole API. Everything a request can hit is mounted by `api()`, so the OpenAPI document
-/// and the tests are checked against one list.
+/// Every route of the API and its fallbacks, without the layers [`app`] puts around them.
+/// Everything a request can hit is mounted by `api()`, so the OpenAPI document and the tests
+/// are checked against one list.
 pub fn router(state: AppState) -> Router {
     let (routes, _) = api().split_for_parts();
-    let metrics = ops::MetricsLayer::new(Arc::clone(&state.metrics));
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(auth::form_csrf_token))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
-        // Outermost, so the recorded status is the one the client gets.
-        .layer(metrics)
         .with_state(state)
+}
+
+/// The whole API as served: [`router`] inside its layers, outermost first — the request
+/// metrics (which also answer a panic, so the recorded status is the one the client gets),
+/// the 64 KiB body limit, and the form-field CSRF token. The layers wrap the router once:
+/// `Router::layer` would wrap every route, and each such layer is cloned and boxed per
+/// request, which on `/v1/verify` costs more than the check itself.
+pub fn app(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let metrics = ops::MetricsLayer::new(Arc::clone(&state.metrics));
+    ServiceBuilder::new()
+        .layer(metrics)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(auth::FormCsrfLayer)
+        .service(router(state))
 }
 
 /// `GET /metrics` alone, for `metrics_listen` (SPEC §2, §3): what the node counts — routes,
@@ -166,26 +193,28 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Runs a password check to its end even when the client hangs up. The check takes a slot of
+/// the guessing limits before hashing and gives it back after a success; a request dropped
+/// halfway (a closed tab, a client's timeout) would otherwise count a right password as a
+/// failure, and a few of them lock the account's owner out. Spawned, the check finishes, its
+/// slot is settled and its session committed, whether or not anyone reads the answer.
+pub(crate) async fn to_completion<T, F>(check: F) -> Result<T, tessera_core::AuthError>
+where
+    F: std::future::Future<Output = Result<T, tessera_core::AuthError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(check).await.unwrap_or_else(|_| {
+        tracing::error!("a password check stopped before its end");
+        Err(tessera_core::StoreError::Unavailable("the password check stopped".into()).into())
+    })
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// A panic is a bug, but it must still answer in our shape and never leak its message.
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
-    let mut response = (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({ "error": "internal", "message": "the server could not complete the request" })),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// How long requests in flight at shutdown may still run; later, they are dropped (and
@@ -231,7 +260,7 @@ pub async fn serve(
     });
     let state = AppState::new(Arc::clone(&tessera));
     let streams = Arc::clone(&state.shutdown);
-    let app = router(state.clone());
+    let app = app(state.clone());
     let scrapes = metrics_router(state);
     let (api_limits, metrics_limits) = connection_limits(tessera.config());
     // Both addresses stop accepting at once and drain side by side; the revocation streams

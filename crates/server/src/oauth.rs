@@ -1,6 +1,8 @@
 //! `/oauth2/*` and `/.well-known/*`: the OAuth2-shaped API for first-party clients and the
 //! metadata other services use to verify tokens offline.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
@@ -67,10 +69,13 @@ pub async fn token(
                 .device_token
                 .filter(|t| !t.is_empty())
                 .map(|t| DeviceCredential::from_presented(&t));
-            state
-                .tessera
-                .password_grant(&username, Password::new(password), device)
-                .await?
+            let tessera = Arc::clone(&state.tessera);
+            crate::to_completion(async move {
+                tessera
+                    .password_grant(&username, Password::new(password), device)
+                    .await
+            })
+            .await?
         }
         Some("refresh_token") => {
             let Some(token) = request.refresh_token.filter(|t| !t.is_empty()) else {

@@ -352,3 +352,46 @@ async fn an_administrator_unlocks_an_account_and_its_lock_was_reported() {
 fn uuid_of_nobody() -> String {
     tessera_core::model::UserId::new().to_string()
 }
+
+#[tokio::test]
+async fn a_login_whose_client_hangs_up_still_gives_its_slot_back() {
+    // Each login takes a slot before hashing and gives it back on success. Clients that stop
+    // waiting (a closed tab, a timeout) must not leave their right passwords counted as
+    // failures: three abandoned logins against a limit of two would lock the owner out.
+    let server = start("login_max_failures = 2\nlogin_failure_window = \"10m\"").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let body = json!({ "email": email, "password": PASSWORD }).to_string();
+    let request = format!(
+        "POST /v1/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        address,
+        body.len()
+    );
+    let ok = || Counters::get(&server.tessera.counters().logins_ok);
+    for abandoned in 1..=3 {
+        // The whole request, then the connection closed before the answer.
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        drop(stream);
+        // The abandoned check finishes on its own (one at a time: parallel attempts share
+        // the budget, which is another test's subject).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ok() < abandoned {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "abandoned login {abandoned} never finished: {} ok, {} throttled",
+                ok(),
+                Counters::get(&server.tessera.counters().throttled)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(login(&server, &email, PASSWORD, None).await.status(), 200);
+    assert_eq!(login(&server, &email, WRONG, None).await.status(), 401);
+    assert_eq!(login(&server, &email, WRONG, None).await.status(), 401);
+    assert_throttled(login(&server, &email, PASSWORD, None).await).await;
+}
