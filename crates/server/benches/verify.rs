@@ -7,7 +7,7 @@
 //! - `bearer_authenticate/EdDSA/{store}`: today's per-request bearer cost (signature, session
 //!   liveness and the user's epoch, read from the store).
 //! - `access_token_sign/{alg}`: minting one access token.
-//! - `verify_route/{case}`: `GET /v1/verify` through the real router (no socket), as a proxy
+//! - `verify_route/{case}`: `GET /v1/verify` through the real router and its layers (no socket), as a proxy
 //!   asks it: bearer, cookie, and cookie for an unsafe method (`X-Forwarded-Method: POST`)
 //!   from an allowed `Origin`, the case that adds the origin check.
 //!
@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use tessera_core::config::ConfigLayer;
 use tessera_core::keys::{Algorithm, MasterKey};
@@ -29,6 +28,13 @@ use tessera_core::service::{DeviceInfo, KeyPolicy, Tessera};
 use tessera_core::verify::Claims;
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
+
+/// The served application, boxed so that the fixture can name its type.
+type App = tower::util::BoxCloneSyncService<
+    Request<Body>,
+    axum::response::Response,
+    std::convert::Infallible,
+>;
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "correct horse battery";
@@ -50,7 +56,7 @@ struct Fixtures {
     algs: Vec<(Algorithm, Fixture)>,
     /// The whole router over another in-memory Ed25519 service, with its user's cookie
     /// header and bearer header.
-    route: (Router, String, String),
+    route: (App, String, String),
 }
 
 /// Built once (argon2 and RSA key generation are slow) and shared by every group.
@@ -88,7 +94,7 @@ fn fixtures() -> &'static Fixtures {
             );
             let bearer = format!("Bearer {}", served.access_token);
             let state = tessera_server::AppState::new(Arc::new(served.tessera));
-            let route = (tessera_server::router(state), cookie, bearer);
+            let route = (App::new(tessera_server::app(state)), cookie, bearer);
             (stores, algs, route)
         });
         Fixtures {

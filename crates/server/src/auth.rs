@@ -8,12 +8,16 @@ use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, Method};
-use axum::middleware::Next;
-use axum::response::Response;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::response::{IntoResponse as _, Response};
+use futures_util::future::{BoxFuture, Either};
 use ipnet::IpNet;
 use tessera_core::secret::{DeviceCredential, SessionSecret};
 use tessera_core::service::{DeviceInfo, Principal};
 use tessera_core::AuthError;
+use tower::{Layer, Service};
 
 use crate::error::ApiError;
 use crate::{AppState, BODY_LIMIT};
@@ -124,17 +128,70 @@ struct FormCsrfToken(String);
 
 /// Lifts a `csrf_token` form field into the request's extensions, so the CSRF check can live
 /// in the extractor (which only sees headers) and still accept plain HTML forms.
-pub async fn form_csrf_token(request: Request, next: Next) -> Result<Response, ApiError> {
+///
+/// A hand-written service rather than `middleware::from_fn`, which boxes the inner service
+/// and the future of every request: here every request that is not an unsafe form post (all
+/// of `/v1/verify`) goes straight through, and only form posts pay for reading the body.
+#[derive(Clone, Copy)]
+pub struct FormCsrfLayer;
+
+impl<S> Layer<S> for FormCsrfLayer {
+    type Service = FormCsrf<S>;
+
+    fn layer(&self, inner: S) -> FormCsrf<S> {
+        FormCsrf { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct FormCsrf<S> {
+    inner: S,
+}
+
+type Answer = Result<Response, Infallible>;
+
+impl<S> Service<Request> for FormCsrf<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Answer>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if !carries_form_csrf_token(&request) {
+            return Either::Left(self.inner.call(request));
+        }
+        // The ready service takes this call once the body is read; its clone waits for the
+        // next request (tower's advice for services called from a future).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Either::Right(Box::pin(async move {
+            match lift_form_csrf_token(request).await {
+                Ok(request) => inner.call(request).await,
+                Err(error) => Ok(error.into_response()),
+            }
+        }))
+    }
+}
+
+/// An unsafe form post outside `/oauth2/*`, which takes no cookie and so no CSRF token (its
+/// bodies are its own to reject, in its own RFC 6749 error shape).
+fn carries_form_csrf_token(request: &Request) -> bool {
     let is_form = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    // `/oauth2/*` takes no cookie and so no CSRF token; its bodies are its own to reject, in
-    // its own (RFC 6749) error shape.
-    if !is_form || request.method().is_safe() || request.uri().path().starts_with("/oauth2/") {
-        return Ok(next.run(request).await);
-    }
+    is_form && !request.method().is_safe() && !request.uri().path().starts_with("/oauth2/")
+}
+
+async fn lift_form_csrf_token(request: Request) -> Result<Request, ApiError> {
     let (mut parts, body) = request.into_parts();
     let bytes = to_bytes(body, BODY_LIMIT)
         .await
@@ -146,9 +203,7 @@ pub async fn form_csrf_token(request: Request, next: Next) -> Result<Response, A
     {
         parts.extensions.insert(FormCsrfToken(token));
     }
-    Ok(next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await)
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// The authenticated caller. Extracting it runs the whole check.

@@ -28,9 +28,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request};
-use axum::Router;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -38,7 +39,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::ServiceExt as _;
+use tower::{Service, ServiceExt as _};
+
+/// What a connection serves: the whole API ([`crate::app`]), or `/metrics`.
+pub trait App:
+    Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// How long an idle keep-alive connection stays open once shutdown began, for a request its
 /// client may have sent just before our `Connection: close` could reach it.
@@ -121,11 +141,11 @@ pub struct Drained {
     pub dropped_connections: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains (see the module
+/// Serves `app` on `listener` until `shutdown` resolves, then drains (see the module
 /// documentation): `drain` bounds how long in-flight requests may still run.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: impl App,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
@@ -138,7 +158,7 @@ pub async fn serve(
         connections.spawn(connection(
             stream,
             remote,
-            router.clone(),
+            app.clone(),
             closing.clone(),
             Arc::clone(&running),
             limits,
@@ -200,7 +220,7 @@ pub async fn serve(
 async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
-    router: Router,
+    app: impl App,
     mut closing: watch::Receiver<bool>,
     running: Arc<AtomicUsize>,
     limits: Limits,
@@ -214,14 +234,15 @@ async fn connection(
     };
     let answering = closing.clone();
     let busy = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        let router = router.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let app = app.clone();
         let answering = answering.clone();
         let guard = Running::enter(&running);
         let answer = Answering::enter(&busy);
         async move {
+            let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(remote));
-            let Ok(mut response) = router.oneshot(request).await;
+            let Ok(mut response) = app.oneshot(request).await;
             if *answering.borrow() {
                 response
                     .headers_mut()

@@ -10,20 +10,22 @@
 //! Recording a request sits on the hot path of `/v1/verify`, so it never goes through a
 //! family: a family lookup takes its lock and clones the labels. Each series' handle is looked
 //! up once, at start-up for documented methods or on its first request otherwise, and cached in
-//! a fixed table indexed by route, method and status; after that a request costs a hash lookup
-//! of the matched route template and a few relaxed atomic adds, with no lock and no allocation.
+//! a fixed table indexed by route, method and status; after that a request costs one lookup of
+//! its path in a radix tree of the documented route templates (`matchit`, the router axum
+//! itself uses) and a few relaxed atomic adds, with no lock and no allocation.
 //! For the same reason the latency histogram is a table of atomics encoded through the crate's
 //! histogram encoder, since the crate's own `Histogram` takes a mutex per observation.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::{
@@ -143,9 +145,6 @@ fn status_slot(status: StatusCode) -> usize {
 
 /// The `route` label of requests no route matched (the 404 fallback).
 pub const UNMATCHED: &str = "unmatched";
-/// The `route` label of a matched route missing from the OpenAPI document. The router is built
-/// from the document, so this stays at zero unless someone bypasses it; then it shows.
-pub const UNDOCUMENTED: &str = "undocumented";
 
 /// The route whose outcomes are counted by reason in `tessera_verify_total`.
 const VERIFY_ROUTE: &str = "/v1/verify";
@@ -279,9 +278,11 @@ pub struct VerifyReason(pub Option<RefusalReason>);
 /// Request metrics for every documented route, filled by [`MetricsLayer`] and rendered by
 /// `GET /metrics`.
 pub struct HttpMetrics {
-    /// Row 0 is [`UNMATCHED`], row 1 [`UNDOCUMENTED`], then one row per documented route.
+    /// Row 0 is [`UNMATCHED`], then one row per documented route (the router mounts exactly
+    /// those: `tests/ops.rs` checks it).
     rows: Box<[RouteRow]>,
-    index: HashMap<Box<str>, usize>,
+    /// Request paths to rows, by the documented templates (`/v1/sessions/{id}`).
+    index: matchit::Router<usize>,
     verify_row: Option<usize>,
     requests: Family<StatusLabels, Counter>,
     latency: Family<RouteLabels, Latency>,
@@ -291,11 +292,10 @@ pub struct HttpMetrics {
 }
 
 const UNMATCHED_ROW: usize = 0;
-const UNDOCUMENTED_ROW: usize = 1;
 
 impl HttpMetrics {
     /// Pre-registers a row for each path of the document (paths use axum's `{param}` syntax,
-    /// which is also what [`MatchedPath`] reports). The latency series of the methods the
+    /// which is also `matchit`'s). The latency series of the methods the
     /// document lists are created now, at zero, so `rate()` works from the first scrape;
     /// others appear once used.
     pub fn for_document(doc: &OpenApiDocument) -> Self {
@@ -303,15 +303,19 @@ impl HttpMetrics {
             route: route.into(),
             series: std::array::from_fn(|_| Series::new()),
         };
-        let mut rows = vec![new_row(UNMATCHED), new_row(UNDOCUMENTED)];
-        let mut index = HashMap::new();
+        let mut rows = vec![new_row(UNMATCHED)];
+        let mut index = matchit::Router::new();
         let mut documented = Vec::new();
         for (path, item) in &doc.paths.paths {
-            index.insert(path.as_str().into(), rows.len());
+            // The router mounted these very paths, so none conflicts; one that did would be
+            // counted as unmatched rather than stop the server.
+            if index.insert(path.as_str(), rows.len()).is_err() {
+                continue;
+            }
             documented.push((rows.len(), documented_methods(item)));
             rows.push(new_row(path));
         }
-        let verify_row = index.get(VERIFY_ROUTE).copied();
+        let verify_row = index.at(VERIFY_ROUTE).ok().map(|found| *found.value);
         let verify_family = Family::<OneLabel, Counter>::default();
         let verify = std::array::from_fn(|slot| {
             verify_family.get_or_create_owned(&[("outcome", verify_label(slot))])
@@ -335,15 +339,11 @@ impl HttpMetrics {
         metrics
     }
 
-    fn row_of(&self, matched: Option<&MatchedPath>) -> usize {
-        match matched {
-            None => UNMATCHED_ROW,
-            Some(path) => self
-                .index
-                .get(path.as_str())
-                .copied()
-                .unwrap_or(UNDOCUMENTED_ROW),
-        }
+    /// The row of the documented route that `path` matches, as the router matches it.
+    fn row_of(&self, path: &str) -> usize {
+        self.index
+            .at(path)
+            .map_or(UNMATCHED_ROW, |found| *found.value)
     }
 
     /// The cached latency handle of `(row, method)`, taken from the family the first time.
@@ -568,9 +568,10 @@ fn documented_methods(item: &PathItem) -> [bool; METHODS.len()] {
     ]
 }
 
-/// Measures every request. Added with `Router::layer`, so it runs after routing (the matched
-/// route template is known) and wraps the fallbacks too; outermost, so it sees the final
-/// status, including a caught panic's 500.
+/// Measures every request, and answers a handler's panic with [`panic_response`]. It wraps the
+/// whole router once (see [`crate::app`]), outermost, so it sees the final status; it finds
+/// the route template itself, since a layer inside the router would be cloned and boxed once
+/// per route per request.
 #[derive(Clone)]
 pub struct MetricsLayer {
     metrics: Arc<HttpMetrics>,
@@ -615,9 +616,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let row = self
-            .metrics
-            .row_of(request.extensions().get::<MatchedPath>());
+        let row = self.metrics.row_of(request.uri().path());
         let method = method_slot(request.method());
         MeteredFuture {
             inner: self.inner.call(request),
@@ -645,7 +644,12 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        let result = ready!(Pin::new(&mut this.inner).poll(cx));
+        // A panic is a bug, but it must still answer in our shape, never leak its message,
+        // and be counted as the 500 it is.
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.inner).poll(cx)))
+                .unwrap_or_else(|_| Poll::Ready(Ok(panic_response())));
+        let result = ready!(polled);
         if let Ok(response) = &result {
             this.metrics.record(
                 this.row,
@@ -657,6 +661,20 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// The answer to a handler that panicked.
+pub fn panic_response() -> Response {
+    tracing::error!("handler panicked");
+    let mut response = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({ "error": "internal", "message": "the server could not complete the request" })),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[cfg(test)]
@@ -700,7 +718,7 @@ mod tests {
     #[test]
     fn buckets_are_cumulative_and_verify_outcomes_follow_the_status() {
         let metrics = metrics();
-        let verify = metrics.index["/v1/verify"];
+        let verify = metrics.row_of("/v1/verify");
         let ms = Duration::from_millis;
         metrics.record(verify, 0, StatusCode::OK, Duration::from_micros(50), None);
         metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(3), None);
