@@ -382,18 +382,15 @@ pub async fn verify(State(state): State<AppState>, request: Request) -> Response
                 && check_origin(headers, &config.allowed_origins, false).is_err() =>
         {
             // Refused before the cookie is looked up: whether it is valid changes nothing.
-            let mut response = ApiError::Auth(AuthError::OriginRejected).into_response();
-            response
-                .extensions_mut()
-                .insert(crate::ops::VerifyReason(Some(
-                    RefusalReason::OriginNotAllowed,
-                )));
-            return response;
+            state
+                .metrics
+                .count_verify(Some(RefusalReason::OriginNotAllowed));
+            return ApiError::Auth(AuthError::OriginRejected).into_response();
         }
         Some(Credential::Cookie(secret)) => state.tessera.check_cookie(&secret).await,
         None => Err(Refused::because(RefusalReason::MissingCredential)),
     };
-    let (mut response, reason) = match outcome {
+    let (response, reason) = match outcome {
         Ok(principal) => (identity_response(&principal), None),
         Err(Refused {
             reason,
@@ -411,28 +408,37 @@ pub async fn verify(State(state): State<AppState>, request: Request) -> Response
             (response, Some(reason))
         }
     };
-    // For `tessera_verify_total{outcome}`; never sent to the client.
-    response
-        .extensions_mut()
-        .insert(crate::ops::VerifyReason(reason));
+    state.metrics.count_verify(reason);
     response
 }
 
 fn identity_response(principal: &Principal) -> Response {
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
-    let values = [
-        (&X_AUTH_USER, principal.user_id.to_string()),
-        (&X_AUTH_SESSION, principal.session_id.to_string()),
-        (&X_AUTH_ROLES, principal.roles.join(",")),
-    ];
-    for (name, value) in values {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name.clone(), value);
-        }
+    headers.reserve(4);
+    headers.insert(X_AUTH_USER.clone(), id_value(principal.user_id.as_uuid()));
+    headers.insert(
+        X_AUTH_SESSION.clone(),
+        id_value(principal.session_id.as_uuid()),
+    );
+    let roles = match principal.roles.as_slice() {
+        [] => Ok(HeaderValue::from_static("")),
+        [role] => HeaderValue::from_str(role),
+        roles => HeaderValue::from_str(&roles.join(",")),
+    };
+    if let Ok(roles) = roles {
+        headers.insert(X_AUTH_ROLES.clone(), roles);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// An id as a header value, written without the formatting machinery (this runs on every
+/// `/v1/verify` answer).
+fn id_value(id: &uuid::Uuid) -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = id.hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn no_store(response: &mut Response) {

@@ -1,5 +1,6 @@
 //! One public (or, for HS256, shared) key and the algorithm it is pinned to.
 
+use aws_lc_rs::signature::{self, VerificationAlgorithm};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{AlgorithmFamily, DecodingKey, DecodingKeyKind};
 
@@ -78,11 +79,16 @@ impl VerificationKey {
         if let Some(defect) = key.defect {
             return Err(VerifyError::InvalidKey(format!("JWK `{kid}`: {defect}")));
         }
-        // Constructing the backend's verifier validates what a length check cannot (that an
-        // EC point lies on the curve, that Ed25519 bytes decode), so a bad JWK fails here, at
-        // load time, rather than on every request.
-        if alg != Algorithm::RS256 && alg != Algorithm::HS256 {
-            jsonwebtoken::crypto::verify("", b"", &key.key, alg.to_jsonwebtoken())
+        // Parsing the key as the crypto backend will validates what a length check cannot
+        // (that an EC point lies on the curve, that Ed25519 bytes decode), so a bad JWK fails
+        // here, at load time, rather than on every request.
+        let parser: Option<&'static dyn VerificationAlgorithm> = match alg {
+            Algorithm::EdDSA => Some(&signature::ED25519),
+            Algorithm::ES256 => Some(&signature::ECDSA_P256_SHA256_FIXED),
+            Algorithm::RS256 | Algorithm::HS256 => None,
+        };
+        if let (Some(parser), DecodingKeyKind::SecretOrDer(bytes)) = (parser, key.key.kind()) {
+            signature::ParsedPublicKey::new(parser, bytes)
                 .map_err(|err| VerifyError::InvalidKey(format!("JWK `{kid}`: {err}")))?;
         }
         Ok(key)

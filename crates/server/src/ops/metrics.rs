@@ -146,9 +146,6 @@ fn status_slot(status: StatusCode) -> usize {
 /// The `route` label of requests no route matched (the 404 fallback).
 pub const UNMATCHED: &str = "unmatched";
 
-/// The route whose outcomes are counted by reason in `tessera_verify_total`.
-const VERIFY_ROUTE: &str = "/v1/verify";
-
 /// Labels of a latency series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -270,11 +267,6 @@ fn verify_label(slot: usize) -> &'static str {
     }
 }
 
-/// How `/v1/verify` answered, left in the response's extensions by the handler for the
-/// metrics layer: `None` for a yes, else why not.
-#[derive(Debug, Clone, Copy)]
-pub struct VerifyReason(pub Option<RefusalReason>);
-
 /// Request metrics for every documented route, filled by [`MetricsLayer`] and rendered by
 /// `GET /metrics`.
 pub struct HttpMetrics {
@@ -283,7 +275,6 @@ pub struct HttpMetrics {
     rows: Box<[RouteRow]>,
     /// Request paths to rows, by the documented templates (`/v1/sessions/{id}`).
     index: matchit::Router<usize>,
-    verify_row: Option<usize>,
     requests: Family<StatusLabels, Counter>,
     latency: Family<RouteLabels, Latency>,
     verify_family: Family<OneLabel, Counter>,
@@ -315,7 +306,6 @@ impl HttpMetrics {
             documented.push((rows.len(), documented_methods(item)));
             rows.push(new_row(path));
         }
-        let verify_row = index.at(VERIFY_ROUTE).ok().map(|found| *found.value);
         let verify_family = Family::<OneLabel, Counter>::default();
         let verify = std::array::from_fn(|slot| {
             verify_family.get_or_create_owned(&[("outcome", verify_label(slot))])
@@ -323,7 +313,6 @@ impl HttpMetrics {
         let metrics = Self {
             rows: rows.into_boxed_slice(),
             index,
-            verify_row,
             requests: Family::default(),
             latency: Family::default(),
             verify_family,
@@ -376,33 +365,21 @@ impl HttpMetrics {
         }))
     }
 
-    fn record(
-        &self,
-        row: usize,
-        method: usize,
-        status: StatusCode,
-        elapsed: Duration,
-        verdict: Option<VerifyReason>,
-    ) {
+    fn record(&self, row: usize, method: usize, status: StatusCode, elapsed: Duration) {
         if let Some(latency) = self.latency_of(row, method) {
             latency.observe(elapsed);
         }
         if let Some(counter) = self.requests_of(row, method, status_slot(status)) {
             counter.inc();
         }
-        if Some(row) == self.verify_row && method == 0 {
-            // The handler's verdict; without one (a rejection before it ran), the status.
-            let refused = verdict.map_or_else(
-                || match status.as_u16() {
-                    200..=299 => None,
-                    401 => Some(RefusalReason::Unauthenticated),
-                    _ => Some(RefusalReason::Unavailable),
-                },
-                |VerifyReason(refused)| refused,
-            );
-            if let Some(counter) = self.verify.get(verify_slot(refused)) {
-                counter.inc();
-            }
+    }
+
+    /// Counts one answer of `/v1/verify` in `tessera_verify_total`: `None` for a yes, else
+    /// why not. The handler calls it directly (it cannot be refused before it runs), which
+    /// spares the hot path a response extension.
+    pub fn count_verify(&self, refused: Option<RefusalReason>) {
+        if let Some(counter) = self.verify.get(verify_slot(refused)) {
+            counter.inc();
         }
     }
 
@@ -656,7 +633,6 @@ where
                 this.method,
                 response.status(),
                 this.start.elapsed(),
-                response.extensions().get::<VerifyReason>().copied(),
             );
         }
         Poll::Ready(result)
@@ -720,10 +696,13 @@ mod tests {
         let metrics = metrics();
         let verify = metrics.row_of("/v1/verify");
         let ms = Duration::from_millis;
-        metrics.record(verify, 0, StatusCode::OK, Duration::from_micros(50), None);
-        metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(3), None);
-        metrics.record(verify, 0, StatusCode::SERVICE_UNAVAILABLE, ms(20_000), None);
-        metrics.record(verify, 2, StatusCode::METHOD_NOT_ALLOWED, ms(1), None);
+        metrics.record(verify, 0, StatusCode::OK, Duration::from_micros(50));
+        metrics.count_verify(None);
+        metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(3));
+        metrics.count_verify(Some(RefusalReason::Unauthenticated));
+        metrics.record(verify, 0, StatusCode::SERVICE_UNAVAILABLE, ms(20_000));
+        metrics.count_verify(Some(RefusalReason::Unavailable));
+        metrics.record(verify, 2, StatusCode::METHOD_NOT_ALLOWED, ms(1));
         let text = metrics.render(&Counters::default(), status(true), None);
         let bucket = |le: &str| {
             format!("tessera_http_request_duration_seconds_bucket{{route=\"/v1/verify\",method=\"GET\",le=\"{le}\"}} ")
@@ -739,14 +718,9 @@ mod tests {
         assert!(text.contains("tessera_verify_total{outcome=\"ok\"} 1\n"));
         assert!(text.contains("tessera_verify_total{outcome=\"unauthenticated\"} 1\n"));
         assert!(text.contains("tessera_verify_total{outcome=\"unavailable\"} 1\n"));
-        // A reason left by the handler wins over the status.
-        metrics.record(
-            verify,
-            0,
-            StatusCode::UNAUTHORIZED,
-            ms(1),
-            Some(VerifyReason(Some(RefusalReason::JtiDenied))),
-        );
+        // The handler's reason, whatever the status.
+        metrics.record(verify, 0, StatusCode::UNAUTHORIZED, ms(1));
+        metrics.count_verify(Some(RefusalReason::JtiDenied));
         let text = metrics.render(&Counters::default(), status(true), None);
         assert!(text.contains("tessera_verify_total{outcome=\"jti_denied\"} 1\n"));
         assert!(text.contains("tessera_verify_total{outcome=\"unauthenticated\"} 1\n"));

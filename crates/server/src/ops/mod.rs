@@ -12,7 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 
-pub use metrics::{HttpMetrics, MetricsLayer, VerifyReason};
+pub use metrics::{HttpMetrics, MetricsLayer};
 pub use openapi::{finish_document, render_document, ApiDoc, ApiErrorBody, OAuthErrorBody};
 
 /// Probes and scrapes must see the state of now, never a cached copy.
