@@ -215,6 +215,7 @@ fn every_command_has_help() {
         "user list",
         "user set-roles",
         "user unlock",
+        "user delete",
         "admin-key",
         "admin-key create",
         "admin-key revoke",

@@ -40,16 +40,23 @@ pub enum EventType {
     UserRolesChanged,
     /// Password guessing locked an account: its failures reached `login_max_failures`.
     UserLocked,
+    /// A user's password was replaced (changed by the user, or reset by recovery); their
+    /// other sessions were revoked with it.
+    UserPasswordChanged,
+    /// A user's account was deleted, by the user or an administrator.
+    UserDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         Self::SessionCreated,
         Self::SessionRevoked,
         Self::UserSignedOutEverywhere,
         Self::RefreshReuseDetected,
         Self::UserRolesChanged,
         Self::UserLocked,
+        Self::UserPasswordChanged,
+        Self::UserDeleted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +67,8 @@ impl EventType {
             Self::RefreshReuseDetected => "refresh.reuse_detected",
             Self::UserRolesChanged => "user.roles_changed",
             Self::UserLocked => "user.locked",
+            Self::UserPasswordChanged => "user.password_changed",
+            Self::UserDeleted => "user.deleted",
         }
     }
 
@@ -152,6 +161,10 @@ pub enum RevokeReason {
     TokenRevoked,
     /// A spent refresh token of the family was presented again (RFC 9700 §4.14.2).
     RefreshReuseDetected,
+    /// The user's password was replaced; every session but the one that changed it dies.
+    PasswordChanged,
+    /// The user's account was deleted.
+    UserDeleted,
 }
 
 impl RevokeReason {
@@ -164,6 +177,8 @@ impl RevokeReason {
             Self::ReplacedByLogin => "replaced_by_login",
             Self::TokenRevoked => "token_revoked",
             Self::RefreshReuseDetected => "refresh_reuse_detected",
+            Self::PasswordChanged => "password_changed",
+            Self::UserDeleted => "user_deleted",
         }
     }
 }
@@ -303,6 +318,38 @@ pub fn signed_out_everywhere(
     messages(
         webhooks,
         EventType::UserSignedOutEverywhere,
+        at,
+        &json!({ "user_id": user, "sessions_revoked": sessions_revoked }),
+    )
+}
+
+/// `user.password_changed`: `{user_id, sessions_revoked}` (the sessions that died with the
+/// old password).
+pub fn password_changed(
+    webhooks: &[Webhook],
+    user: UserId,
+    sessions_revoked: usize,
+    at: Timestamp,
+) -> Vec<OutboxMessage> {
+    messages(
+        webhooks,
+        EventType::UserPasswordChanged,
+        at,
+        &json!({ "user_id": user, "sessions_revoked": sessions_revoked }),
+    )
+}
+
+/// `user.deleted`: `{user_id, sessions_revoked}`. No email: a receiver keyed its own records
+/// by the id, and a deleted person's address should not travel further.
+pub fn user_deleted(
+    webhooks: &[Webhook],
+    user: UserId,
+    sessions_revoked: usize,
+    at: Timestamp,
+) -> Vec<OutboxMessage> {
+    messages(
+        webhooks,
+        EventType::UserDeleted,
         at,
         &json!({ "user_id": user, "sessions_revoked": sessions_revoked }),
     )
