@@ -47,6 +47,7 @@ impl Tessera {
             roles,
             created_at: now,
             tokens_valid_after: Timestamp::from_unix(0),
+            email_verified_at: None,
         };
         let mut change = self.change(now).await?;
         match change.tx.insert_user(&user).await {
