@@ -80,6 +80,9 @@ enum UserCommand {
     },
     /// Clear an account's failed-login count and lock (on every node sharing the store)
     Unlock { email: String },
+    /// Delete a user: their sessions and refresh families go with them, and their access
+    /// tokens are refused on every node until they expire
+    Delete { email: String },
 }
 
 #[derive(Subcommand)]
@@ -395,6 +398,17 @@ async fn user(tessera: Arc<Tessera>, command: UserCommand) -> CliResult {
             })?;
             tessera.unlock(user.id).await.map_err(|e| e.to_string())?;
             println!("{}", user.id);
+        }
+        UserCommand::Delete { email } => {
+            let user = tessera.user_by_email(&email).await.map_err(|e| match e {
+                AuthError::NotFound => format!("no user with email {email}"),
+                e => e.to_string(),
+            })?;
+            tessera.delete_user(user.id).await.map_err(|e| match e {
+                AuthError::NotFound => format!("no user with email {email}"),
+                e => e.to_string(),
+            })?;
+            println!("deleted user {} ({})", user.id, user.email.as_str());
         }
     }
     Ok(())

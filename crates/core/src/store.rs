@@ -124,6 +124,14 @@ pub trait StoreTx: Send {
         id: EmailTokenId,
         at: Timestamp,
     ) -> Result<bool, StoreError>;
+    /// Deletes the user with their sessions and refresh tokens, and keeps a tombstone: the
+    /// id, its `tokens_valid_after` as it stands in this transaction, and `deleted_at = at`.
+    /// The revocations of the deleted sessions go with their rows, so the tombstone is what
+    /// keeps the user's unexpired access tokens refused by a node that warms its cache
+    /// afterwards ([`UserStore::epochs_since`] lists it): bump the epoch first. Webhook
+    /// messages and revocation-log entries are not the user's rows and stay. `false` (and
+    /// nothing written) if there is no such user.
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
 
     // ----- sessions and refresh families
 
@@ -202,7 +210,9 @@ pub trait UserStore: Send + Sync + 'static {
     /// epoch, in no particular order: for warming a revocation cache (SPEC §5). Only epochs
     /// within the last access-token lifetime can still kill a token, so callers pass
     /// `now - access_token_ttl`. A new user starts at epoch 0 (the Unix epoch), so only users
-    /// whose epoch was bumped (sign-out everywhere, role change) are listed.
+    /// whose epoch was bumped (sign-out everywhere, role change) are listed. Deleted users
+    /// are listed too, with their last epoch, for as long as their tombstone is kept (see
+    /// [`StoreTx::delete_user`]).
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
     /// Housekeeping: deletes every mailed link's token that expired strictly before `before`,
     /// spent or not, and returns how many. An expired token is refused whether or not it is
@@ -251,7 +261,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// within the last access-token lifetime must stay visible to
     /// [`revoked_sessions_since`](Self::revoked_sessions_since) while its access tokens live.
     /// Purging changes no verdict on a credential: a dead session already answers as an
-    /// unknown one does.
+    /// unknown one does. Tombstones of users deleted strictly before `before` go too (they
+    /// are not counted): their last access tokens have expired by then.
     async fn purge_dead_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 

@@ -45,16 +45,23 @@ pub enum EventType {
     RecoveryMail,
     /// Not a webhook event: a verification mail waiting in the outbox, as [`Self::RecoveryMail`].
     VerificationMail,
+    /// A user's password was replaced (changed by the user, or reset by recovery); their
+    /// other sessions were revoked with it.
+    UserPasswordChanged,
+    /// A user's account was deleted, by the user or an administrator.
+    UserDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         Self::SessionCreated,
         Self::SessionRevoked,
         Self::UserSignedOutEverywhere,
         Self::RefreshReuseDetected,
         Self::UserRolesChanged,
         Self::UserLocked,
+        Self::UserPasswordChanged,
+        Self::UserDeleted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -67,6 +74,8 @@ impl EventType {
             Self::UserLocked => "user.locked",
             Self::RecoveryMail => "mail.recovery",
             Self::VerificationMail => "mail.verification",
+            Self::UserPasswordChanged => "user.password_changed",
+            Self::UserDeleted => "user.deleted",
         }
     }
 
@@ -174,6 +183,10 @@ pub enum RevokeReason {
     TokenRevoked,
     /// A spent refresh token of the family was presented again (RFC 9700 §4.14.2).
     RefreshReuseDetected,
+    /// The user's password was replaced; every session but the one that changed it dies.
+    PasswordChanged,
+    /// The user's account was deleted.
+    UserDeleted,
 }
 
 impl RevokeReason {
@@ -186,6 +199,8 @@ impl RevokeReason {
             Self::ReplacedByLogin => "replaced_by_login",
             Self::TokenRevoked => "token_revoked",
             Self::RefreshReuseDetected => "refresh_reuse_detected",
+            Self::PasswordChanged => "password_changed",
+            Self::UserDeleted => "user_deleted",
         }
     }
 }
@@ -325,6 +340,38 @@ pub fn signed_out_everywhere(
     messages(
         webhooks,
         EventType::UserSignedOutEverywhere,
+        at,
+        &json!({ "user_id": user, "sessions_revoked": sessions_revoked }),
+    )
+}
+
+/// `user.password_changed`: `{user_id, sessions_revoked}` (the sessions that died with the
+/// old password).
+pub fn password_changed(
+    webhooks: &[Webhook],
+    user: UserId,
+    sessions_revoked: usize,
+    at: Timestamp,
+) -> Vec<OutboxMessage> {
+    messages(
+        webhooks,
+        EventType::UserPasswordChanged,
+        at,
+        &json!({ "user_id": user, "sessions_revoked": sessions_revoked }),
+    )
+}
+
+/// `user.deleted`: `{user_id, sessions_revoked}`. No email: a receiver keyed its own records
+/// by the id, and a deleted person's address should not travel further.
+pub fn user_deleted(
+    webhooks: &[Webhook],
+    user: UserId,
+    sessions_revoked: usize,
+    at: Timestamp,
+) -> Vec<OutboxMessage> {
+    messages(
+        webhooks,
+        EventType::UserDeleted,
         at,
         &json!({ "user_id": user, "sessions_revoked": sessions_revoked }),
     )

@@ -104,6 +104,31 @@ pub async fn sign_out_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /v1/admin/users/{id}`: deletes a user as `DELETE /v1/users/me` does.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/users/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "a user id")),
+    security(("admin_key" = ["admin"])),
+    responses(
+        (status = 204, description = "the user, their sessions, refresh families and guessing counters are deleted; their access tokens are refused until they expire"),
+        (status = 401, description = "`unauthenticated`: no valid API key", body = ApiErrorBody),
+        (status = 403, description = "`insufficient_scope`: the API key lacks the `admin` scope", body = ApiErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = ApiErrorBody),
+    )
+)]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = user_id(&id)?;
+    state.tessera.delete_user(id).await?;
+    tracing::info!(admin = %admin.id, user = %id, "user deleted by an administrator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `DELETE /v1/admin/users/{id}/lockout`: clears the account's guessing tally, and so its
 /// lock, on every node (the tally is shared).
 #[utoipa::path(

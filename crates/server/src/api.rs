@@ -336,6 +336,87 @@ pub async fn revoke_my_other_sessions(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordChange {
+    #[schema(format = Password)]
+    current_password: String,
+    /// 8 to 1024 characters, not a common password, not containing the email's local part.
+    #[schema(format = Password)]
+    new_password: String,
+}
+
+/// `POST /v1/password`: a new password for the caller. The caller's session stays (a bearer
+/// client refreshes to get an access token past the bumped epoch); every other one dies.
+#[utoipa::path(
+    post,
+    path = "/v1/password",
+    tag = "users",
+    request_body = PasswordChange,
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "the password is changed: every other session and refresh family is revoked and the access-token epoch bumped; the current session stays"),
+        (status = 400, description = "`weak_password` (the message names the rule) or `invalid_request`", body = ApiErrorBody),
+        (status = 401, description = "`invalid_credentials`: the current password is wrong (counted as a failed login); or `unauthenticated`", body = ApiErrorBody),
+        (status = 403, description = "`csrf_token_invalid` or `origin_not_allowed`", body = ApiErrorBody),
+        (status = 429, description = "`too_many_attempts`: past the guessing limits of the account, with `Retry-After`", body = ApiErrorBody),
+    )
+)]
+pub async fn change_password(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    Device(device): Device,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .tessera
+        .change_password(
+            &principal,
+            Password::new(body.current_password),
+            Password::new(body.new_password),
+            &device,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordConfirmation {
+    #[schema(format = Password)]
+    password: String,
+}
+
+/// `DELETE /v1/users/me`: the caller deletes their own account.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/me",
+    tag = "users",
+    request_body = PasswordConfirmation,
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "the user, their sessions, refresh families and guessing counters are deleted; their access tokens are refused until they expire; the cookie is cleared"),
+        (status = 400, description = "`invalid_request`", body = ApiErrorBody),
+        (status = 401, description = "`invalid_credentials`: the password is wrong (counted as a failed login); or `unauthenticated`", body = ApiErrorBody),
+        (status = 403, description = "`csrf_token_invalid` or `origin_not_allowed`", body = ApiErrorBody),
+        (status = 429, description = "`too_many_attempts`: past the guessing limits of the account, with `Retry-After`", body = ApiErrorBody),
+    )
+)]
+pub async fn delete_me(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    Device(device): Device,
+    ApiJson(body): ApiJson<PasswordConfirmation>,
+) -> Result<Response, ApiError> {
+    state
+        .tessera
+        .delete_own_account(&principal, Password::new(body.password), &device)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.session_cookie("", 0));
+    Ok(response)
+}
+
 static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
 static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");

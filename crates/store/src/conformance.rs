@@ -154,6 +154,7 @@ macro_rules! conformance_suite {
             set_roles_replaces_roles,
             set_password_hash_replaces_only_that_users_hash,
             bump_epoch_moves_past_the_current_epoch,
+            delete_user_leaves_a_tombstone_and_the_outbox,
             session_round_trips_by_id_and_hash,
             duplicate_session_conflicts,
             token_sessions_need_no_secret_hash,
@@ -700,6 +701,102 @@ pub async fn bump_epoch_moves_past_the_current_epoch<S: Store + ?Sized>(store: &
 
 // ---------------------------------------------------------------------------------------------
 // Sessions
+
+pub async fn delete_user_leaves_a_tombstone_and_the_outbox<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let cookie = new_session(&user, Via::Cookie, at(0));
+    insert_session(store, &cookie).await;
+    let token = new_session(&user, Via::Token, at(0));
+    insert_session(store, &token).await;
+    let refresh = family_of(store, &token).await;
+    let (theirs, their_refresh) = seeded_family(store).await;
+    let endpoint = fresh_endpoint();
+    let queued = message(
+        &endpoint,
+        EventType::SessionCreated,
+        at(0),
+        &json!({"user_id": user.id, "session_id": cookie.id, "via": "cookie"}),
+    );
+    committed!(store, |tx| tx.enqueue(std::slice::from_ref(&queued))).unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.bump_epoch(user.id, at(100)).await.unwrap(),
+        Some(at(100))
+    );
+    assert!(tx.delete_user(user.id, at(100)).await.unwrap());
+    assert_eq!(tx.user_for_update(user.id).await.unwrap(), None);
+    assert_eq!(tx.session_for_update(token.id).await.unwrap(), None);
+    tx.commit().await.unwrap();
+
+    // The user, their sessions and their refresh family are gone.
+    assert_eq!(store.find_user(user.id).await.unwrap(), None);
+    assert_eq!(store.find_user_by_email(&user.email).await.unwrap(), None);
+    assert_eq!(
+        store.find_live_session(cookie.id, at(1)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_live_session_by_hash(&cookie.secret_hash.unwrap(), at(1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.find_live_session(token.id, at(1)).await.unwrap(),
+        None
+    );
+    assert!(store
+        .list_live_sessions(user.id, at(1))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(read_family(store, &refresh).await, None);
+    assert_eq!(read_token(store, &refresh, at(1)).await, None);
+    // Someone else's are untouched.
+    assert_eq!(
+        store.find_live_session(theirs.id, at(1)).await.unwrap(),
+        Some(theirs.clone())
+    );
+    assert_eq!(read_family(store, &their_refresh).await, Some(theirs));
+
+    // The tombstone keeps the last epoch for the cache warm-up.
+    let listed = |since: Timestamp| async move {
+        store
+            .epochs_since(since)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(id, _)| *id == user.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(at(100)).await, vec![(user.id, at(100))]);
+    assert_eq!(listed(just_after(at(100))).await, vec![]);
+
+    // Messages already queued about the user are still delivered.
+    let due = due_for(store, &endpoint, at(10)).await;
+    assert_eq!(
+        due.iter().map(|q| &q.message).collect::<Vec<_>>(),
+        vec![&queued]
+    );
+
+    // Deleting again, or deleting no one, changes nothing.
+    assert!(!committed!(store, |tx| tx.delete_user(user.id, at(200))).unwrap());
+    assert!(!committed!(store, |tx| tx.delete_user(UserId::new(), at(200))).unwrap());
+    assert_eq!(listed(at(100)).await, vec![(user.id, at(100))]);
+
+    // The address may sign up again, as a new user.
+    let again = User {
+        email: user.email.clone(),
+        ..new_user(at(300))
+    };
+    insert_user(store, &again).await;
+    assert_eq!(
+        store.find_user_by_email(&user.email).await.unwrap(),
+        Some(again)
+    );
+}
 
 pub async fn session_round_trips_by_id_and_hash<S: Store + ?Sized>(store: &S) {
     let session = seeded_session(store, Via::Cookie).await;
@@ -1595,8 +1692,28 @@ pub async fn purge_dead_sessions_keeps_live_ones<S: Store + ?Sized>(store: &S) {
     assert!(revoke_session(store, gone.id, past(100)).await);
     assert!(revoke_session(store, gone_later.id, past(1_000)).await);
 
+    // Tombstones: one of a user deleted before the cut-off, one deleted exactly at it.
+    let deleted_early = new_user(past(0));
+    let deleted_at_cut_off = new_user(past(0));
+    for (deleted, when) in [
+        (&deleted_early, past(100)),
+        (&deleted_at_cut_off, past(500)),
+    ] {
+        insert_user(store, deleted).await;
+        assert!(committed!(store, |tx| tx.delete_user(deleted.id, when)).unwrap());
+    }
+
     let before = past(500);
     assert_eq!(store.purge_dead_sessions(before).await.unwrap(), 3);
+    let tombstones: Vec<UserId> = store
+        .epochs_since(forever_ago())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| [deleted_early.id, deleted_at_cut_off.id].contains(id))
+        .collect();
+    assert_eq!(tombstones, vec![deleted_at_cut_off.id]);
     // Nothing else ended before the cut-off: a second run deletes nothing.
     assert_eq!(store.purge_dead_sessions(before).await.unwrap(), 0);
 

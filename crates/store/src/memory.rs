@@ -96,6 +96,8 @@ struct State {
     next_seq: u64,
     users: HashMap<UserId, Sequenced<User>>,
     users_by_email: HashMap<Email, UserId>,
+    /// Tombstones of deleted users: their last epoch and when they were deleted.
+    deleted_users: HashMap<UserId, (Timestamp, Timestamp)>,
     sessions: HashMap<SessionId, Sequenced<Session>>,
     sessions_by_hash: HashMap<SecretHash, SessionId>,
     sessions_by_user: HashMap<UserId, HashSet<SessionId>>,
@@ -146,6 +148,8 @@ impl State {
             .filter(|s| s.revoked_at.is_some_and(|at| at < before) || s.idle_expires_at() < before)
             .map(|s| (s.id, s.user_id, s.secret_hash))
             .collect();
+        self.deleted_users
+            .retain(|_, (_, deleted_at)| *deleted_at >= before);
         if dead.is_empty() {
             return 0;
         }
@@ -385,6 +389,36 @@ impl StoreTx for MemoryTx {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        let state = &mut self.state;
+        let Some(user) = state.users.remove(&id) else {
+            return Ok(false);
+        };
+        state.users_by_email.remove(&user.value.email);
+        state
+            .deleted_users
+            .insert(id, (user.value.tokens_valid_after, at));
+        // As the SQL foreign keys' cascade: the sessions go with the user, the refresh
+        // tokens with their sessions.
+        let sessions = state.sessions_by_user.remove(&id).unwrap_or_default();
+        for session in &sessions {
+            if let Some(removed) = state.sessions.remove(session) {
+                if let Some(hash) = removed.value.secret_hash {
+                    state.sessions_by_hash.remove(&hash);
+                }
+            }
+        }
+        state
+            .refresh
+            .retain(|_, entry| !sessions.contains(&entry.record.session_id));
+        state.email_tokens.retain(|_, token| token.user_id != id);
+        let kept = state.email_tokens.clone();
+        state
+            .email_tokens_by_hash
+            .retain(|_, token| kept.contains_key(token));
+        Ok(true)
     }
 
     async fn bump_epoch(
@@ -698,11 +732,17 @@ impl UserStore for MemoryStore {
     }
 
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
-        Ok(self
-            .read()?
+        let state = self.read()?;
+        let live = state
             .users
             .values()
-            .map(|u| (u.value.id, u.value.tokens_valid_after))
+            .map(|u| (u.value.id, u.value.tokens_valid_after));
+        let deleted = state
+            .deleted_users
+            .iter()
+            .map(|(id, (epoch, _))| (*id, *epoch));
+        Ok(live
+            .chain(deleted)
             .filter(|(_, epoch)| *epoch >= since)
             .collect())
     }

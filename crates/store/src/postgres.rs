@@ -759,6 +759,26 @@ impl StoreTx for PostgresTx {
         })
     }
 
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            // One statement: the cascade takes the sessions and their refresh tokens with the
+            // user, and the deleted row's epoch goes into the tombstone.
+            let done = sqlx::query(
+                "WITH gone AS (DELETE FROM users WHERE id = $1 RETURNING id, tokens_valid_after) \
+                 INSERT INTO deleted_users (id, tokens_valid_after, deleted_at) \
+                 SELECT id, tokens_valid_after, $2 FROM gone \
+                 ON CONFLICT (id) DO UPDATE SET \
+                 tokens_valid_after = EXCLUDED.tokens_valid_after, deleted_at = EXCLUDED.deleted_at",
+            )
+            .bind(id.as_uuid())
+            .bind(at.as_unix_millis())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
     async fn bump_epoch(
         &mut self,
         id: UserId,
@@ -1115,19 +1135,23 @@ impl UserStore for PostgresStore {
     }
 
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
-        sqlx::query("SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= $1")
-            .bind(since.as_unix_millis())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(|row| {
-                Ok((
-                    id(row, "id", UserId::from_uuid)?,
-                    timestamp(row, "tokens_valid_after")?,
-                ))
-            })
-            .collect()
+        sqlx::query(
+            "SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= $1 \
+             UNION ALL \
+             SELECT id, tokens_valid_after FROM deleted_users WHERE tokens_valid_after >= $1",
+        )
+        .bind(since.as_unix_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| {
+            Ok((
+                id(row, "id", UserId::from_uuid)?,
+                timestamp(row, "tokens_valid_after")?,
+            ))
+        })
+        .collect()
     }
 
     async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
@@ -1245,6 +1269,11 @@ impl SessionStore for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
+        sqlx::query("DELETE FROM deleted_users WHERE deleted_at < $1")
+            .bind(before.as_unix_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(done.rows_affected())
     }
 }

@@ -639,6 +639,51 @@ impl StoreTx for SqliteTx {
         })
     }
 
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let user = id.to_string();
+            let kept = sqlx::query(
+                "INSERT INTO deleted_users (id, tokens_valid_after, deleted_at) \
+                 SELECT id, tokens_valid_after, ?2 FROM users WHERE id = ?1 \
+                 ON CONFLICT (id) DO UPDATE SET \
+                 tokens_valid_after = excluded.tokens_valid_after, deleted_at = excluded.deleted_at",
+            )
+            .bind(&user)
+            .bind(at.as_unix_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if kept.rows_affected() == 0 {
+                return Ok(false);
+            }
+            // By name, as `purge_dead_sessions` does: not dependent on `PRAGMA foreign_keys`.
+            sqlx::query(
+                "DELETE FROM refresh_tokens WHERE session_id IN \
+                 (SELECT id FROM sessions WHERE user_id = ?1)",
+            )
+            .bind(&user)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query("DELETE FROM sessions WHERE user_id = ?1")
+                .bind(&user)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query("DELETE FROM email_tokens WHERE user_id = ?1")
+                .bind(&user)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query("DELETE FROM users WHERE id = ?1")
+                .bind(&user)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+    }
+
     async fn email_token_for_update(
         &mut self,
         hash: &SecretHash,
@@ -1012,19 +1057,23 @@ impl UserStore for SqliteStore {
     }
 
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError> {
-        sqlx::query("SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= ?1")
-            .bind(since.as_unix_millis())
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(|row| {
-                Ok((
-                    id(row, "id", UserId::parse)?,
-                    timestamp(row, "tokens_valid_after")?,
-                ))
-            })
-            .collect()
+        sqlx::query(
+            "SELECT id, tokens_valid_after FROM users WHERE tokens_valid_after >= ?1 \
+             UNION ALL \
+             SELECT id, tokens_valid_after FROM deleted_users WHERE tokens_valid_after >= ?1",
+        )
+        .bind(since.as_unix_millis())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| {
+            Ok((
+                id(row, "id", UserId::parse)?,
+                timestamp(row, "tokens_valid_after")?,
+            ))
+        })
+        .collect()
     }
 
     async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
@@ -1149,6 +1198,11 @@ impl SessionStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
+        sqlx::query("DELETE FROM deleted_users WHERE deleted_at < ?1")
+            .bind(before.as_unix_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(done.rows_affected())
     }

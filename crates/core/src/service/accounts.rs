@@ -2,12 +2,13 @@
 
 use tracing::{info, warn};
 
-use super::Tessera;
+use super::{DeviceInfo, Principal, Tessera};
 use crate::error::AuthError;
-use crate::model::{Email, Timestamp, User, UserId};
+use crate::guessing::Subject;
+use crate::model::{Email, SessionId, Timestamp, User, UserId};
 use crate::password::{check_policy, Verification};
 use crate::secret::Password;
-use crate::webhooks;
+use crate::webhooks::{self, RevokeReason};
 
 impl Tessera {
     /// Signs up a user from `address`, counted against SPEC §2's `signup_ip_max` once the
@@ -106,6 +107,140 @@ impl Tessera {
         user.roles = roles;
         user.tokens_valid_after = epoch;
         Ok(user)
+    }
+
+    /// `POST /v1/password`: the caller proves the current password (under the guessing
+    /// limits, see [`confirm_password`](Self::confirm_password)), then gets the new one as
+    /// [`replace_password`](Self::replace_password) gives it, keeping the caller's session.
+    /// The new password's policy is checked first, so a refused one costs no guessing slot.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current_password: Password,
+        new_password: Password,
+        device: &DeviceInfo,
+    ) -> Result<(), AuthError> {
+        let user = self.signed_in_user(principal).await?;
+        check_policy(&new_password, &user.email)?;
+        self.confirm_password(&user, current_password, device)
+            .await?;
+        self.replace_password(user.id, new_password, Some(principal.session_id))
+            .await
+    }
+
+    /// The caller's account; a principal whose user is gone is no longer signed in.
+    async fn signed_in_user(&self, principal: &Principal) -> Result<User, AuthError> {
+        self.store
+            .find_user(principal.user_id)
+            .await?
+            .ok_or(AuthError::Unauthenticated)
+    }
+
+    /// Gives `user` a new password, the one step a password change and a recovery share: the
+    /// password policy (`WeakPassword`), then in one transaction the new hash, every session
+    /// of the user but `keep` revoked with its refresh family (logged and reported as
+    /// `session.revoked`), the access-token epoch bumped so that no access token issued
+    /// before works on any node, and `user.password_changed` queued. `keep: None` revokes
+    /// every session (a recovery: whoever knew the old password is out). The kept session's
+    /// cookie goes on working, as does its refresh family; its access tokens die by the epoch
+    /// and the next refresh replaces them. `NotFound` for an unknown user.
+    pub async fn replace_password(
+        &self,
+        user: UserId,
+        new_password: Password,
+        keep: Option<SessionId>,
+    ) -> Result<(), AuthError> {
+        let found = self
+            .store
+            .find_user(user)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        check_policy(&new_password, &found.email)?;
+        // Hashed before the transaction begins, as at sign-up: the store admits one writer at
+        // a time, and argon2 takes tens of milliseconds.
+        let password_hash = self.hasher.hash(new_password).await?;
+        let now = Timestamp::now();
+        let mut change = self.change(now).await?;
+        let revoked = change
+            .revoke_user_sessions(
+                user,
+                keep,
+                &self.revocation_plan(RevokeReason::PasswordChanged),
+            )
+            .await?;
+        if !change.tx.set_password_hash(user, &password_hash).await? {
+            return Err(AuthError::NotFound);
+        }
+        change.bump_epoch(user).await?.ok_or(AuthError::NotFound)?;
+        change
+            .enqueue(&webhooks::password_changed(
+                &self.config.webhooks,
+                user,
+                revoked.len(),
+                now,
+            ))
+            .await?;
+        self.commit(change).await?;
+        info!(user = %user, sessions = revoked.len(), "password replaced");
+        Ok(())
+    }
+
+    /// `DELETE /v1/users/me`: the caller proves the password (under the guessing limits, as
+    /// a login), then the account goes as [`delete_user`](Self::delete_user) deletes it.
+    pub async fn delete_own_account(
+        &self,
+        principal: &Principal,
+        password: Password,
+        device: &DeviceInfo,
+    ) -> Result<(), AuthError> {
+        let user = self.signed_in_user(principal).await?;
+        self.confirm_password(&user, password, device).await?;
+        self.delete_user(user.id).await
+    }
+
+    /// Deletes a user (their own request, an administrator's, `tessera user delete`). In one
+    /// transaction: every session revoked and logged (so caches drop the cookies and refuse
+    /// the access tokens at once), the epoch bumped and logged, the user deleted with their
+    /// sessions and refresh families while a tombstone keeps that epoch (so a node that warms
+    /// its cache later still refuses the access tokens until they expire), and `user.deleted`
+    /// queued. The account's guessing tally is cleared after the commit. `NotFound` for an
+    /// unknown user.
+    pub async fn delete_user(&self, id: UserId) -> Result<(), AuthError> {
+        let now = Timestamp::now();
+        let mut change = self.change(now).await?;
+        let user = change
+            .tx
+            .user_for_update(id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        let revoked = change
+            .revoke_user_sessions(id, None, &self.revocation_plan(RevokeReason::UserDeleted))
+            .await?;
+        change.bump_epoch(id).await?.ok_or(AuthError::NotFound)?;
+        if !change.tx.delete_user(id, now).await? {
+            return Err(AuthError::NotFound);
+        }
+        change
+            .enqueue(&webhooks::user_deleted(
+                &self.config.webhooks,
+                id,
+                revoked.len(),
+                now,
+            ))
+            .await?;
+        self.commit(change).await?;
+        info!(user = %id, sessions = revoked.len(), "user deleted");
+        // Counters are not in the transaction (they may live in Redis): a tally left behind
+        // expires with its window, and only ever slows sign-ins to a new account of the
+        // same address.
+        if let Err(e) = self
+            .guessing()
+            .clear_tally(&Subject::Account(user.email.as_str()).key())
+            .await
+        {
+            warn!(user = %id, error = %e, "could not clear the deleted account's guessing tally");
+        }
+        Ok(())
     }
 
     /// Checks a password against `user`, the account the login named (`None` when there is

@@ -185,6 +185,45 @@ impl Tessera {
         Ok((user, credential))
     }
 
+    /// Checks the password of a signed-in user before a change that needs it (a new
+    /// password, deleting the account), under the same guessing limits as a login: a stolen
+    /// session must not become a way around them. A wrong password counts as a failed login
+    /// of the account and answers `InvalidCredentials`; past the limits, `TooManyAttempts`
+    /// before any hashing.
+    pub(super) async fn confirm_password(
+        &self,
+        user: &User,
+        password: crate::secret::Password,
+        device: &DeviceInfo,
+    ) -> Result<(), AuthError> {
+        let now = Timestamp::now();
+        let known = device
+            .credential
+            .as_ref()
+            .and_then(|c| Device::open(c.expose_secret(), &self.device_key, now))
+            .filter(|d| d.user == user.id);
+        let held = match self
+            .admit_login(user.email.as_str(), known.as_ref(), device.address, now)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                if matches!(e, AuthError::TooManyAttempts { .. }) {
+                    Counters::bump(&self.counters.throttled);
+                    log_failure(Some(user), device.address, Failure::Throttled);
+                }
+                return Err(e);
+            }
+        };
+        let outcome = self.check_password(Some(user.clone()), password).await;
+        let failed = matches!(outcome, Err(AuthError::InvalidCredentials));
+        if failed {
+            log_failure(Some(user), device.address, Failure::WrongPassword);
+        }
+        self.settle(held, failed, Some(user), now).await;
+        outcome.map(|_| ())
+    }
+
     async fn admit_login(
         &self,
         account: &str,

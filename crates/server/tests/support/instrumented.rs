@@ -382,6 +382,7 @@ impl StoreTx for InstrumentedTx {
             password_hash: &'life1 str,
         ) -> bool;
         WRITES(Changes) fn bump_epoch[](id: UserId, at: Timestamp) -> Option<Timestamp>;
+        WRITES(Changes) fn delete_user[](id: UserId, at: Timestamp) -> bool;
         WRITES(Changes) fn insert_session['life1](session: &'life1 Session) -> ();
         WRITES(Changes) fn revoke_session[](id: SessionId, at: Timestamp) -> bool;
         WRITES(Changes) fn revoke_user_sessions[](
