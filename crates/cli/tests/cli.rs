@@ -215,6 +215,8 @@ fn every_command_has_help() {
         "user list",
         "user set-roles",
         "user unlock",
+        "user delete",
+        "user recovery-link",
         "admin-key",
         "admin-key create",
         "admin-key revoke",

@@ -104,6 +104,12 @@ impl Worker {
             .user_agent(concat!("Tessera-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mailer = match Mailer::from_config(&tessera.config().mail) {
+            Ok(None) => {
+                tracing::info!(
+                    "no mail is configured (smtp_url): recovery and verification links are not mailed"
+                );
+                None
+            }
             Ok(mailer) => mailer.map(Arc::new),
             Err(e) => {
                 tracing::error!(error = %e, "cannot use smtp_url; no mail will be sent");
