@@ -3665,55 +3665,6 @@ pub async fn prune_tallies_removes_only_expired_ones<S: Store + ?Sized>(store: &
     assert_eq!(kept.map(|t| t.count), Some(1));
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    /// Every `pub async fn` of this file is a case, and the full list in
-    /// [`conformance_suite!`](crate::conformance_suite) is kept by hand: a case left off it
-    /// would never run on any backend. This reads the file and compares the two.
-    #[test]
-    fn the_suite_lists_every_case_exactly_once() {
-        let source = include_str!("conformance.rs");
-        let defined: BTreeSet<&str> = source
-            .lines()
-            .filter_map(|line| line.strip_prefix("pub async fn "))
-            .map(|rest| rest.split(['<', '(']).next().unwrap_or(rest))
-            .collect();
-        let (listed, duplicates) = listed_cases(source);
-        assert!(duplicates.is_empty(), "listed twice: {duplicates:?}");
-        let unlisted: Vec<&&str> = defined.difference(&listed).collect();
-        let undefined: Vec<&&str> = listed.difference(&defined).collect();
-        assert!(
-            unlisted.is_empty() && undefined.is_empty(),
-            "cases never run (missing from conformance_suite!'s list): {unlisted:?}; \
-             listed but not defined: {undefined:?}"
-        );
-        assert!(defined.len() > 50, "only {} cases found", defined.len());
-    }
-
-    /// The names in the macro's arm that generates every case, one per line ending in `,`.
-    fn listed_cases(source: &str) -> (BTreeSet<&str>, Vec<&str>) {
-        let start = source
-            .find("($make_store:expr $(,)?) => {")
-            .expect("the macro's full-suite arm");
-        let arm = &source[start..];
-        let arm = &arm[..arm.find("\n    };").expect("the end of the arm")];
-        let mut listed = BTreeSet::new();
-        let mut duplicates = Vec::new();
-        let is_case = |name: &str| {
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        for name in arm.lines().filter_map(|line| line.trim().strip_suffix(',')) {
-            if is_case(name) && !listed.insert(name) {
-                duplicates.push(name);
-            }
-        }
-        (listed, duplicates)
-    }
-}
-
 // ----- mailed links (recovery, verification)
 
 fn email_token(user: &User, purpose: TokenPurpose, created_at: Timestamp) -> EmailToken {
@@ -3915,4 +3866,53 @@ pub async fn mail_jobs_round_trip_through_the_outbox<S: Store + ?Sized>(store: &
         [EventType::RecoveryMail, EventType::VerificationMail]
     );
     assert_eq!(due[0].message, recovery);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every `pub async fn` of this file is a case, and the full list in
+    /// [`conformance_suite!`](crate::conformance_suite) is kept by hand: a case left off it
+    /// would never run on any backend. This reads the file and compares the two.
+    #[test]
+    fn the_suite_lists_every_case_exactly_once() {
+        let source = include_str!("conformance.rs");
+        let defined: BTreeSet<&str> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub async fn "))
+            .map(|rest| rest.split(['<', '(']).next().unwrap_or(rest))
+            .collect();
+        let (listed, duplicates) = listed_cases(source);
+        assert!(duplicates.is_empty(), "listed twice: {duplicates:?}");
+        let unlisted: Vec<&&str> = defined.difference(&listed).collect();
+        let undefined: Vec<&&str> = listed.difference(&defined).collect();
+        assert!(
+            unlisted.is_empty() && undefined.is_empty(),
+            "cases never run (missing from conformance_suite!'s list): {unlisted:?}; \
+             listed but not defined: {undefined:?}"
+        );
+        assert!(defined.len() > 50, "only {} cases found", defined.len());
+    }
+
+    /// The names in the macro's arm that generates every case, one per line ending in `,`.
+    fn listed_cases(source: &str) -> (BTreeSet<&str>, Vec<&str>) {
+        let start = source
+            .find("($make_store:expr $(,)?) => {")
+            .expect("the macro's full-suite arm");
+        let arm = &source[start..];
+        let arm = &arm[..arm.find("\n    };").expect("the end of the arm")];
+        let mut listed = BTreeSet::new();
+        let mut duplicates = Vec::new();
+        let is_case = |name: &str| {
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        for name in arm.lines().filter_map(|line| line.trim().strip_suffix(',')) {
+            if is_case(name) && !listed.insert(name) {
+                duplicates.push(name);
+            }
+        }
+        (listed, duplicates)
+    }
 }
