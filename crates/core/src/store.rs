@@ -218,6 +218,9 @@ pub trait UserStore: Send + Sync + 'static {
     /// spent or not, and returns how many. An expired token is refused whether or not it is
     /// still stored, so pruning changes no answer.
     async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// The mailed link's token whose hash is `hash`, spent or not; `None` if unknown. A read
+    /// outside any transaction, for the pages a link opens: looking at a link takes no lock.
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError>;
 }
 
 #[async_trait]

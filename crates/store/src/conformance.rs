@@ -3688,7 +3688,11 @@ async fn email_token_by_hash<S: Store + ?Sized>(
     hash: &SecretHash,
 ) -> Option<EmailToken> {
     let mut tx = store.begin().await.unwrap();
-    tx.email_token_for_update(hash).await.unwrap()
+    let found = tx.email_token_for_update(hash).await.unwrap();
+    drop(tx);
+    // The plain read outside a transaction agrees with the read for update.
+    assert_eq!(store.find_email_token(hash).await.unwrap(), found);
+    found
 }
 
 pub async fn email_verification_is_recorded_once<S: Store + ?Sized>(store: &S) {

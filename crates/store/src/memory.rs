@@ -747,6 +747,15 @@ impl UserStore for MemoryStore {
             .collect())
     }
 
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError> {
+        let state = self.read()?;
+        Ok(state
+            .email_tokens_by_hash
+            .get(hash)
+            .and_then(|id| state.email_tokens.get(id))
+            .cloned())
+    }
+
     async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
         self.housekeeping(|state| {
             let len = state.email_tokens.len();

@@ -1154,6 +1154,19 @@ impl UserStore for PostgresStore {
         .collect()
     }
 
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE hash = $1"
+        ))
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(email_token_from_row)
+        .transpose()
+    }
+
     async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM email_tokens WHERE expires_at < $1")
             .bind(before.as_unix_millis())

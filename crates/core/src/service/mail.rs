@@ -232,14 +232,16 @@ impl Tessera {
             .map(|_| ())
     }
 
+    /// The link if it is live for `purpose` at `now`. A plain read: the completions spend it
+    /// in a transaction, and only one of two racing spends succeeds.
     async fn live_link(
         &self,
         token: &LinkToken,
         purpose: TokenPurpose,
         now: Timestamp,
     ) -> Result<EmailToken, AuthError> {
-        let mut tx = self.store.begin().await?;
-        tx.email_token_for_update(&token.to_hash())
+        self.store
+            .find_email_token(&token.to_hash())
             .await?
             .filter(|link| link.purpose == purpose && link.is_live(now))
             .ok_or(AuthError::InvalidToken)

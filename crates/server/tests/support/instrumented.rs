@@ -465,6 +465,7 @@ impl UserStore for InstrumentedStore {
         READS fn list_users[]() -> Vec<User>;
         READS fn epochs_since[](since: Timestamp) -> Vec<(UserId, Timestamp)>;
         WRITES fn prune_email_tokens[](before: Timestamp) -> u64;
+        READS fn find_email_token['life1](hash: &'life1 SecretHash) -> Option<EmailToken>;
     }
 }
 
