@@ -88,6 +88,9 @@ enum UserCommand {
     /// Delete a user: their sessions and refresh families go with them, and their access
     /// tokens are refused on every node until they expire
     Delete { email: String },
+    /// Print a single-use recovery link for the account (valid 30 minutes, superseding its
+    /// earlier ones), for installations without mail: hand it to the user yourself
+    RecoveryLink { email: String },
 }
 
 #[derive(Subcommand)]
@@ -414,6 +417,13 @@ async fn user(tessera: Arc<Tessera>, command: UserCommand) -> CliResult {
                 e => e.to_string(),
             })?;
             println!("deleted user {} ({})", user.id, user.email.as_str());
+        }
+        UserCommand::RecoveryLink { email } => {
+            let link = tessera.recovery_link(&email).await.map_err(|e| match e {
+                AuthError::NotFound => format!("no user with email {email}"),
+                e => e.to_string(),
+            })?;
+            println!("{link}");
         }
     }
     Ok(())

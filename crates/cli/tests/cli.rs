@@ -216,6 +216,7 @@ fn every_command_has_help() {
         "user set-roles",
         "user unlock",
         "user delete",
+        "user recovery-link",
         "admin-key",
         "admin-key create",
         "admin-key revoke",

@@ -58,6 +58,11 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "http_header_timeout", help: "a connection that has not sent its headers by then is closed [default: 10s]" },
     Setting { key: "http_idle_timeout", help: "idle keep-alive connections are closed after it [default: 60s]" },
     Setting { key: "max_connections", help: "open connections per node, beyond which new ones wait [default: 4096]" },
+    Setting { key: "public_url", help: "base of the links in mails and of the pages [default: the issuer]" },
+    Setting { key: "smtp_url", help: "smtps://host:465, smtp://host:587 (STARTTLS) or smtp://host:port?tls=none; user and password in the URL [default: unset, no mail is sent]" },
+    Setting { key: "mail_from", help: "the From of mails [default: Tessera <no-reply@localhost>]" },
+    Setting { key: "require_verified_email", help: "refuse login and the password grant until the address is verified [default: false]" },
+    Setting { key: "recovery_max", help: "recovery mails per account per hour [default: 5]" },
     Setting { key: "metrics_listen", help: "address of /metrics, served there only; port 0 picks a free one [default: 127.0.0.1:9464]" },
 ];
 
@@ -376,6 +381,7 @@ impl ConfigLayer {
             login_ip_max_failures: self.count("login_ip_max_failures", 100, 1_000_000)?,
             window: self.whole_seconds("login_failure_window", Duration::from_secs(15 * 60))?,
             signup_ip_max: self.count("signup_ip_max", 20, 1_000_000)?,
+            recovery_max: self.count("recovery_max", 5, 1_000_000)?,
         })
     }
 
@@ -531,6 +537,36 @@ impl ConfigLayer {
         Ok(webhooks)
     }
 
+    /// SPEC §2's mail keys; `public_url` defaults to `issuer`.
+    fn mail(&self, issuer: &str) -> Result<MailSettings, ConfigError> {
+        let public_url = self
+            .parsed("public_url", "an http(s) URL", |t| {
+                origin_of(t).map(|_| t.trim_end_matches('/').to_owned())
+            })?
+            .unwrap_or_else(|| issuer.to_owned());
+        let smtp_url = self.parsed(
+            "smtp_url",
+            "smtps://host:465, smtp://host:587 or smtp://host:port?tls=none",
+            |t| SmtpUrl::parse(t).map(|_| t.to_owned()),
+        )?;
+        let mail_from = self
+            .parsed(
+                "mail_from",
+                "a mailbox such as Tessera <no-reply@example.com>",
+                |t| mailbox_address(t).map(|_| t.to_owned()),
+            )?
+            .unwrap_or_else(|| "Tessera <no-reply@localhost>".to_owned());
+        let require_verified_email = self
+            .parsed("require_verified_email", "true or false", boolean)?
+            .unwrap_or(false);
+        Ok(MailSettings {
+            public_url,
+            smtp_url,
+            mail_from,
+            require_verified_email,
+        })
+    }
+
     /// The issuer, by default `http://<listen>`; a wildcard `listen` has no such default.
     fn issuer(&self, listen: SocketAddr) -> Result<String, ConfigError> {
         match self.parsed("issuer", "an http(s) URL", |t| {
@@ -577,13 +613,7 @@ impl ConfigLayer {
             )?
             .unwrap_or(RevocationMode::Cached);
         let cookie_secure = self
-            .parsed("cookie_secure", "true or false", |t| {
-                match t.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => Some(true),
-                    "false" | "0" | "no" | "off" => Some(false),
-                    _ => None,
-                }
-            })?
+            .parsed("cookie_secure", "true or false", boolean)?
             .unwrap_or(true);
         let cookie_name = self
             .parsed(
@@ -621,7 +651,6 @@ impl ConfigLayer {
             database_pool_size: self.pool_size()?,
             redis: self.redis()?,
             redis_prefix: self.redis_prefix()?,
-            issuer,
             audience,
             signing_alg,
             // JWT `exp` is whole seconds (RFC 7519 §2).
@@ -647,8 +676,140 @@ impl ConfigLayer {
             http: self.http()?,
             metrics_listen: self
                 .address("metrics_listen", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
+            mail: self.mail(&issuer)?,
+            issuer,
         })
     }
+}
+
+fn boolean(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The address inside a mailbox (`Name <a@b>` or `a@b`), if it looks like one.
+fn mailbox_address(text: &str) -> Option<&str> {
+    let address = match (text.rfind('<'), text.strip_suffix('>')) {
+        (Some(open), Some(inner)) => inner.get(open + 1..)?,
+        (None, None) => text,
+        _ => return None,
+    };
+    let (local, domain) = address.split_once('@')?;
+    (!local.is_empty()
+        && !domain.is_empty()
+        && !address.contains(|c: char| c.is_whitespace() || c.is_control() || c == '<'))
+    .then_some(address)
+}
+
+/// How mail leaves (SPEC §2 `smtp_url`): the transport security is in the URL, so a typo
+/// cannot silently send a password over a plain connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtps://`: TLS from the first byte (RFC 8314), port 465 by default.
+    Tls,
+    /// `smtp://`: STARTTLS, required (a server that does not offer it is not used), port 587
+    /// by default.
+    StartTls,
+    /// `smtp://…?tls=none`: no encryption, for a local test server only.
+    None,
+}
+
+impl SmtpUrl {
+    /// Parses `smtps://[user[:password]@]host[:port]`, `smtp://…` or `smtp://…?tls=none`;
+    /// user and password are percent-decoded.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (scheme, rest) = text.trim().split_once("://")?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let rest = rest.trim_end_matches('/');
+        let security = match (scheme.to_ascii_lowercase().as_str(), query) {
+            ("smtps", None) => SmtpSecurity::Tls,
+            ("smtp", None) => SmtpSecurity::StartTls,
+            ("smtp", Some("tls=none")) => SmtpSecurity::None,
+            _ => return None,
+        };
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((userinfo, hostport)) => (Some(userinfo), hostport),
+            None => (None, rest),
+        };
+        if hostport.contains('/') {
+            return None;
+        }
+        let default_port = if security == SmtpSecurity::Tls {
+            465
+        } else {
+            587
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || hostport.starts_with('[') => {
+                (host, port.parse::<u16>().ok().filter(|p| *p > 0)?)
+            }
+            _ => (hostport, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return None;
+        }
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(info) => match info.split_once(':') {
+                Some((user, password)) => {
+                    (Some(percent_decode(user)?), Some(percent_decode(password)?))
+                }
+                None => (Some(percent_decode(info)?), None),
+            },
+        };
+        Some(Self {
+            host: host.to_owned(),
+            port,
+            security,
+            user,
+            password,
+        })
+    }
+}
+
+/// The host, port and security, never the password.
+impl fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(byte);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `tessera.key` in the SQLite file's folder, so database and key travel together; in the
@@ -676,6 +837,8 @@ impl fmt::Debug for Config {
             .field("signing_alg", &self.signing_alg)
             .field("revocation_mode", &self.revocation_mode)
             .field("webhooks", &self.webhooks)
+            .field("public_url", &self.mail.public_url)
+            .field("smtp_url", &self.mail.smtp_url.as_deref().map(redact_url))
             .finish_non_exhaustive()
     }
 }
@@ -758,6 +921,32 @@ pub struct Config {
     pub http: HttpLimits,
     /// Where `/metrics` is served, and only there (never on `listen`).
     pub metrics_listen: SocketAddr,
+    pub mail: MailSettings,
+}
+
+/// Mail and the links it carries (SPEC §2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MailSettings {
+    /// The base of mailed links and of the pages, without a trailing slash.
+    pub public_url: String,
+    /// `None`: no mail is sent; the flows still work, and the log says that no mail is
+    /// configured. Checked by [`SmtpUrl::parse`] when read; it may hold a password.
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    /// Refuse login and the password grant (403 `email_not_verified`) until verified.
+    pub require_verified_email: bool,
+}
+
+/// Never the SMTP URL's password.
+impl fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("public_url", &self.public_url)
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
+            .field("mail_from", &self.mail_from)
+            .field("require_verified_email", &self.require_verified_email)
+            .finish()
+    }
 }
 
 /// How many password guesses are allowed (SPEC §2, §7), each counted in `window`.
@@ -771,8 +960,10 @@ pub struct GuessingLimits {
     /// Failed logins per client address, over all accounts.
     pub login_ip_max_failures: u32,
     pub window: Duration,
-    /// Sign-ups per client address per hour.
+    /// Sign-ups per client address per hour; also recovery requests per address per hour.
     pub signup_ip_max: u32,
+    /// Recovery mails per account per hour.
+    pub recovery_max: u32,
 }
 
 /// What a client may hold of a node's connections (SPEC §7: slow or idle clients cannot
@@ -833,8 +1024,13 @@ mod tests {
                 login_ip_max_failures: 100,
                 window: Duration::from_secs(15 * 60),
                 signup_ip_max: 20,
+                recovery_max: 5,
             }
         );
+        assert_eq!(config.mail.public_url, "http://127.0.0.1:8080");
+        assert_eq!(config.mail.smtp_url, None);
+        assert_eq!(config.mail.mail_from, "Tessera <no-reply@localhost>");
+        assert!(!config.mail.require_verified_email);
         assert!(config.trusted_proxies.is_empty());
         assert_eq!(
             config.http,
@@ -846,6 +1042,53 @@ mod tests {
         );
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.redis_prefix, "tessera:");
+    }
+
+    #[test]
+    fn mail_keys_are_read_and_checked() {
+        let config = file(
+            "public_url = \"https://id.example.com/\"\nsmtp_url = \"smtps://me%40x:p%3Aw@mail.example.com\"\n\
+             mail_from = \"Example <id@example.com>\"\nrequire_verified_email = true\nrecovery_max = 3",
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(config.mail.public_url, "https://id.example.com");
+        assert_eq!(config.mail.mail_from, "Example <id@example.com>");
+        assert!(config.mail.require_verified_email);
+        assert_eq!(config.guessing.recovery_max, 3);
+        let smtp = SmtpUrl::parse(config.mail.smtp_url.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.security),
+            ("mail.example.com", 465, SmtpSecurity::Tls)
+        );
+        assert_eq!(smtp.user.as_deref(), Some("me@x"));
+        assert_eq!(smtp.password.as_deref(), Some("p:w"));
+        let shown = format!("{config:?} {smtp:?}");
+        assert!(
+            !shown.contains("p%3Aw") && !shown.contains("p:w"),
+            "{shown}"
+        );
+
+        let starttls = SmtpUrl::parse("smtp://mail.example.com").unwrap();
+        assert_eq!(
+            (starttls.port, starttls.security),
+            (587, SmtpSecurity::StartTls)
+        );
+        let plain = SmtpUrl::parse("smtp://127.0.0.1:2525?tls=none").unwrap();
+        assert_eq!((plain.port, plain.security), (2525, SmtpSecurity::None));
+        for bad in [
+            "smtp_url = \"http://mail.example.com\"",
+            "smtp_url = \"smtps://mail.example.com?tls=none\"",
+            "smtp_url = \"smtp://mail.example.com:0\"",
+            "mail_from = \"nobody\"",
+            "public_url = \"id.example.com\"",
+            "require_verified_email = \"maybe\"",
+            "recovery_max = 0",
+        ] {
+            let err = file(bad).resolve().unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

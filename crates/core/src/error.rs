@@ -35,6 +35,13 @@ pub enum AuthError {
     InvalidGrant,
     #[error("not found")]
     NotFound,
+    /// A mailed link's token that is unknown, used, expired or superseded by a newer one.
+    #[error("this link is invalid, used, expired or replaced by a newer one; ask for a new one")]
+    InvalidToken,
+    /// `require_verified_email` and the account's address is not verified yet; only said to
+    /// someone who gave the right password.
+    #[error("verify your email address first: follow the link in the mail we sent")]
+    EmailNotVerified,
     /// Past a guessing limit (SPEC §2): refused before any password work.
     #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
     TooManyAttempts { retry_after: std::time::Duration },

@@ -133,6 +133,11 @@ pub enum Subject<'a> {
     Device(&'a [u8; 16]),
     /// Sign-ups from a client address.
     SignUp(IpAddr),
+    /// Recovery requests from a client address.
+    Recovery(IpAddr),
+    /// Mail sent to an account (recovery links, verification resends), by its normalised
+    /// email.
+    Mailed(&'a str),
 }
 
 impl Subject<'_> {
@@ -147,6 +152,11 @@ impl Subject<'_> {
             Self::Address(address) => format!("address:{}", network(*address)),
             Self::Device(id) => format!("device:{}", hex(&id[..])),
             Self::SignUp(address) => format!("signup:{}", network(*address)),
+            Self::Recovery(address) => format!("recovery:{}", network(*address)),
+            Self::Mailed(email) => {
+                let digest = Sha256::digest(email.as_bytes());
+                format!("mailed:{}", hex(&digest[..16]))
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod guessing;
 pub mod keys;
 pub mod mac;
+pub mod mail;
 pub mod metrics;
 pub mod model;
 pub mod password;

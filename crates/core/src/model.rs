@@ -182,6 +182,12 @@ uuid_id!(
     WebhookEventId
 );
 
+uuid_id!(
+    /// One mailed link (recovery or verification). The token in the link is derived from it
+    /// under a key of the master key, so the outbox holds this id and never the token.
+    EmailTokenId
+);
+
 /// An email address in its canonical form (SPEC §1: trimmed, NFKC, lower-cased), so that
 /// `Alice@Example.com ` and `alice@example.com` are one account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -255,6 +261,15 @@ pub struct User {
     /// The per-user epoch (SPEC §5): access tokens with `iat` before it are dead. Bumped by
     /// sign-out everywhere and by role changes.
     pub tokens_valid_after: Timestamp,
+    /// When the user proved they read mail at `email` (SPEC §3 "Account lifecycle"); `None`
+    /// until then.
+    pub email_verified_at: Option<Timestamp>,
+}
+
+impl User {
+    pub fn email_verified(&self) -> bool {
+        self.email_verified_at.is_some()
+    }
 }
 
 impl fmt::Debug for User {
@@ -265,6 +280,7 @@ impl fmt::Debug for User {
             .field("roles", &self.roles)
             .field("created_at", &self.created_at)
             .field("tokens_valid_after", &self.tokens_valid_after)
+            .field("email_verified_at", &self.email_verified_at)
             .finish_non_exhaustive()
     }
 }
@@ -462,5 +478,53 @@ mod tests {
         for bad in ["", "Admin", "root", "introspect ", "revocation"] {
             assert_eq!(AdminScope::parse(bad), None, "{bad:?}");
         }
+    }
+}
+
+/// What a mailed link lets its holder do. A token of one purpose is never accepted for the
+/// other, and a newer token supersedes only the older ones of its own purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenPurpose {
+    /// Set a new password without the old one (`/v1/recovery/complete`).
+    Recovery,
+    /// Prove the account's address receives mail (`/v1/verification/complete`).
+    Verification,
+}
+
+impl TokenPurpose {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Recovery => "recovery",
+            Self::Verification => "verification",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "recovery" => Some(Self::Recovery),
+            "verification" => Some(Self::Verification),
+            _ => None,
+        }
+    }
+}
+
+/// A mailed link's token as the store keeps it: only its SHA-256, so a leaked table yields no
+/// usable link. Single use: `spent_at` is set when it is used or superseded by a newer token of
+/// the same purpose, and either way it is refused from then on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailToken {
+    pub id: EmailTokenId,
+    pub user_id: UserId,
+    pub purpose: TokenPurpose,
+    pub hash: SecretHash,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub spent_at: Option<Timestamp>,
+}
+
+impl EmailToken {
+    /// Usable at `now`: neither spent nor expired.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.spent_at.is_none() && now < self.expires_at
     }
 }

@@ -106,6 +106,18 @@ impl DeviceCredential {
     }
 }
 
+opaque_secret!(
+    /// The token of a mailed link (recovery, verification): derived from the link's id under a
+    /// key of the master key, so that nothing stored, not even the outbox, holds it.
+    LinkToken
+);
+
+impl LinkToken {
+    pub(crate) fn from_derived(value: String) -> Self {
+        Self(SecretString::from(value))
+    }
+}
+
 impl RefreshToken {
     /// Wraps a value derived by the core (the deterministic successor of a rotated token).
     pub(crate) fn from_derived(value: String) -> Self {

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 
 use crate::guessing::Tally;
 use crate::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
-    SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, EmailToken, EmailTokenId, OutboxId, RefreshRecord,
+    RevocationEvent, SealedKey, Session, SessionId, Timestamp, User, UserId,
 };
 use crate::rotation::PresentedToken;
 use crate::secret::SecretHash;
@@ -96,6 +96,34 @@ pub trait StoreTx: Send {
         at: Timestamp,
     ) -> Result<Option<Timestamp>, StoreError>;
 
+    /// Records that the user's address was verified at `at`, unless it already was (the
+    /// first proof stands); `false` if there is no such user.
+    async fn set_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
+
+    // ----- mailed links (recovery, verification)
+
+    /// Stores a mailed link's token unless one with its id exists, and then marks every
+    /// other unspent token of the same user and purpose spent at `token.created_at`: a newer
+    /// link supersedes the older ones. Returns whether it was stored; `false` (changing
+    /// nothing) when the id is taken, so a mail job retried after a failed send neither
+    /// creates a second token nor revives one since used or superseded.
+    async fn insert_email_token(&mut self, token: &EmailToken) -> Result<bool, StoreError>;
+    /// The token whose hash is `hash`, spent or not; `None` if unknown.
+    async fn email_token_for_update(
+        &mut self,
+        hash: &SecretHash,
+    ) -> Result<Option<EmailToken>, StoreError>;
+    /// The token with this id, spent or not; `None` if unknown.
+    async fn email_token_by_id_for_update(
+        &mut self,
+        id: EmailTokenId,
+    ) -> Result<Option<EmailToken>, StoreError>;
+    /// Marks the token spent at `at` unless it already is; whether this call spent it.
+    async fn spend_email_token(
+        &mut self,
+        id: EmailTokenId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
     /// Deletes the user with their sessions and refresh tokens, and keeps a tombstone: the
     /// id, its `tokens_valid_after` as it stands in this transaction, and `deleted_at = at`.
     /// The revocations of the deleted sessions go with their rows, so the tombstone is what
@@ -186,6 +214,13 @@ pub trait UserStore: Send + Sync + 'static {
     /// are listed too, with their last epoch, for as long as their tombstone is kept (see
     /// [`StoreTx::delete_user`]).
     async fn epochs_since(&self, since: Timestamp) -> Result<Vec<(UserId, Timestamp)>, StoreError>;
+    /// Housekeeping: deletes every mailed link's token that expired strictly before `before`,
+    /// spent or not, and returns how many. An expired token is refused whether or not it is
+    /// still stored, so pruning changes no answer.
+    async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// The mailed link's token whose hash is `hash`, spent or not; `None` if unknown. A read
+    /// outside any transaction, for the pages a link opens: looking at a link takes no lock.
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError>;
 }
 
 #[async_trait]

@@ -40,6 +40,11 @@ pub enum EventType {
     UserRolesChanged,
     /// Password guessing locked an account: its failures reached `login_max_failures`.
     UserLocked,
+    /// Not a webhook event: a recovery mail waiting in the same outbox (see [`crate::mail`]).
+    /// Nobody subscribes to it; it is sent to the address it names.
+    RecoveryMail,
+    /// Not a webhook event: a verification mail waiting in the outbox, as [`Self::RecoveryMail`].
+    VerificationMail,
     /// A user's password was replaced (changed by the user, or reset by recovery); their
     /// other sessions were revoked with it.
     UserPasswordChanged,
@@ -67,13 +72,30 @@ impl EventType {
             Self::RefreshReuseDetected => "refresh.reuse_detected",
             Self::UserRolesChanged => "user.roles_changed",
             Self::UserLocked => "user.locked",
+            Self::RecoveryMail => "mail.recovery",
+            Self::VerificationMail => "mail.verification",
             Self::UserPasswordChanged => "user.password_changed",
             Self::UserDeleted => "user.deleted",
         }
     }
 
+    /// An event a webhook may subscribe to, by its wire name; the mail kinds are not among
+    /// them.
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|event| event.as_str() == text)
+    }
+
+    /// Every kind of outbox row, the mail kinds included, by its stored name: for stores
+    /// reading the outbox back.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        Self::parse(text).or_else(|| Self::MAIL.into_iter().find(|kind| kind.as_str() == text))
+    }
+
+    /// The outbox rows that are mail, not webhook messages.
+    pub const MAIL: [EventType; 2] = [Self::RecoveryMail, Self::VerificationMail];
+
+    pub const fn is_mail(self) -> bool {
+        matches!(self, Self::RecoveryMail | Self::VerificationMail)
     }
 }
 

@@ -243,6 +243,7 @@ async fn fill(store: &Arc<dyn Store>, count: usize) {
                         roles: Vec::new(),
                         created_at: now,
                         tokens_valid_after: Timestamp::from_unix(0),
+                        email_verified_at: None,
                     };
                     tx.insert_user(&user).await.unwrap();
                     assert!(tx.bump_epoch(user.id, now).await.unwrap().is_some());

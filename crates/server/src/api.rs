@@ -213,7 +213,7 @@ pub async fn logout(
     tag = "users",
     security(("bearer" = []), ("session_cookie" = [])),
     responses(
-        (status = 200, description = "`{user:{id,email,roles}, session:{id, created_at, expires_at, idle_expires_at, via}, csrf_token?}`", body = Object),
+        (status = 200, description = "`{user:{id,email,email_verified,roles}, session:{id, created_at, expires_at, idle_expires_at, via}, csrf_token?}`", body = Object),
         (status = 401, description = "`unauthenticated`", body = ApiErrorBody),
     )
 )]
@@ -241,7 +241,12 @@ pub async fn whoami(
         Err(e) => return Err(e.into()),
     };
     let mut body = serde_json::json!({
-        "user": { "id": user.id.to_string(), "email": user.email.as_str(), "roles": principal.roles },
+        "user": {
+            "id": user.id.to_string(),
+            "email": user.email.as_str(),
+            "email_verified": user.email_verified(),
+            "roles": principal.roles,
+        },
         "session": session,
     });
     if principal.presented == Via::Cookie {

@@ -96,6 +96,8 @@ impl ApiError {
                     }
                     AuthError::InvalidGrant => (StatusCode::BAD_REQUEST, "invalid_grant"),
                     AuthError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    AuthError::InvalidToken => (StatusCode::BAD_REQUEST, "invalid_token"),
+                    AuthError::EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
                     AuthError::TooManyAttempts { .. } => {
                         (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
                     }
@@ -191,6 +193,8 @@ pub enum OAuthError {
     TooManyAttempts(std::time::Duration),
     /// Password hashing at capacity: 503 `temporarily_unavailable` with `Retry-After`.
     Busy(std::time::Duration),
+    /// `require_verified_email` and the right password of an unverified account: 403.
+    EmailNotVerified,
     Unavailable(AuthError),
 }
 
@@ -209,6 +213,7 @@ impl From<AuthError> for OAuthError {
             }
             AuthError::TooManyAttempts { retry_after } => Self::TooManyAttempts(retry_after),
             AuthError::Busy { retry_after } => Self::Busy(retry_after),
+            AuthError::EmailNotVerified => Self::EmailNotVerified,
             other => Self::Unavailable(other),
         }
     }
@@ -262,6 +267,11 @@ impl IntoResponse for OAuthError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
                 "too many failed sign-ins; try again after Retry-After seconds".to_owned(),
+            ),
+            Self::EmailNotVerified => (
+                StatusCode::FORBIDDEN,
+                "email_not_verified",
+                AuthError::EmailNotVerified.to_string(),
             ),
             Self::Busy(_) => {
                 tracing::warn!("password hashing at capacity; token request refused with 503");

@@ -27,8 +27,11 @@ pub mod auth;
 pub mod connections;
 pub mod error;
 pub mod extract;
+pub mod mail;
 pub mod oauth;
 pub mod ops;
+pub mod pages;
+pub mod recovery;
 pub mod revocations;
 pub mod webhooks;
 
@@ -129,6 +132,12 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(api::whoami))
         .routes(routes!(api::my_sessions, api::revoke_my_other_sessions))
         .routes(routes!(api::revoke_my_session))
+        .routes(routes!(recovery::request_recovery))
+        .routes(routes!(recovery::complete_recovery))
+        .routes(routes!(recovery::resend_verification))
+        .routes(routes!(recovery::complete_verification))
+        .routes(routes!(pages::recovery_page, pages::recovery_form))
+        .routes(routes!(pages::verify_page, pages::verify_form))
         .routes(routes!(api::change_password))
         .routes(routes!(api::delete_me))
         .routes(routes!(admin::user_sessions, admin::sign_out_user))

@@ -161,7 +161,7 @@ pub async fn revoke(
     request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
     security(("admin_key" = [])),
     responses(
-        (status = 200, description = "`{active: false}`, or `{active: true, sub, exp, iat, jti, sid, aud, iss, scope, roles, token_type}`", body = Object),
+        (status = 200, description = "`{active: false}`, or `{active: true, sub, exp, iat, jti, sid, aud, iss, scope, roles, token_type, email_verified}`", body = Object),
         (status = 400, description = "`invalid_request`: no `token`", body = OAuthErrorBody),
         (status = 401, description = "`invalid_client`: no valid API key", body = OAuthErrorBody),
         (status = 403, description = "`insufficient_scope`: the API key lacks the `introspect` scope (RFC 6750 §3.1; the `WWW-Authenticate` challenge names it)", body = OAuthErrorBody),
@@ -190,7 +190,20 @@ pub async fn introspect(
     let token = param
         .token
         .ok_or_else(|| OAuthError::InvalidRequest("token is required".into()))?;
-    let body = match state.tessera.introspect(&token).await? {
+    let claims = state.tessera.introspect(&token).await?;
+    // The account's state as it is now, not as the token was minted.
+    let email_verified = match claims
+        .as_ref()
+        .and_then(|c| tessera_core::model::UserId::parse(&c.sub))
+    {
+        Some(user) => match state.tessera.user(user).await {
+            Ok(user) => user.email_verified(),
+            Err(tessera_core::AuthError::NotFound) => false,
+            Err(e) => return Err(e.into()),
+        },
+        None => false,
+    };
+    let body = match claims {
         Some(claims) => serde_json::json!({
             "active": true,
             "sub": claims.sub,
@@ -203,6 +216,7 @@ pub async fn introspect(
             "scope": claims.scope.unwrap_or_default(),
             "roles": claims.roles,
             "token_type": "Bearer",
+            "email_verified": email_verified,
         }),
         None => serde_json::json!({ "active": false }),
     };

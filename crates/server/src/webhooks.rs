@@ -1,4 +1,4 @@
-//! Webhook delivery (SPEC §3): a worker that sends what the outbox holds.
+//! Webhook and mail delivery (SPEC §3): a worker that sends what the outbox holds.
 //!
 //! The store queues each message in the transaction of the change it reports; this worker
 //! polls for due messages, claims each one (so several nodes on one database do not send it
@@ -26,7 +26,9 @@ use tessera_core::service::Tessera;
 use tessera_core::text::truncate;
 use tessera_core::url::origin_of;
 use tessera_core::webhooks::{signature_header, QueuedMessage, Webhook, SIGNATURE_HEADER};
-use tessera_core::StoreError;
+use tessera_core::{AuthError, StoreError};
+
+use crate::mail::Mailer;
 use tokio::task::JoinSet;
 
 /// How often the outbox is polled: the usual delay between a change and its first attempt.
@@ -89,6 +91,8 @@ pub async fn deliver(tessera: Arc<Tessera>, mut stop: Stopping) {
 pub struct Worker {
     tessera: Arc<Tessera>,
     client: reqwest::Client,
+    /// `None` without `smtp_url`: mail jobs are then given up, and the log says so.
+    mailer: Option<Arc<Mailer>>,
 }
 
 impl Worker {
@@ -99,7 +103,24 @@ impl Worker {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("Tessera-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { tessera, client })
+        let mailer = match Mailer::from_config(&tessera.config().mail) {
+            Ok(None) => {
+                tracing::info!(
+                    "no mail is configured (smtp_url): recovery and verification links are not mailed"
+                );
+                None
+            }
+            Ok(mailer) => mailer.map(Arc::new),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use smtp_url; no mail will be sent");
+                None
+            }
+        };
+        Ok(Self {
+            tessera,
+            client,
+            mailer,
+        })
     }
 
     /// One pass: every message due now (up to a batch) gets one attempt, concurrently; returns
@@ -119,7 +140,12 @@ impl Worker {
         let mut attempts = JoinSet::new();
         for queued in due {
             let (tessera, client) = (Arc::clone(&self.tessera), self.client.clone());
-            attempts.spawn(async move { attempt(&tessera, &client, queued).await });
+            if queued.message.event_type.is_mail() {
+                let mailer = self.mailer.clone();
+                attempts.spawn(async move { send_mail(&tessera, mailer.as_deref(), queued).await });
+            } else {
+                attempts.spawn(async move { attempt(&tessera, &client, queued).await });
+            }
         }
         let mut attempted = 0;
         while let Some(outcome) = attempts.join_next().await {
@@ -198,6 +224,69 @@ async fn attempt(
                     .await?;
                 tracing::info!(message = %message.id, event = %message.event_type, %endpoint,
                     attempts, %error, retry_at = %next.to_rfc3339(), "webhook attempt failed");
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Claims a mail job, turns it into a mail (the core looks the account up and derives the
+/// link) and sends it, recording the outcome as for a webhook: retried with [`backoff`] until
+/// [`MAX_ATTEMPTS`]. The mail's link is never logged.
+async fn send_mail(
+    tessera: &Tessera,
+    mailer: Option<&Mailer>,
+    queued: QueuedMessage,
+) -> Result<bool, StoreError> {
+    let message = &queued.message;
+    let now = Timestamp::now();
+    if !tessera
+        .claim_webhook_message(message.id, now, now.saturating_add(CLAIM))
+        .await?
+    {
+        return Ok(false);
+    }
+    let Some(mailer) = mailer else {
+        // Nothing is prepared either: a link minted here would supersede one an operator
+        // made with `tessera user recovery-link`.
+        tessera
+            .give_up_webhook(message.id, now, "no smtp_url configured")
+            .await?;
+        tracing::warn!(message = %message.id, kind = %message.event_type,
+            "no mail is configured (smtp_url); mail not sent");
+        return Ok(false);
+    };
+    let outcome = match tessera.prepare_mail(message).await {
+        Ok(Some(mail)) => mailer.send(&mail).await,
+        Ok(None) => {
+            tessera
+                .webhook_delivered(message.id, Timestamp::now())
+                .await?;
+            return Ok(true);
+        }
+        Err(AuthError::Store(e)) => return Err(e),
+        Err(e) => Err(e.to_string()),
+    };
+    let at = Timestamp::now();
+    match outcome {
+        Ok(()) => {
+            tessera.webhook_delivered(message.id, at).await?;
+            tracing::info!(message = %message.id, kind = %message.event_type, "mail sent");
+        }
+        Err(error) => {
+            let error = truncate(error, MAX_ERROR_LEN);
+            let attempts = queued.attempts.saturating_add(1);
+            if attempts >= MAX_ATTEMPTS {
+                tessera.give_up_webhook(message.id, at, &error).await?;
+                tracing::warn!(message = %message.id, kind = %message.event_type,
+                    attempts, %error, "mail given up");
+            } else {
+                let next = retry_at(attempts);
+                tessera
+                    .webhook_failed(message.id, attempts, next, &error)
+                    .await?;
+                tracing::info!(message = %message.id, kind = %message.event_type,
+                    attempts, %error, retry_at = %next.to_rfc3339(), "mail attempt failed");
             }
         }
     }

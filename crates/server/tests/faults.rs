@@ -18,7 +18,10 @@ use tessera_core::model::{SessionId, Timestamp, UserId};
 
 /// Every event is subscribed, so each operation that reports one writes an outbox row. The
 /// endpoint refuses connections: messages stay waiting, and are counted.
-const SETTINGS: &str = "[[webhooks]]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"a long shared secret\"\nevents = [\"session.created\", \"session.revoked\", \"user.signed_out_everywhere\", \"refresh.reuse_detected\", \"user.roles_changed\"]\n";
+///
+/// Mail goes to a server nobody runs, like the webhooks: the sign-up's mail job stays queued (each
+/// attempt fails and is retried), so the outbox count is stable between steps.
+const SETTINGS: &str = "smtp_url = \"smtp://127.0.0.1:9?tls=none\"\n[[webhooks]]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"a long shared secret\"\nevents = [\"session.created\", \"session.revoked\", \"user.signed_out_everywhere\", \"refresh.reuse_detected\", \"user.roles_changed\"]\n";
 
 /// How a fault is injected.
 #[derive(Debug, Clone, Copy)]

@@ -139,6 +139,7 @@ async fn legacy_user(server: &TestServer, password: &str) -> User {
         roles: Vec::new(),
         created_at: now,
         tokens_valid_after: Timestamp::from_unix(0),
+        email_verified_at: None,
     };
     let mut tx = server.store.begin().await.unwrap();
     tx.insert_user(&user).await.unwrap();

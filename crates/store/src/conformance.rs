@@ -40,8 +40,9 @@ use std::time::Duration;
 use serde_json::json;
 use tessera_core::guessing::{self, Admission, Limit};
 use tessera_core::model::{
-    AdminKey, AdminKeyId, AdminScope, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey,
-    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, AdminScope, Email, EmailToken, EmailTokenId, OutboxId, RefreshRecord,
+    RevocationEvent, SealedKey, Session, SessionId, Timestamp, TokenPurpose, User, UserId, Via,
+    WebhookEventId,
 };
 use tessera_core::rotation::{self, Decision, PresentedToken};
 use tessera_core::secret::{SecretHash, SessionSecret};
@@ -215,6 +216,12 @@ macro_rules! conformance_suite {
             released_slots_and_cleared_tallies_are_forgotten,
             concurrent_attempts_on_one_tally_take_at_most_max_slots,
             prune_tallies_removes_only_expired_ones,
+            email_verification_is_recorded_once,
+            email_tokens_round_trip_and_a_newer_one_supersedes,
+            an_email_token_id_is_stored_once,
+            an_email_token_is_spent_once,
+            prune_email_tokens_removes_only_expired_ones,
+            mail_jobs_round_trip_through_the_outbox,
         );
         $crate::conformance_suite!($make_store; parallel:
             concurrent_rotations_rotate_once,
@@ -350,6 +357,7 @@ fn new_user(created_at: Timestamp) -> User {
         roles: vec!["reader".to_owned()],
         created_at,
         tokens_valid_after: created_at,
+        email_verified_at: None,
     }
 }
 
@@ -2864,6 +2872,7 @@ async fn assert_scene_written<S: Store + ?Sized>(store: &S, scene: &Scene) {
     let changed = User {
         roles: scene.roles.clone(),
         tokens_valid_after: scene.epoch,
+        email_verified_at: None,
         ..scene.user.clone()
     };
     let users = store.list_users().await.unwrap();
@@ -3654,6 +3663,213 @@ pub async fn prune_tallies_removes_only_expired_ones<S: Store + ?Sized>(store: &
     assert_eq!(store.tally(&old, at(base + 1)).await.unwrap(), None);
     let kept = store.tally(&live, at(base + 60)).await.unwrap();
     assert_eq!(kept.map(|t| t.count), Some(1));
+}
+
+// ----- mailed links (recovery, verification)
+
+fn email_token(user: &User, purpose: TokenPurpose, created_at: Timestamp) -> EmailToken {
+    EmailToken {
+        id: EmailTokenId::new(),
+        user_id: user.id,
+        purpose,
+        hash: fresh_hash(),
+        created_at,
+        expires_at: created_at.saturating_add(secs(1_800)),
+        spent_at: None,
+    }
+}
+
+async fn insert_email_token<S: Store + ?Sized>(store: &S, token: &EmailToken) -> bool {
+    committed!(store, |tx| tx.insert_email_token(token)).unwrap()
+}
+
+async fn email_token_by_hash<S: Store + ?Sized>(
+    store: &S,
+    hash: &SecretHash,
+) -> Option<EmailToken> {
+    let mut tx = store.begin().await.unwrap();
+    let found = tx.email_token_for_update(hash).await.unwrap();
+    drop(tx);
+    // The plain read outside a transaction agrees with the read for update.
+    assert_eq!(store.find_email_token(hash).await.unwrap(), found);
+    found
+}
+
+pub async fn email_verification_is_recorded_once<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    assert_eq!(
+        store
+            .find_user(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email_verified_at,
+        None
+    );
+    assert!(committed!(store, |tx| tx.set_email_verified(user.id, at(10))).unwrap());
+    // The first proof stands.
+    assert!(committed!(store, |tx| tx.set_email_verified(user.id, at(20))).unwrap());
+    let stored = store.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.email_verified_at, Some(at(10)));
+    assert!(stored.email_verified());
+    let by_email = store
+        .find_user_by_email(&user.email)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_email.email_verified_at, Some(at(10)));
+    assert!(!committed!(store, |tx| tx.set_email_verified(UserId::new(), at(10))).unwrap());
+    // A user inserted verified reads back verified.
+    let mut verified = new_user(at(0));
+    verified.email_verified_at = Some(at(3));
+    insert_user(store, &verified).await;
+    let stored = store.find_user(verified.id).await.unwrap().unwrap();
+    assert_eq!(stored.email_verified_at, Some(at(3)));
+}
+
+pub async fn email_tokens_round_trip_and_a_newer_one_supersedes<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let other = seeded_user(store).await;
+    let first = email_token(&user, TokenPurpose::Recovery, at(0));
+    assert!(insert_email_token(store, &first).await);
+    assert_eq!(
+        email_token_by_hash(store, &first.hash).await,
+        Some(first.clone())
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.email_token_by_id_for_update(first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        tx.email_token_by_id_for_update(EmailTokenId::new())
+            .await
+            .unwrap(),
+        None
+    );
+    drop(tx);
+    assert_eq!(email_token_by_hash(store, &fresh_hash()).await, None);
+
+    // Another purpose and another user are left alone.
+    let verification = email_token(&user, TokenPurpose::Verification, at(5));
+    assert!(insert_email_token(store, &verification).await);
+    let others = email_token(&other, TokenPurpose::Recovery, at(5));
+    assert!(insert_email_token(store, &others).await);
+    assert!(email_token_by_hash(store, &first.hash)
+        .await
+        .unwrap()
+        .is_live(at(6)));
+
+    let second = email_token(&user, TokenPurpose::Recovery, at(10));
+    assert!(insert_email_token(store, &second).await);
+    let superseded = email_token_by_hash(store, &first.hash).await.unwrap();
+    assert_eq!(superseded.spent_at, Some(at(10)));
+    assert!(!superseded.is_live(at(11)));
+    assert!(email_token_by_hash(store, &second.hash)
+        .await
+        .unwrap()
+        .is_live(at(11)));
+    assert!(email_token_by_hash(store, &verification.hash)
+        .await
+        .unwrap()
+        .spent_at
+        .is_none());
+    assert!(email_token_by_hash(store, &others.hash)
+        .await
+        .unwrap()
+        .spent_at
+        .is_none());
+
+    // A token whose hash is taken is refused.
+    let mut clash = email_token(&other, TokenPurpose::Verification, at(12));
+    clash.hash = second.hash;
+    let mut tx = store.begin().await.unwrap();
+    assert_conflict(
+        tx.insert_email_token(&clash).await.map(|_| ()),
+        "email_token",
+    );
+}
+
+pub async fn an_email_token_id_is_stored_once<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let first = email_token(&user, TokenPurpose::Recovery, at(0));
+    assert!(insert_email_token(store, &first).await);
+    let second = email_token(&user, TokenPurpose::Recovery, at(10));
+    assert!(insert_email_token(store, &second).await);
+    // A retried mail job presents the first id again: nothing changes, and above all the
+    // newer token is not superseded by the older one coming back.
+    let mut retried = first.clone();
+    retried.created_at = at(20);
+    assert!(!insert_email_token(store, &retried).await);
+    assert_eq!(
+        email_token_by_hash(store, &first.hash)
+            .await
+            .unwrap()
+            .spent_at,
+        Some(at(10))
+    );
+    assert!(email_token_by_hash(store, &second.hash)
+        .await
+        .unwrap()
+        .is_live(at(21)));
+}
+
+pub async fn an_email_token_is_spent_once<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    let token = email_token(&user, TokenPurpose::Verification, at(0));
+    assert!(insert_email_token(store, &token).await);
+    assert!(committed!(store, |tx| tx.spend_email_token(token.id, at(3))).unwrap());
+    assert!(!committed!(store, |tx| tx.spend_email_token(token.id, at(4))).unwrap());
+    assert!(!committed!(store, |tx| tx.spend_email_token(EmailTokenId::new(), at(4))).unwrap());
+    let stored = email_token_by_hash(store, &token.hash).await.unwrap();
+    assert_eq!(stored.spent_at, Some(at(3)));
+    // A dropped transaction spends nothing.
+    let other = email_token(&user, TokenPurpose::Recovery, at(0));
+    assert!(insert_email_token(store, &other).await);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.spend_email_token(other.id, at(5)).await.unwrap());
+    drop(tx);
+    assert!(email_token_by_hash(store, &other.hash)
+        .await
+        .unwrap()
+        .is_live(at(5)));
+}
+
+pub async fn prune_email_tokens_removes_only_expired_ones<S: Store + ?Sized>(store: &S) {
+    let user = seeded_user(store).await;
+    // Far in the past, so that other cases' tokens (around `at(0)`) are never pruned here.
+    let old = email_token(&user, TokenPurpose::Recovery, at(-1_000_000));
+    assert!(insert_email_token(store, &old).await);
+    let kept = email_token(&user, TokenPurpose::Verification, at(-1_000_000));
+    let kept = EmailToken {
+        expires_at: at(-500_000),
+        ..kept
+    };
+    assert!(insert_email_token(store, &kept).await);
+    store.prune_email_tokens(at(-500_000)).await.unwrap();
+    assert_eq!(email_token_by_hash(store, &old.hash).await, None);
+    assert!(email_token_by_hash(store, &kept.hash).await.is_some());
+}
+
+pub async fn mail_jobs_round_trip_through_the_outbox<S: Store + ?Sized>(store: &S) {
+    let endpoint = format!("mail:{}", UserId::new());
+    let recovery = message(
+        &endpoint,
+        EventType::RecoveryMail,
+        at(0),
+        &json!({"email": "a@b.c"}),
+    );
+    let verification = message(&endpoint, EventType::VerificationMail, at(1), &json!({}));
+    committed!(store, |tx| tx
+        .enqueue(&[recovery.clone(), verification.clone()]))
+    .unwrap();
+    let due = due_for(store, &endpoint, at(2)).await;
+    let kinds: Vec<EventType> = due.iter().map(|q| q.message.event_type).collect();
+    assert_eq!(
+        kinds,
+        [EventType::RecoveryMail, EventType::VerificationMail]
+    );
+    assert_eq!(due[0].message, recovery);
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use async_trait::async_trait;
 use imbl::{HashMap, HashSet, OrdMap};
 use tessera_core::guessing::Tally;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
-    SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, EmailToken, EmailTokenId, OutboxId, RefreshRecord,
+    RevocationEvent, SealedKey, Session, SessionId, Timestamp, User, UserId,
 };
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
@@ -113,6 +113,9 @@ struct State {
     signing_keys: HashMap<String, Sequenced<SealedKey>>,
     admin_keys: HashMap<AdminKeyId, AdminKey>,
     admin_keys_by_hash: HashMap<SecretHash, AdminKeyId>,
+    /// Mailed links' tokens, by id and by hash.
+    email_tokens: HashMap<EmailTokenId, EmailToken>,
+    email_tokens_by_hash: HashMap<SecretHash, EmailTokenId>,
 }
 
 impl State {
@@ -316,6 +319,78 @@ impl StoreTx for MemoryTx {
         Ok(true)
     }
 
+    async fn set_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        let Some(user) = self.state.users.get_mut(&id) else {
+            return Ok(false);
+        };
+        user.value.email_verified_at.get_or_insert(at);
+        Ok(true)
+    }
+
+    async fn insert_email_token(&mut self, token: &EmailToken) -> Result<bool, StoreError> {
+        let state = &mut self.state;
+        if state.email_tokens.contains_key(&token.id) {
+            return Ok(false);
+        }
+        if state.email_tokens_by_hash.contains_key(&token.hash) {
+            return self.track(Err(StoreError::Conflict("email_token")));
+        }
+        if !state.users.contains_key(&token.user_id) {
+            return self.track(Err(StoreError::Conflict("user")));
+        }
+        let superseded: Vec<EmailTokenId> = state
+            .email_tokens
+            .values()
+            .filter(|other| {
+                other.user_id == token.user_id
+                    && other.purpose == token.purpose
+                    && other.spent_at.is_none()
+            })
+            .map(|other| other.id)
+            .collect();
+        for id in superseded {
+            if let Some(other) = state.email_tokens.get_mut(&id) {
+                other.spent_at = Some(token.created_at);
+            }
+        }
+        state.email_tokens_by_hash.insert(token.hash, token.id);
+        state.email_tokens.insert(token.id, token.clone());
+        Ok(true)
+    }
+
+    async fn email_token_for_update(
+        &mut self,
+        hash: &SecretHash,
+    ) -> Result<Option<EmailToken>, StoreError> {
+        let state = &self.state;
+        Ok(state
+            .email_tokens_by_hash
+            .get(hash)
+            .and_then(|id| state.email_tokens.get(id))
+            .cloned())
+    }
+
+    async fn email_token_by_id_for_update(
+        &mut self,
+        id: EmailTokenId,
+    ) -> Result<Option<EmailToken>, StoreError> {
+        Ok(self.state.email_tokens.get(&id).cloned())
+    }
+
+    async fn spend_email_token(
+        &mut self,
+        id: EmailTokenId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        match self.state.email_tokens.get_mut(&id) {
+            Some(token) if token.spent_at.is_none() => {
+                token.spent_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         let state = &mut self.state;
         let Some(user) = state.users.remove(&id) else {
@@ -338,6 +413,11 @@ impl StoreTx for MemoryTx {
         state
             .refresh
             .retain(|_, entry| !sessions.contains(&entry.record.session_id));
+        state.email_tokens.retain(|_, token| token.user_id != id);
+        let kept = state.email_tokens.clone();
+        state
+            .email_tokens_by_hash
+            .retain(|_, token| kept.contains_key(token));
         Ok(true)
     }
 
@@ -665,6 +745,28 @@ impl UserStore for MemoryStore {
             .chain(deleted)
             .filter(|(_, epoch)| *epoch >= since)
             .collect())
+    }
+
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError> {
+        let state = self.read()?;
+        Ok(state
+            .email_tokens_by_hash
+            .get(hash)
+            .and_then(|id| state.email_tokens.get(id))
+            .cloned())
+    }
+
+    async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.housekeeping(|state| {
+            let len = state.email_tokens.len();
+            state.email_tokens.retain(|_, t| t.expires_at >= before);
+            let kept = state.email_tokens.clone();
+            state
+                .email_tokens_by_hash
+                .retain(|_, id| kept.contains_key(id));
+            count(len - state.email_tokens.len())
+        })
+        .await
     }
 }
 

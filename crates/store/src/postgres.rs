@@ -88,8 +88,9 @@ use sqlx::types::Uuid;
 use sqlx::{Connection as _, Row as _};
 use tessera_core::guessing::Tally;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, AdminScope, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey,
-    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, AdminScope, Email, EmailToken, EmailTokenId, OutboxId, RefreshRecord,
+    RevocationEvent, SealedKey, Session, SessionId, Timestamp, TokenPurpose, User, UserId, Via,
+    WebhookEventId,
 };
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
@@ -116,7 +117,10 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-const USER_COLUMNS: &str = "id, email, password_hash, roles, created_at, tokens_valid_after";
+const USER_COLUMNS: &str =
+    "id, email, password_hash, roles, created_at, tokens_valid_after, email_verified_at";
+
+const EMAIL_TOKEN_COLUMNS: &str = "id, user_id, purpose, hash, created_at, expires_at, spent_at";
 
 const SESSION_COLUMNS: &str = "id, user_id, secret_hash, via, created_at, last_seen_at, \
      idle_timeout_ms, expires_at, user_agent, ip, revoked_at";
@@ -340,6 +344,21 @@ fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
         roles: get(row, "roles")?,
         created_at: timestamp(row, "created_at")?,
         tokens_valid_after: timestamp(row, "tokens_valid_after")?,
+        email_verified_at: optional_timestamp(row, "email_verified_at")?,
+    })
+}
+
+fn email_token_from_row(row: &PgRow) -> Result<EmailToken, StoreError> {
+    let purpose: String = get(row, "purpose")?;
+    Ok(EmailToken {
+        id: id(row, "id", EmailTokenId::from_uuid)?,
+        user_id: id(row, "user_id", UserId::from_uuid)?,
+        purpose: TokenPurpose::parse(&purpose)
+            .ok_or_else(|| corrupt("purpose", format!("{purpose:?}")))?,
+        hash: hash(row, "hash")?,
+        created_at: timestamp(row, "created_at")?,
+        expires_at: timestamp(row, "expires_at")?,
+        spent_at: optional_timestamp(row, "spent_at")?,
     })
 }
 
@@ -398,7 +417,7 @@ fn queued_from_row(row: &PgRow) -> Result<QueuedMessage, StoreError> {
             id: id(row, "id", OutboxId::from_uuid)?,
             event_id: id(row, "event_id", WebhookEventId::from_uuid)?,
             endpoint: get(row, "endpoint")?,
-            event_type: EventType::parse(&event_type)
+            event_type: EventType::from_stored(&event_type)
                 .ok_or_else(|| corrupt("event_type", format!("{event_type:?}")))?,
             body: get(row, "body")?,
             created_at: timestamp(row, "created_at")?,
@@ -572,7 +591,7 @@ impl StoreTx for PostgresTx {
     async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
         tracked!(self, |conn| {
             sqlx::query(&format!(
-                "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+                "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             ))
             .bind(user.id.as_uuid())
             .bind(user.email.as_str())
@@ -580,6 +599,7 @@ impl StoreTx for PostgresTx {
             .bind(&user.roles)
             .bind(user.created_at.as_unix_millis())
             .bind(user.tokens_valid_after.as_unix_millis())
+            .bind(user.email_verified_at.map(Timestamp::as_unix_millis))
             .execute(conn)
             .await
             .map_err(|err| {
@@ -621,6 +641,120 @@ impl StoreTx for PostgresTx {
                 .execute(conn)
                 .await
                 .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn set_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $1) \
+                 WHERE id = $2",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.as_uuid())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn insert_email_token(&mut self, token: &EmailToken) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            // Inserted first, so a retry racing on another node stores it once; the older
+            // tokens are superseded only by the call that stored it.
+            let inserted: Option<Uuid> = sqlx::query_scalar(&format!(
+                "INSERT INTO email_tokens ({EMAIL_TOKEN_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
+            ))
+            .bind(token.id.as_uuid())
+            .bind(token.user_id.as_uuid())
+            .bind(token.purpose.as_str())
+            .bind(token.hash.as_bytes().as_slice())
+            .bind(token.created_at.as_unix_millis())
+            .bind(token.expires_at.as_unix_millis())
+            .bind(token.spent_at.map(Timestamp::as_unix_millis))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|err| {
+                insert_failed(err, |constraint| {
+                    if constraint == "email_tokens_by_hash" {
+                        "email_token"
+                    } else {
+                        "user"
+                    }
+                })
+            })?;
+            if inserted.is_none() {
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE email_tokens SET spent_at = $1 \
+                 WHERE user_id = $2 AND purpose = $3 AND spent_at IS NULL AND id <> $4",
+            )
+            .bind(token.created_at.as_unix_millis())
+            .bind(token.user_id.as_uuid())
+            .bind(token.purpose.as_str())
+            .bind(token.id.as_uuid())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(true)
+        })
+    }
+
+    async fn email_token_for_update(
+        &mut self,
+        hash: &SecretHash,
+    ) -> Result<Option<EmailToken>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE hash = $1 FOR UPDATE"
+            ))
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(email_token_from_row)
+            .transpose()
+        })
+    }
+
+    async fn email_token_by_id_for_update(
+        &mut self,
+        id: EmailTokenId,
+    ) -> Result<Option<EmailToken>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE id = $1 FOR UPDATE"
+            ))
+            .bind(id.as_uuid())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(email_token_from_row)
+            .transpose()
+        })
+    }
+
+    async fn spend_email_token(
+        &mut self,
+        id: EmailTokenId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE email_tokens SET spent_at = $1 WHERE id = $2 AND spent_at IS NULL",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.as_uuid())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
             Ok(done.rows_affected() > 0)
         })
     }
@@ -1018,6 +1152,28 @@ impl UserStore for PostgresStore {
             ))
         })
         .collect()
+    }
+
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE hash = $1"
+        ))
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(email_token_from_row)
+        .transpose()
+    }
+
+    async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM email_tokens WHERE expires_at < $1")
+            .bind(before.as_unix_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -30,8 +30,9 @@ use sqlx::sqlite::{
 use sqlx::Row as _;
 use tessera_core::guessing::Tally;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, AdminScope, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey,
-    Session, SessionId, Timestamp, User, UserId, Via, WebhookEventId,
+    AdminKey, AdminKeyId, AdminScope, Email, EmailToken, EmailTokenId, OutboxId, RefreshRecord,
+    RevocationEvent, SealedKey, Session, SessionId, Timestamp, TokenPurpose, User, UserId, Via,
+    WebhookEventId,
 };
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
@@ -278,6 +279,23 @@ fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
         roles: serde_json::from_str(&roles).map_err(|err| corrupt("roles", err))?,
         created_at: timestamp(row, "created_at")?,
         tokens_valid_after: timestamp(row, "tokens_valid_after")?,
+        email_verified_at: optional_timestamp(row, "email_verified_at")?,
+    })
+}
+
+const EMAIL_TOKEN_COLUMNS: &str = "id, user_id, purpose, hash, created_at, expires_at, spent_at";
+
+fn email_token_from_row(row: &SqliteRow) -> Result<EmailToken, StoreError> {
+    let purpose: String = get(row, "purpose")?;
+    Ok(EmailToken {
+        id: id(row, "id", EmailTokenId::parse)?,
+        user_id: id(row, "user_id", UserId::parse)?,
+        purpose: TokenPurpose::parse(&purpose)
+            .ok_or_else(|| corrupt("purpose", format!("{purpose:?}")))?,
+        hash: hash(row, "hash")?,
+        created_at: timestamp(row, "created_at")?,
+        expires_at: timestamp(row, "expires_at")?,
+        spent_at: optional_timestamp(row, "spent_at")?,
     })
 }
 
@@ -336,7 +354,7 @@ fn queued_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
             id: id(row, "id", OutboxId::parse)?,
             event_id: id(row, "event_id", WebhookEventId::parse)?,
             endpoint: get(row, "endpoint")?,
-            event_type: EventType::parse(&event_type)
+            event_type: EventType::from_stored(&event_type)
                 .ok_or_else(|| corrupt("event_type", format!("{event_type:?}")))?,
             body: get(row, "body")?,
             created_at: timestamp(row, "created_at")?,
@@ -504,8 +522,9 @@ impl StoreTx for SqliteTx {
         tracked!(self, |conn| {
             sqlx::query(
                 "INSERT INTO users \
-                 (id, email, password_hash, roles, created_at, tokens_valid_after) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 (id, email, password_hash, roles, created_at, tokens_valid_after, \
+                  email_verified_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .bind(user.id.to_string())
             .bind(user.email.as_str())
@@ -513,6 +532,7 @@ impl StoreTx for SqliteTx {
             .bind(roles_json(&user.roles)?)
             .bind(user.created_at.as_unix_millis())
             .bind(user.tokens_valid_after.as_unix_millis())
+            .bind(user.email_verified_at.map(Timestamp::as_unix_millis))
             .execute(conn)
             .await
             .map_err(|err| {
@@ -557,6 +577,68 @@ impl StoreTx for SqliteTx {
         })
     }
 
+    async fn set_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE users SET email_verified_at = COALESCE(email_verified_at, ?1) \
+                 WHERE id = ?2",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.to_string())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    async fn insert_email_token(&mut self, token: &EmailToken) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM email_tokens WHERE id = ?1")
+                    .bind(token.id.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            if exists.is_some() {
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE email_tokens SET spent_at = ?1 \
+                 WHERE user_id = ?2 AND purpose = ?3 AND spent_at IS NULL",
+            )
+            .bind(token.created_at.as_unix_millis())
+            .bind(token.user_id.to_string())
+            .bind(token.purpose.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(&format!(
+                "INSERT INTO email_tokens ({EMAIL_TOKEN_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))
+            .bind(token.id.to_string())
+            .bind(token.user_id.to_string())
+            .bind(token.purpose.as_str())
+            .bind(token.hash.as_bytes().as_slice())
+            .bind(token.created_at.as_unix_millis())
+            .bind(token.expires_at.as_unix_millis())
+            .bind(token.spent_at.map(Timestamp::as_unix_millis))
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| {
+                insert_failed(err, |constraint| {
+                    if constraint.contains("email_tokens.hash") {
+                        "email_token"
+                    } else {
+                        "user"
+                    }
+                })
+            })?;
+            Ok(true)
+        })
+    }
+
     async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         tracked!(self, |conn| {
             let user = id.to_string();
@@ -588,12 +670,71 @@ impl StoreTx for SqliteTx {
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?;
+            sqlx::query("DELETE FROM email_tokens WHERE user_id = ?1")
+                .bind(&user)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
             sqlx::query("DELETE FROM users WHERE id = ?1")
                 .bind(&user)
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?;
             Ok(true)
+        })
+    }
+
+    async fn email_token_for_update(
+        &mut self,
+        hash: &SecretHash,
+    ) -> Result<Option<EmailToken>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE hash = ?1"
+            ))
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(email_token_from_row)
+            .transpose()
+        })
+    }
+
+    async fn email_token_by_id_for_update(
+        &mut self,
+        id: EmailTokenId,
+    ) -> Result<Option<EmailToken>, StoreError> {
+        tracked!(self, |conn| {
+            sqlx::query(&format!(
+                "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE id = ?1"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(email_token_from_row)
+            .transpose()
+        })
+    }
+
+    async fn spend_email_token(
+        &mut self,
+        id: EmailTokenId,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        tracked!(self, |conn| {
+            let done = sqlx::query(
+                "UPDATE email_tokens SET spent_at = ?1 WHERE id = ?2 AND spent_at IS NULL",
+            )
+            .bind(at.as_unix_millis())
+            .bind(id.to_string())
+            .execute(conn)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
         })
     }
 
@@ -933,6 +1074,28 @@ impl UserStore for SqliteStore {
             ))
         })
         .collect()
+    }
+
+    async fn find_email_token(&self, hash: &SecretHash) -> Result<Option<EmailToken>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {EMAIL_TOKEN_COLUMNS} FROM email_tokens WHERE hash = ?1"
+        ))
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(email_token_from_row)
+        .transpose()
+    }
+
+    async fn prune_email_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM email_tokens WHERE expires_at < ?1")
+            .bind(before.as_unix_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 }
 

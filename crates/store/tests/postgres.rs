@@ -59,6 +59,7 @@ fn user(now: Timestamp) -> User {
         roles: vec!["a,b".to_owned(), "\"quoted\" {braced}".to_owned()],
         created_at: now,
         tokens_valid_after: now,
+        email_verified_at: None,
     }
 }
 

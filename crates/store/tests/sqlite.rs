@@ -30,6 +30,7 @@ fn user(now: Timestamp) -> User {
         roles: vec![],
         created_at: now,
         tokens_valid_after: now,
+        email_verified_at: None,
     }
 }
 

@@ -22,14 +22,28 @@ impl Tessera {
         let parsed = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
         check_policy(&password, &parsed)?;
         self.admit_sign_up(address).await?;
-        self.add_user(email, password, Vec::new()).await
+        self.create_user(email, password, Vec::new(), true).await
     }
 
+    /// An operator's user (`tessera user add`): no verification mail is queued; the operator
+    /// vouches for the address or sends a link later.
     pub async fn add_user(
         &self,
         email: &str,
         password: Password,
         roles: Vec<String>,
+    ) -> Result<User, AuthError> {
+        self.create_user(email, password, roles, false).await
+    }
+
+    /// Creates a user; with `mail_verification`, the verification mail's job is queued in the
+    /// same transaction, so a user never exists without it.
+    async fn create_user(
+        &self,
+        email: &str,
+        password: Password,
+        roles: Vec<String>,
+        mail_verification: bool,
     ) -> Result<User, AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
         check_policy(&password, &email)?;
@@ -48,12 +62,20 @@ impl Tessera {
             roles,
             created_at: now,
             tokens_valid_after: Timestamp::from_unix(0),
+            email_verified_at: None,
         };
         let mut change = self.change(now).await?;
         match change.tx.insert_user(&user).await {
             Ok(()) => {}
             Err(crate::StoreError::Conflict(_)) => return Err(AuthError::EmailTaken),
             Err(e) => return Err(e.into()),
+        }
+        if mail_verification {
+            let job = crate::mail::MailJob::Verification {
+                user: user.id,
+                link: crate::model::EmailTokenId::new(),
+            };
+            change.enqueue(&[job.message(now)]).await?;
         }
         self.commit(change).await?;
         info!(user = %user.id, "user created");

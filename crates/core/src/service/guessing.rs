@@ -381,6 +381,49 @@ impl Tessera {
         }
     }
 
+    /// Counts a recovery request from `address` (SPEC §2: `signup_ip_max` per hour), or
+    /// refuses it with `TooManyAttempts`. Counted whether or not the account exists, so the
+    /// answer says nothing about it.
+    pub(super) async fn admit_recovery_request(
+        &self,
+        address: Option<IpAddr>,
+    ) -> Result<(), AuthError> {
+        let Some(address) = address else {
+            return Ok(());
+        };
+        let limit = Limit {
+            max: self.config.guessing.signup_ip_max,
+            window: SIGN_UP_WINDOW,
+        };
+        let now = Timestamp::now();
+        match self
+            .attempt(&Subject::Recovery(address).key(), limit, now)
+            .await?
+            .0
+        {
+            Admission::Admitted { .. } => Ok(()),
+            Admission::Refused { retry_after } => {
+                Counters::bump(&self.counters.throttled);
+                info!(client = %address, "recovery refused: too many from this address");
+                Err(AuthError::TooManyAttempts { retry_after })
+            }
+        }
+    }
+
+    /// Counts a mail to the account `email` (SPEC §2: `recovery_max` per hour); `false` past
+    /// the limit, when the mail is not sent.
+    pub(super) async fn admit_mail_to(&self, email: &str) -> Result<bool, AuthError> {
+        let limit = Limit {
+            max: self.config.guessing.recovery_max,
+            window: SIGN_UP_WINDOW,
+        };
+        let now = Timestamp::now();
+        let (admission, _) = self
+            .attempt(&Subject::Mailed(email).key(), limit, now)
+            .await?;
+        Ok(matches!(admission, Admission::Admitted { .. }))
+    }
+
     /// Clears an account's guessing tally and so its lock (`tessera user unlock`,
     /// `DELETE /v1/admin/users/{id}/lockout`); `NotFound` for an unknown user.
     pub async fn unlock(&self, id: UserId) -> Result<(), AuthError> {

@@ -33,6 +33,8 @@ impl Tessera {
         self.store.prune_outbox(retention).await?;
         // Guessing tallies past their expiry count nothing (Redis expires its own).
         self.guessing().prune_tallies(now).await?;
+        // Mailed links past their expiry are refused whether stored or not.
+        self.store.prune_email_tokens(now).await?;
         Ok((pruned, purged))
     }
 

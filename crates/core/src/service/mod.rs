@@ -13,6 +13,7 @@ mod accounts;
 pub(crate) mod guessing;
 mod housekeeping;
 mod keys;
+mod mail;
 mod sessions;
 mod tokens;
 mod verification;
@@ -131,6 +132,8 @@ pub struct Tessera {
     refresh_key: Zeroizing<[u8; 32]>,
     /// HMAC key of device credentials (the guessing limits' device cookies).
     device_key: Zeroizing<[u8; 32]>,
+    /// HMAC key deriving a mailed link's token from its id, so nothing stored holds it.
+    mail_key: Zeroizing<[u8; 32]>,
     /// Where attempts are counted: Redis when configured, else the store.
     guessing: Option<Arc<dyn GuessingCounters>>,
     /// Unix milliseconds of the last reload caused by an unknown `kid`.
@@ -259,6 +262,7 @@ impl Tessera {
         let csrf_key = Zeroizing::new(master.derive("csrf"));
         let refresh_key = Zeroizing::new(master.derive("refresh-successor"));
         let device_key = Zeroizing::new(master.derive("device"));
+        let mail_key = Zeroizing::new(master.derive("mail-link"));
         let keys = Arc::new(
             LiveKeys::start(Arc::clone(&store), master, Arc::clone(&config), policy).await?,
         );
@@ -302,6 +306,7 @@ impl Tessera {
             csrf_key,
             refresh_key,
             device_key,
+            mail_key,
             guessing: None,
             keys,
             store,

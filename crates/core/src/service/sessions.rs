@@ -25,6 +25,7 @@ impl Tessera {
         previous: Option<&SessionSecret>,
     ) -> Result<CookieLogin, AuthError> {
         let (user, device_credential) = self.check_credentials(email, password, &device).await?;
+        self.require_verified(&user)?;
         let now = Timestamp::now();
         let previous = match previous {
             Some(previous) => {

@@ -26,6 +26,7 @@ impl Tessera {
         device: DeviceInfo,
     ) -> Result<TokenPair, AuthError> {
         let (user, device_token) = self.check_credentials(email, password, &device).await?;
+        self.require_verified(&user)?;
         let now = Timestamp::now();
         let session = self.new_session(&user, None, device, now);
         let refresh_token = RefreshToken::generate();

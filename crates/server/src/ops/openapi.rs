@@ -30,6 +30,7 @@ use crate::AppState;
         (name = "tokens", description = "OAuth2-shaped token endpoints and key publication"),
         (name = "verify", description = "Forward-auth for reverse proxies"),
         (name = "admin", description = "Administration with an API key of the `admin` scope"),
+        (name = "pages", description = "HTML pages for browsers: the targets of mailed links"),
         (name = "operations", description = "Health, readiness and this document (metrics are served on `metrics_listen`)"),
     )
 )]

@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use tessera_core::guessing::Tally;
 use tessera_core::model::{
-    AdminKey, AdminKeyId, Email, OutboxId, RefreshRecord, RevocationEvent, SealedKey, Session,
-    SessionId, Timestamp, User, UserId,
+    AdminKey, AdminKeyId, Email, EmailToken, EmailTokenId, OutboxId, RefreshRecord,
+    RevocationEvent, SealedKey, Session, SessionId, Timestamp, User, UserId,
 };
 use tessera_core::rotation::PresentedToken;
 use tessera_core::secret::SecretHash;
@@ -374,6 +374,8 @@ impl StoreTx for InstrumentedTx {
             presented: &'life1 SecretHash
         ) -> Option<Session>;
         READS fn signing_keys_for_update[]() -> Vec<SealedKey>;
+        READS fn email_token_for_update['life1](hash: &'life1 SecretHash) -> Option<EmailToken>;
+        READS fn email_token_by_id_for_update[](id: EmailTokenId) -> Option<EmailToken>;
 
         WRITES(Changes) fn insert_user['life1](user: &'life1 User) -> ();
         WRITES(Changes) fn set_roles['life1](id: UserId, roles: &'life1 [String]) -> bool;
@@ -383,6 +385,9 @@ impl StoreTx for InstrumentedTx {
         ) -> bool;
         WRITES(Changes) fn bump_epoch[](id: UserId, at: Timestamp) -> Option<Timestamp>;
         WRITES(Changes) fn delete_user[](id: UserId, at: Timestamp) -> bool;
+        WRITES(Changes) fn set_email_verified[](id: UserId, at: Timestamp) -> bool;
+        WRITES(Changes) fn insert_email_token['life1](token: &'life1 EmailToken) -> bool;
+        WRITES(Changes) fn spend_email_token[](id: EmailTokenId, at: Timestamp) -> bool;
         WRITES(Changes) fn insert_session['life1](session: &'life1 Session) -> ();
         WRITES(Changes) fn revoke_session[](id: SessionId, at: Timestamp) -> bool;
         WRITES(Changes) fn revoke_user_sessions[](
@@ -459,6 +464,8 @@ impl UserStore for InstrumentedStore {
         READS fn find_user_by_email['life1](email: &'life1 Email) -> Option<User>;
         READS fn list_users[]() -> Vec<User>;
         READS fn epochs_since[](since: Timestamp) -> Vec<(UserId, Timestamp)>;
+        WRITES fn prune_email_tokens[](before: Timestamp) -> u64;
+        READS fn find_email_token['life1](hash: &'life1 SecretHash) -> Option<EmailToken>;
     }
 }
 
