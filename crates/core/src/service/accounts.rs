@@ -5,7 +5,7 @@ use tracing::{info, warn};
 use super::Tessera;
 use crate::error::AuthError;
 use crate::model::{Email, Timestamp, User, UserId};
-use crate::password::{check_policy, Verification};
+use crate::password::{self, check_policy, Verification};
 use crate::secret::Password;
 use crate::webhooks;
 
@@ -39,6 +39,35 @@ impl Tessera {
         // Hashed before the transaction begins: argon2 takes tens of milliseconds, and the
         // store admits one writer at a time.
         let password_hash = self.hasher.hash(password).await?;
+        self.insert_new_user(email, password_hash, roles).await
+    }
+
+    /// Creates a user whose password hash was made elsewhere: accounts moved from another
+    /// system keep their passwords, as Kratos and Keycloak allow on import. The hash must be
+    /// an argon2id PHC string within [`password::check_imported_hash`]'s bounds; the password
+    /// itself is unknown here, so the strength policy cannot apply.
+    pub async fn import_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        roles: Vec<String>,
+    ) -> Result<User, AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        password::check_imported_hash(password_hash)?;
+        let roles = normalise_roles(roles)?;
+        if self.store.find_user_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        self.insert_new_user(email, password_hash.to_owned(), roles)
+            .await
+    }
+
+    async fn insert_new_user(
+        &self,
+        email: Email,
+        password_hash: String,
+        roles: Vec<String>,
+    ) -> Result<User, AuthError> {
         let now = Timestamp::now();
         let user = User {
             id: UserId::new(),
