@@ -277,28 +277,38 @@ async fn targets(
         .prefix("tessera-bench")
         .tempdir()
         .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    scratch.push(Scratch::Dir(dir));
-    targets.push(open_target("sqlite", sqlite.clone(), None).await?);
-    let mut durable = ("sqlite", sqlite);
+    let sqlite = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    targets.push(open_target("sqlite", sqlite("bench.db"), None).await?);
     if let Some(url) = postgres {
-        let db = tessera_store::scratch::ScratchDatabase::create(url, "tessera_bench_")
-            .await
-            .map_err(|e| e.to_string())?;
-        let database = db.url().to_owned();
-        scratch.push(Scratch::Postgres(Box::new(db)));
-        targets.push(open_target("postgres", database.clone(), None).await?);
-        durable = ("postgres", database);
+        let database = scratch_database(url, scratch).await?;
+        targets.push(open_target("postgres", database, None).await?);
     }
-    if let Some(url) = &config.redis {
+    // Behind Redis, the durable store is a fresh one of its own: the same user and keys are
+    // set up again from nothing.
+    if let Some(redis) = &config.redis {
         let prefix = format!(
             "tessera_bench_{}:",
             tessera_core::model::UserId::new().as_uuid().simple()
         );
-        let label = format!("{}+redis", durable.0);
-        targets.push(open_target(&label, durable.1, Some((url.clone(), prefix))).await?);
+        let (label, database) = match postgres {
+            Some(url) => ("postgres+redis", scratch_database(url, scratch).await?),
+            None => ("sqlite+redis", sqlite("bench-redis.db")),
+        };
+        targets.push(open_target(label, database, Some((redis.clone(), prefix))).await?);
     }
+    scratch.push(Scratch::Dir(dir));
     Ok(targets)
+}
+
+/// A fresh database on the server of `url`, noted in `scratch` to be dropped after the run;
+/// its URL.
+async fn scratch_database(url: &str, scratch: &mut Vec<Scratch>) -> BenchResult<String> {
+    let db = tessera_store::scratch::ScratchDatabase::create(url, "tessera_bench_")
+        .await
+        .map_err(|e| e.to_string())?;
+    let database = db.url().to_owned();
+    scratch.push(Scratch::Postgres(Box::new(db)));
+    Ok(database)
 }
 
 async fn open_target(
