@@ -60,9 +60,14 @@ enum Command {
     /// Work with tokens
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Measure on this machine what checking a cookie or an access token costs (per store,
-    /// algorithm and revocation mode), credential sizes, revocation lag and memory; prints
-    /// tables and writes an SVG chart. Never writes to the configured database.
+    /// Measure sessions against JWTs on this machine: tables and an SVG chart
+    ///
+    /// Per store (memory and a temporary SQLite file; PostgreSQL with --database-url or a
+    /// PostgreSQL `database`; the same behind Redis when `redis` is set): the cost and
+    /// throughput of a cookie check and of a bearer check per algorithm and revocation mode,
+    /// credential sizes, revocation lag, and the memory of 50 logins and of a warm revocation
+    /// cache. Every store is made for the run and removed after it: the configured database
+    /// and master key are never opened.
     Bench(bench::BenchArgs),
 }
 
