@@ -42,6 +42,12 @@ fn assert_rows(output: &str, store: &str) {
             );
         }
     }
+    for mode in MODES {
+        assert!(
+            has_row(output, &[store, "bearer-tc", "EdDSA", mode]),
+            "{store} bearer-tc {mode}:\n{output}"
+        );
+    }
     assert!(
         has_row(output, &[store, "cookie", "logout"]),
         "{store} cookie lag:\n{output}"

@@ -34,7 +34,7 @@ pub fn draw(rows: &[CostRow], path: &Path) -> BenchResult {
             .alg
             .and_then(|a| Algorithm::ALL.iter().position(|x| *x == a));
         let mode = MODES.iter().position(|m| *m == r.mode);
-        (r.credential != "cookie", alg, mode)
+        (r.credential != "cookie", r.credential, alg, mode)
     });
     let stores: Vec<&str> = rows.iter().fold(Vec::new(), |mut seen, r| {
         if !seen.contains(&r.store.as_str()) {

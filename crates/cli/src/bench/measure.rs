@@ -211,7 +211,7 @@ async fn bearer_rows(
     for alg in Algorithm::ALL {
         let mut token: Option<Arc<str>> = None;
         for mode in MODES {
-            let node = nodes.start(target, alg, mode).await?;
+            let node = nodes.start_without_token_cache(target, alg, mode).await?;
             // The first node of an algorithm has just made its key: a refresh there gets an
             // access token it signs, which every later node of this algorithm verifies.
             let access = if let Some(token) = &token {
@@ -249,6 +249,39 @@ async fn bearer_rows(
                 header: format!("Authorization: Bearer {token}\r\n").len(),
             });
         }
+        if let (Algorithm::EdDSA, Some(token)) = (alg, token) {
+            token_cache_rows(nodes, target, plan, report, &token).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One row per revocation mode for a token the node has verified before and holds in its
+/// verified-token cache (`token_cache_size`): no signature check, revocation still checked.
+async fn token_cache_rows(
+    nodes: &Nodes,
+    target: &Target,
+    plan: &Plan,
+    report: &mut Report,
+    token: &Arc<str>,
+) -> BenchResult {
+    for mode in MODES {
+        let node = nodes.start(target, Algorithm::EdDSA, mode).await?;
+        let checked = Arc::clone(&node);
+        let presented = Arc::clone(token);
+        let cost = cost(plan, move || {
+            let (node, token) = (Arc::clone(&checked), Arc::clone(&presented));
+            async move { node.check_bearer(&token).await.is_ok() }
+        })
+        .await;
+        stop(&node).await;
+        report.costs.push(CostRow {
+            store: target.label.clone(),
+            credential: "bearer-tc",
+            alg: Some(Algorithm::EdDSA),
+            mode,
+            cost: cost.map_err(|e| format!("{}: bearer-tc: {e}", target.label))?,
+        });
     }
     Ok(())
 }
@@ -422,6 +455,10 @@ impl Report {
         println!(
             "\nverification cost per check (median and p99 in µs; throughput over {} cores)",
             cores()
+        );
+        println!(
+            "bearer: the token's signature checked on every request (token_cache_size = 0); \
+             bearer-tc: a token held in the verified-token cache, as the configuration sets it"
         );
         println!(
             "{:<16} {:<10} {:<6} {:<7} {:>10} {:>10} {:>8} {:>12}",

@@ -128,13 +128,38 @@ impl Nodes {
         }
     }
 
+    /// A node with the configured verified-token cache.
     pub async fn start(
         &self,
         target: &Target,
         alg: Algorithm,
         mode: RevocationMode,
     ) -> BenchResult<Arc<Tessera>> {
+        self.start_with(target, alg, mode, true).await
+    }
+
+    /// A node that checks every access token's signature on every request: what a token
+    /// costs the first time a node sees it, and what the JWT debate is about.
+    pub async fn start_without_token_cache(
+        &self,
+        target: &Target,
+        alg: Algorithm,
+        mode: RevocationMode,
+    ) -> BenchResult<Arc<Tessera>> {
+        self.start_with(target, alg, mode, false).await
+    }
+
+    async fn start_with(
+        &self,
+        target: &Target,
+        alg: Algorithm,
+        mode: RevocationMode,
+        token_cache: bool,
+    ) -> BenchResult<Arc<Tessera>> {
         let mut config = self.base.clone();
+        if !token_cache {
+            config.token_cache.size = 0;
+        }
         config.database.clone_from(&target.database);
         config.signing_alg = alg;
         config.revocation_mode = mode;
