@@ -154,3 +154,22 @@ async fn bench_measures_postgres_and_redis_when_given() {
         ],
     );
 }
+
+#[test]
+fn bench_refuses_a_database_url_that_is_not_postgres_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tessera(dir.path());
+    command.args([
+        "bench",
+        "--quick",
+        "--database-url",
+        "mysql://u:secret@db/x",
+    ]);
+    let output = run(command, "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--database-url"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert!(!dir.path().join("out").exists() && !dir.path().join("tessera-bench").exists());
+}
