@@ -17,6 +17,7 @@ use tessera_core::secret::Password;
 use tessera_core::service::{KeyPolicy, Tessera};
 use tessera_core::url::redact_url;
 
+mod bench;
 mod flags;
 
 /// See the workspace manifest: the verify path allocates little, but glibc's allocator makes
@@ -59,6 +60,15 @@ enum Command {
     /// Work with tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Measure sessions against JWTs on this machine: tables and an SVG chart
+    ///
+    /// Per store (memory and a temporary SQLite file; PostgreSQL with --database-url or a
+    /// PostgreSQL `database`; the same behind Redis when `redis` is set): the cost and
+    /// throughput of a cookie check and of a bearer check per algorithm and revocation mode,
+    /// credential sizes, revocation lag, and the memory of 50 logins and of a warm revocation
+    /// cache. Every store is made for the run and removed after it: the configured database
+    /// and master key are never opened.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -155,7 +165,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    // The bench's nodes would log every sign-in they make, and each switch of algorithm
+    // rotates a key; its output is the tables.
+    init_logging(if matches!(cli.command, Command::Bench(_)) {
+        "warn,tessera_core::service::keys=error"
+    } else {
+        "info"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,9 +194,9 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only for a terminal: a log file or journal gets plain lines.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -282,6 +298,7 @@ async fn run(cli: Cli) -> CliResult {
     let config = layers.resolve().map_err(|e| e.to_string())?;
     match cli.command {
         Command::Serve => serve(config, layers).await,
+        Command::Bench(args) => bench::run(config, args, cli.config).await,
         Command::User(command) => user(open(config, KeyPolicy::Administer).await?, command).await,
         Command::AdminKey(command) => {
             admin_key(open(config, KeyPolicy::Administer).await?, command).await

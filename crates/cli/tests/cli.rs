@@ -226,6 +226,7 @@ fn every_command_has_help() {
         "keys retire",
         "token",
         "token inspect",
+        "bench",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -15,6 +15,8 @@ pub enum AuthError {
     WeakPassword(crate::password::Weakness),
     #[error("not a valid email address")]
     InvalidEmail,
+    #[error("not an argon2id PHC string within the accepted parameters")]
+    InvalidPasswordHash,
     #[error("roles: at most 64, each 1 to 128 of A-Z a-z 0-9 . _ : -")]
     InvalidRoles,
     /// Missing, malformed, expired or revoked credential on a request.

@@ -81,6 +81,33 @@ fn params() -> Result<Params, AuthError> {
     Params::new(M_COST_KIB, T_COST, P_COST, None).map_err(|e| AuthError::Key(e.to_string()))
 }
 
+/// The most an imported hash may ask of a login: a hashing thread allocates the hash's whole
+/// memory cost, so a hash from elsewhere must not be able to take a gigabyte or a second per
+/// check. Generous beside today's parameters (19 MiB, 2 passes).
+const IMPORT_MAX_M_COST_KIB: u32 = 262_144;
+const IMPORT_MAX_T_COST: u32 = 16;
+const IMPORT_MAX_P_COST: u32 = 8;
+
+/// Whether `phc` can be stored as an imported account's password hash: argon2id, version
+/// 0x13, a salt and an output, and parameters no costlier than the bounds above.
+pub fn check_imported_hash(phc: &str) -> Result<(), AuthError> {
+    let parsed = PasswordHash::new(phc).map_err(|_| AuthError::InvalidPasswordHash)?;
+    let argon2id = Algorithm::try_from(parsed.algorithm) == Ok(Algorithm::Argon2id);
+    let version =
+        parsed.version.map_or(Ok(Version::V0x13), Version::try_from) == Ok(Version::V0x13);
+    let output = parsed.hash.is_some_and(|h| h.len() >= 16);
+    let bounded = Params::try_from(&parsed).is_ok_and(|p| {
+        p.m_cost() <= IMPORT_MAX_M_COST_KIB
+            && p.t_cost() <= IMPORT_MAX_T_COST
+            && p.p_cost() <= IMPORT_MAX_P_COST
+    });
+    if argon2id && version && parsed.salt.is_some() && output && bounded {
+        Ok(())
+    } else {
+        Err(AuthError::InvalidPasswordHash)
+    }
+}
+
 /// How many threads hash on a machine with `cores` cores: one fewer, at least one. However
 /// many logins arrive, a core is left for verification and the rest of the API (on a single
 /// core the operating system has to share it).

@@ -88,6 +88,9 @@ impl ApiError {
                     AuthError::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
                     AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "invalid_email"),
                     AuthError::InvalidRoles => (StatusCode::BAD_REQUEST, "invalid_roles"),
+                    AuthError::InvalidPasswordHash => {
+                        (StatusCode::BAD_REQUEST, "invalid_password_hash")
+                    }
                     AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
                     AuthError::CsrfRejected => (StatusCode::FORBIDDEN, "csrf_token_invalid"),
                     AuthError::OriginRejected => (StatusCode::FORBIDDEN, "origin_not_allowed"),

@@ -11,6 +11,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use support::*;
 use tessera_core::model::{Email, Timestamp, User, UserId};
+use tessera_core::AuthError;
 
 /// "Crème brûlée, s'il vous plaît" with precomposed letters (NFC, and NFKC)...
 const COMPOSED: &str = "Cr\u{e8}me br\u{fb}l\u{e9}e, s'il vous pla\u{ee}t";
@@ -209,4 +210,81 @@ async fn a_wrong_password_leaves_a_hash_of_the_form_as_typed_alone() {
     let wrong = "Cre\u{300}me bru\u{302}le\u{301}e, s'il vous plai\u{302}t!";
     assert_eq!(login_status(&server, user.email.as_str(), wrong).await, 401);
     assert_eq!(stored_hash(&server, user.id).await, user.password_hash);
+}
+
+/// Accounts moved from another system keep their argon2id hashes: the imported user signs in
+/// with the password they had there, and a hash Tessera could not (or should not) check is
+/// refused with a clear error rather than stored.
+#[tokio::test]
+async fn imported_accounts_sign_in_with_their_original_password() {
+    let server = start("").await;
+    let email = unique_email();
+    let password = "an imported passphrase";
+    let user = server
+        .tessera
+        .import_user(
+            &email,
+            &hash_as_typed(password),
+            vec!["editor".into(), "admin".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(user.roles, ["admin", "editor"]);
+    assert_eq!(login_status(&server, &email, password).await, 200);
+    assert_eq!(grant_status(&server, &email, password).await, 200);
+    assert_eq!(
+        login_status(&server, &email, "another passphrase").await,
+        401
+    );
+
+    let again = server
+        .tessera
+        .import_user(&email, &hash_as_typed(password), Vec::new())
+        .await;
+    assert!(matches!(again, Err(AuthError::EmailTaken)), "{again:?}");
+
+    let salt = SaltString::from_b64("bGVnYWN5IHNhbHQgMTIz").unwrap();
+    let with = |alg, params| {
+        Argon2::new(alg, Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    };
+    let refused = [
+        ("argon2i", with(Algorithm::Argon2i, Params::default())),
+        (
+            "a gigabyte per check",
+            with(
+                Algorithm::Argon2id,
+                Params::new(1_048_576, 1, 1, None).unwrap(),
+            ),
+        ),
+        (
+            "bcrypt",
+            "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW".to_owned(),
+        ),
+        (
+            "no output",
+            "$argon2id$v=19$m=19456,t=2,p=1$bGVnYWN5IHNhbHQgMTIz".to_owned(),
+        ),
+        ("empty", String::new()),
+    ];
+    for (case, hash) in refused {
+        let outcome = server
+            .tessera
+            .import_user(&unique_email(), &hash, Vec::new())
+            .await;
+        assert!(
+            matches!(outcome, Err(AuthError::InvalidPasswordHash)),
+            "{case}: {outcome:?}"
+        );
+    }
+    let outcome = server
+        .tessera
+        .import_user("not an address", &hash_as_typed(password), Vec::new())
+        .await;
+    assert!(
+        matches!(outcome, Err(AuthError::InvalidEmail)),
+        "{outcome:?}"
+    );
 }

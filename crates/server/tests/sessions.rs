@@ -686,3 +686,32 @@ async fn cached_sessions_write_last_seen_back_in_batches() {
     tokio::time::sleep_until((signed_in + Duration::from_millis(4_600)).into()).await;
     assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 200);
 }
+
+/// The session half of a login, for callers that established identity another way: the
+/// cookie it returns works over HTTP like a login's, and a cookie handed in as the previous
+/// one dies in the same operation (fixation defence, as at login).
+#[tokio::test]
+async fn a_session_opened_without_a_password_works_and_replaces_the_previous_one() {
+    let server = start("").await;
+    let (email, browser) = server.browser().await;
+    let user = server.tessera.user_by_email(&email).await.unwrap();
+    let name = &server.config.cookie_name;
+    let old_secret = tessera_core::secret::SessionSecret::from_presented(
+        browser.cookie.split_once('=').unwrap().1,
+    );
+    let opened = server
+        .tessera
+        .start_cookie_session(
+            &user,
+            tessera_core::service::DeviceInfo::default(),
+            Some(&old_secret),
+        )
+        .await
+        .unwrap();
+    let cookie = format!("{name}={}", opened.secret.expose_secret());
+    assert_eq!(server.verify_cookie(&cookie).await.status(), 200);
+    assert_eq!(server.verify_cookie(&browser.cookie).await.status(), 401);
+    assert!(server
+        .tessera
+        .check_csrf(opened.session.id, &opened.csrf_token));
+}

@@ -29,6 +29,8 @@ pub mod memory;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "postgres")]
+pub mod scratch;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod testing;
@@ -99,8 +101,9 @@ fn scheme(database: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether a `database` setting names PostgreSQL (`postgres://` or `postgresql://`).
 #[cfg(feature = "postgres")]
-fn is_postgres(database: &str) -> bool {
+pub fn is_postgres(database: &str) -> bool {
     matches!(scheme(database).as_str(), "postgres" | "postgresql")
 }
 

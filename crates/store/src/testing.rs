@@ -296,7 +296,7 @@ impl Drop for RedisServer {
 }
 
 #[cfg(feature = "postgres")]
-mod postgres {
+pub(crate) mod postgres {
     use std::io::Write as _;
     use std::str::FromStr as _;
     use std::time::Duration;
@@ -516,7 +516,7 @@ mod postgres {
     }
 
     /// `url` with its database (the path) replaced by `database`; query parameters kept.
-    pub(super) fn with_database(url: &str, database: &str) -> String {
+    pub(crate) fn with_database(url: &str, database: &str) -> String {
         let Some((scheme, rest)) = url.split_once("://") else {
             return url.to_owned();
         };

@@ -569,3 +569,31 @@ async fn notify_wakes_listeners_for_committed_entries_only() {
     forwarder.abort();
     store.close().await;
 }
+
+/// A scratch database is a database of its own on the server (a store opens and migrates it)
+/// and is gone once removed, so a run leaves the server as it found it.
+#[tokio::test]
+async fn a_scratch_database_is_usable_and_gone_after_removal() {
+    let Some(reachable) = database_for("scratch database").await else {
+        return;
+    };
+    drop(reachable);
+    let scratch = tessera_store::scratch::ScratchDatabase::create(&database_url(), "tessera_t_")
+        .await
+        .unwrap();
+    let name = scratch.name().to_owned();
+    assert!(scratch.url().contains(&name));
+    let store = tessera_store::open(scratch.url()).await.unwrap();
+    store.ping().await.unwrap();
+    drop(store);
+    scratch.remove().await.unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} is still on the server");
+}

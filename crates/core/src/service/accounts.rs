@@ -6,7 +6,7 @@ use super::{DeviceInfo, Principal, Tessera};
 use crate::error::AuthError;
 use crate::guessing::Subject;
 use crate::model::{Email, SessionId, Timestamp, User, UserId};
-use crate::password::{check_policy, Verification};
+use crate::password::{self, check_policy, Verification};
 use crate::secret::Password;
 use crate::webhooks::{self, RevokeReason};
 
@@ -36,8 +36,7 @@ impl Tessera {
         self.create_user(email, password, roles, false).await
     }
 
-    /// Creates a user; with `mail_verification`, the verification mail's job is queued in the
-    /// same transaction, so a user never exists without it.
+    /// Creates a user from a password, checked against the policy and hashed here.
     async fn create_user(
         &self,
         email: &str,
@@ -54,6 +53,39 @@ impl Tessera {
         // Hashed before the transaction begins: argon2 takes tens of milliseconds, and the
         // store admits one writer at a time.
         let password_hash = self.hasher.hash(password).await?;
+        self.insert_new_user(email, password_hash, roles, mail_verification)
+            .await
+    }
+
+    /// Creates a user whose password hash was made elsewhere: accounts moved from another
+    /// system keep their passwords, as Kratos and Keycloak allow on import. The hash must be
+    /// an argon2id PHC string within [`password::check_imported_hash`]'s bounds; the password
+    /// itself is unknown here, so the strength policy cannot apply.
+    pub async fn import_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        roles: Vec<String>,
+    ) -> Result<User, AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        password::check_imported_hash(password_hash)?;
+        let roles = normalise_roles(roles)?;
+        if self.store.find_user_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        self.insert_new_user(email, password_hash.to_owned(), roles, false)
+            .await
+    }
+
+    /// With `mail_verification`, the verification mail's job is queued in the same
+    /// transaction, so a user never exists without it.
+    async fn insert_new_user(
+        &self,
+        email: Email,
+        password_hash: String,
+        roles: Vec<String>,
+        mail_verification: bool,
+    ) -> Result<User, AuthError> {
         let now = Timestamp::now();
         let user = User {
             id: UserId::new(),

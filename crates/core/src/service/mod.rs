@@ -90,6 +90,23 @@ pub struct CookieLogin {
     pub device: DeviceCredential,
 }
 
+/// A new cookie session for a user whose identity is already established: what
+/// [`Tessera::start_cookie_session`] opens, and the session half of a [`CookieLogin`].
+#[must_use = "the session secret must reach the client as a cookie"]
+pub struct CookieSession {
+    pub session: Session,
+    pub secret: SessionSecret,
+    pub csrf_token: String,
+}
+
+impl std::fmt::Debug for CookieSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieSession")
+            .field("session", &self.session.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An access token and the refresh token that continues its family.
 #[must_use = "the new refresh token must reach the client"]
 pub struct TokenPair {

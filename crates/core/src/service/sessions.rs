@@ -5,7 +5,7 @@ use base64::Engine as _;
 use hmac::Mac as _;
 use tracing::info;
 
-use super::{CookieLogin, DeviceInfo, Principal, Tessera};
+use super::{CookieLogin, CookieSession, DeviceInfo, Principal, Tessera};
 use crate::error::AuthError;
 use crate::mac::{hmac_sha256, HmacSha256};
 use crate::model::{Session, SessionId, Timestamp, User, UserId, Via};
@@ -26,6 +26,30 @@ impl Tessera {
     ) -> Result<CookieLogin, AuthError> {
         let (user, device_credential) = self.check_credentials(email, password, &device).await?;
         self.require_verified(&user)?;
+        let CookieSession {
+            session,
+            secret,
+            csrf_token,
+        } = self.start_cookie_session(&user, device, previous).await?;
+        Ok(CookieLogin {
+            user,
+            session,
+            secret,
+            csrf_token,
+            device: device_credential,
+        })
+    }
+
+    /// The second half of a sign-in, once the caller has proven who `user` is: a new cookie
+    /// session, with a session cookie sent along revoked in the same transaction. Public for
+    /// callers that establish identity another way than a password (and for `tessera bench`,
+    /// which opens sessions by the hundred thousand, where argon2 would take hours).
+    pub async fn start_cookie_session(
+        &self,
+        user: &User,
+        device: DeviceInfo,
+        previous: Option<&SessionSecret>,
+    ) -> Result<CookieSession, AuthError> {
         let now = Timestamp::now();
         let previous = match previous {
             Some(previous) => {
@@ -36,7 +60,7 @@ impl Tessera {
             None => None,
         };
         let secret = SessionSecret::generate();
-        let session = self.new_session(&user, Some(secret.to_hash()), device, now);
+        let session = self.new_session(user, Some(secret.to_hash()), device, now);
         let mut change = self.change(now).await?;
         if let Some(old) = previous {
             change
@@ -51,12 +75,10 @@ impl Tessera {
         self.commit(change).await?;
         info!(user = %user.id, session = %session.id, via = "cookie", "signed in");
         let csrf_token = self.csrf_token(session.id);
-        Ok(CookieLogin {
-            user,
+        Ok(CookieSession {
             session,
             secret,
             csrf_token,
-            device: device_credential,
         })
     }
 

@@ -1,0 +1,331 @@
+//! Memory: each probe runs in a fresh child process of this binary (`tessera bench --probe
+//! NAME`), so what one probe allocated cannot inflate the next one's resident set. The state
+//! is seeded through the service's own operations, as a node would come to hold it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera_core::config::{Config, RevocationMode};
+use tessera_core::keys::Algorithm;
+use tessera_core::model::User;
+use tessera_core::secret::Password;
+use tessera_core::service::{DeviceInfo, Tessera};
+
+use super::{stop, BenchResult, Nodes, Plan, Target};
+
+const PASSWORD: &str = "violet anchors drift at noon";
+
+/// Logins of the login probe, from this many tasks at once.
+const LOGINS: usize = 50;
+const LOGIN_TASKS: usize = 5;
+
+/// Targets in MiB: what a small node is expected to stay under.
+const LOGINS_TARGET_MIB: u64 = 40;
+const STATE_TARGET_MIB: u64 = 64;
+
+/// The probes, in the order they run: name, what it holds, target.
+const PROBES: [(&str, &str, u64); 3] = [
+    (
+        "logins",
+        "after 50 logins from 5 tasks (sqlite)",
+        LOGINS_TARGET_MIB,
+    ),
+    (
+        "state-sqlite",
+        "revocation state warm (sqlite)",
+        STATE_TARGET_MIB,
+    ),
+    (
+        "state-memory",
+        "revocation state warm (memory store)",
+        STATE_TARGET_MIB,
+    ),
+];
+
+/// The line a probe ends with, which the parent reads.
+const RSS_LINE: &str = "rss_kib ";
+
+pub struct MemoryRow {
+    name: &'static str,
+    what: &'static str,
+    target_mib: u64,
+    rss_kib: Option<u64>,
+    /// What the probe said about its seeding.
+    notes: Vec<String>,
+}
+
+/// Runs every probe in a child process and collects its resident set.
+pub async fn run_all(plan: &Plan, config_path: Option<&Path>) -> BenchResult<Vec<MemoryRow>> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let mut rows = Vec::new();
+    for (name, what, target_mib) in PROBES {
+        eprintln!("memory probe {name} …");
+        let mut command = tokio::process::Command::new(&exe);
+        if let Some(path) = config_path {
+            command.arg("--config").arg(path);
+        }
+        command
+            .args(["bench", "--probe", name, "--probe-count"])
+            .arg(plan.state_count.to_string())
+            .env("TESSERA_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        let output = command
+            .output()
+            .await
+            .map_err(|e| format!("cannot start the {name} probe: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("the {name} probe failed ({})", output.status));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let rss_kib = text
+            .lines()
+            .find_map(|l| l.strip_prefix(RSS_LINE))
+            .and_then(|n| n.trim().parse().ok());
+        let notes = text
+            .lines()
+            .filter(|l| !l.starts_with(RSS_LINE))
+            .map(str::to_owned)
+            .collect();
+        rows.push(MemoryRow {
+            name,
+            what,
+            target_mib,
+            rss_kib,
+            notes,
+        });
+    }
+    Ok(rows)
+}
+
+pub fn print(rows: &[MemoryRow], plan: &Plan) {
+    println!(
+        "\nmemory: resident set of a fresh process per probe ({} entries of each kind in the \
+         state probes{})",
+        plan.state_count,
+        if plan.quick { ", --quick" } else { "" }
+    );
+    println!(
+        "{:<13} {:<40} {:>8} {:>10} {:<6}",
+        "probe", "holding", "rss_mib", "target_mib", "within"
+    );
+    for row in rows {
+        let (rss, within) = match row.rss_kib {
+            Some(kib) => (
+                format!("{:.1}", mib(kib)),
+                if kib < row.target_mib * 1024 {
+                    "yes"
+                } else {
+                    "NO"
+                },
+            ),
+            None => ("n/a".to_owned(), "n/a"),
+        };
+        println!(
+            "{:<13} {:<40} {:>8} {:>10} {:<6}",
+            row.name, row.what, rss, row.target_mib, within
+        );
+    }
+    for row in rows {
+        for note in &row.notes {
+            println!("  {}: {note}", row.name);
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // a resident set is far below 2^52 KiB
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The resident set of this process in KiB (`VmRSS`), where the system reports it.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The child side: runs probe `name`, prints what it seeded and, last, its resident set.
+pub async fn probe(name: &str, count: usize, config: Config) -> BenchResult {
+    let nodes = Nodes::new(config);
+    match name {
+        "logins" => {
+            let (target, _dir) = sqlite_target().await?;
+            logins(&nodes, &target).await?;
+        }
+        "state-sqlite" => {
+            let (target, _dir) = sqlite_target().await?;
+            state(&nodes, &target, count).await?;
+        }
+        "state-memory" => {
+            let target = super::open_target("memory", "memory".to_owned(), None).await?;
+            state(&nodes, &target, count).await?;
+        }
+        other => return Err(format!("no probe {other}")),
+    }
+    match rss_kib() {
+        Some(kib) => println!("{RSS_LINE}{kib}"),
+        None => println!("resident set unknown: no /proc/self/status on this system"),
+    }
+    Ok(())
+}
+
+/// The default embedded store, in `/dev/shm` where there is one: seeding commits hundreds of
+/// thousands of times, and on a disk each commit waits for the device.
+async fn sqlite_target() -> BenchResult<(Target, tempfile::TempDir)> {
+    let shm = Path::new("/dev/shm");
+    let builder = {
+        let mut b = tempfile::Builder::new();
+        b.prefix("tessera-bench");
+        b
+    };
+    let dir = if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+    let database = format!("sqlite://{}", dir.path().join("probe.db").display());
+    let target = super::open_target("sqlite", database, None).await?;
+    Ok((target, dir))
+}
+
+/// Five accounts sharing one hash, signed in ten times each by five tasks at once with the
+/// production argon2 parameters.
+async fn logins(nodes: &Nodes, target: &Target) -> BenchResult {
+    let node = nodes
+        .start(target, Algorithm::EdDSA, RevocationMode::Cached)
+        .await?;
+    let outcome = async {
+        let emails = seed_accounts(&node, LOGIN_TASKS).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (email, _) in emails {
+            let node = Arc::clone(&node);
+            tasks.spawn(async move {
+                for _ in 0..LOGINS / LOGIN_TASKS {
+                    let _signed_in = node.login(&email, Password::new(PASSWORD.to_owned()), DeviceInfo::default(), None)
+                        .await
+                        .map_err(|e| format!("login: {e}"))?;
+                }
+                Ok::<_, String>(())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| e.to_string())??;
+        }
+        println!(
+            "{LOGINS} logins (Tessera::login, production argon2id parameters) from {LOGIN_TASKS} tasks"
+        );
+        Ok(())
+    }
+    .await;
+    stop(&node).await;
+    outcome
+}
+
+/// `count` accounts: the first signed up (its password hashed once), the rest imported with
+/// that hash (`Tessera::import_user`); their emails and users.
+async fn seed_accounts(node: &Tessera, count: usize) -> BenchResult<Vec<(String, User)>> {
+    let first = node
+        .add_user(
+            "user0@example.com",
+            Password::new(PASSWORD.to_owned()),
+            vec!["reader".into(), "writer".into()],
+        )
+        .await
+        .map_err(|e| format!("add_user: {e}"))?;
+    let hash = first.password_hash.clone();
+    let mut users = vec![("user0@example.com".to_owned(), first)];
+    for i in 1..count {
+        let email = format!("user{i}@example.com");
+        let user = node
+            .import_user(&email, &hash, vec!["reader".into(), "writer".into()])
+            .await
+            .map_err(|e| format!("import_user: {e}"))?;
+        users.push((email, user));
+    }
+    Ok(users)
+}
+
+/// `count` live cookie sessions held in the cache, `count` denylisted `jti`s and `count`
+/// user epochs, all through the service's operations on a `cached` node.
+async fn state(nodes: &Nodes, target: &Target, count: usize) -> BenchResult {
+    let node = nodes
+        .start(target, Algorithm::EdDSA, RevocationMode::Cached)
+        .await?;
+    let outcome = seed_state(&node, count).await;
+    stop(&node).await;
+    outcome
+}
+
+async fn seed_state(node: &Arc<Tessera>, count: usize) -> BenchResult {
+    let started = Instant::now();
+    let users: Vec<User> = seed_accounts(node, count)
+        .await?
+        .into_iter()
+        .map(|(_, user)| user)
+        .collect();
+    println!(
+        "{count} users: one signed up (one argon2id hash), {} imported with its hash (import_user)",
+        count - 1
+    );
+    let hash = users
+        .first()
+        .map(|u| u.password_hash.clone())
+        .ok_or("no user to take the hash from")?;
+    // Epochs on a second set of users: a node that hears a user's epoch bump drops that
+    // user's cached cookie sessions (roles may have changed), and the feed replays this
+    // node's own bumps a moment later, so sessions of the same users would not stay cached.
+    for i in 0..count {
+        let user = node
+            .import_user(&format!("former{i}@example.com"), &hash, Vec::new())
+            .await
+            .map_err(|e| format!("import_user: {e}"))?;
+        node.logout_everywhere(user.id)
+            .await
+            .map_err(|e| format!("logout_everywhere: {e}"))?;
+    }
+    println!("{count} user epochs: logout_everywhere on each of {count} more imported users");
+    for user in &users {
+        let opened = node
+            .start_cookie_session(user, DeviceInfo::default(), None)
+            .await
+            .map_err(|e| format!("start_cookie_session: {e}"))?;
+        node.check_cookie(&opened.secret)
+            .await
+            .map_err(|r| format!("check_cookie: {}", r.error))?;
+    }
+    println!("{count} cookie sessions: start_cookie_session per user, each checked once (check_cookie) to be cached");
+    let email = "user0@example.com";
+    let mut refresh = node
+        .password_grant(
+            email,
+            Password::new(PASSWORD.to_owned()),
+            DeviceInfo::default(),
+        )
+        .await
+        .map_err(|e| format!("password_grant: {e}"))?
+        .refresh_token;
+    for _ in 0..count {
+        let pair = node
+            .refresh(&refresh)
+            .await
+            .map_err(|e| format!("refresh: {e}"))?;
+        refresh = pair.refresh_token;
+        node.revoke_token(&pair.access_token)
+            .await
+            .map_err(|e| format!("revoke_token: {e}"))?;
+    }
+    println!("{count} denylisted jtis: one password_grant, {count} refresh rotations, revoke_token on each access token");
+    let (revoked, epochs, denied, cookies) = node.revocation_cache().sizes();
+    println!(
+        "cache holds: {cookies} cookie sessions, {denied} jtis, {epochs} epochs, {revoked} revoked sessions (seeded in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    if cookies < count || denied < count || epochs < count {
+        println!("WARNING: the cache holds fewer entries than were seeded");
+    }
+    println!("the resident set includes the argon2 memory (19 MiB) a hashing thread keeps after its first hash");
+    Ok(())
+}
