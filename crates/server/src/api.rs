@@ -377,15 +377,18 @@ pub async fn change_password(
     Device(device): Device,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .tessera
-        .change_password(
-            &principal,
-            Password::new(body.current_password),
-            Password::new(body.new_password),
-            &device,
-        )
-        .await?;
+    let tessera = Arc::clone(&state.tessera);
+    crate::to_completion(async move {
+        tessera
+            .change_password(
+                &principal,
+                Password::new(body.current_password),
+                Password::new(body.new_password),
+                &device,
+            )
+            .await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -416,10 +419,13 @@ pub async fn delete_me(
     Device(device): Device,
     ApiJson(body): ApiJson<PasswordConfirmation>,
 ) -> Result<Response, ApiError> {
-    state
-        .tessera
-        .delete_own_account(&principal, Password::new(body.password), &device)
-        .await?;
+    let tessera = Arc::clone(&state.tessera);
+    crate::to_completion(async move {
+        tessera
+            .delete_own_account(&principal, Password::new(body.password), &device)
+            .await
+    })
+    .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()

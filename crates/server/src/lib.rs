@@ -205,7 +205,8 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Runs a password check to its end even when the client hangs up. The check takes a slot of
+/// Runs a password check to its end even when the client hangs up (login, the password
+/// grant, a password change and an account deletion all check one). The check takes a slot of
 /// the guessing limits before hashing and gives it back after a success; a request dropped
 /// halfway (a closed tab, a client's timeout) would otherwise count a right password as a
 /// failure, and a few of them lock the account's owner out. Spawned, the check finishes, its
