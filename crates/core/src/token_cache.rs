@@ -100,6 +100,13 @@ impl TokenCache {
         }
     }
 
+    /// Drops `token`'s entry, if any.
+    pub fn forget(&self, token: &str) {
+        if let (Some(entries), Some(key)) = (&self.entries, self.key(token)) {
+            entries.remove(&key);
+        }
+    }
+
     /// Entries held now, for tests and `tessera bench`.
     pub fn len(&self) -> usize {
         self.entries.as_ref().map_or(0, Cache::len)

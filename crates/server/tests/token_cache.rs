@@ -51,6 +51,18 @@ async fn signed_in(tessera: &Tessera) -> (String, TokenPair) {
     (email, pair)
 }
 
+/// A node with `settings`, and a token it has verified once and so holds in its cache.
+async fn with_one_cached_token(settings: &str) -> (Tessera, TokenPair) {
+    let tessera = start(settings).await;
+    let (_, pair) = signed_in(&tessera).await;
+    tessera
+        .authenticate_bearer(&pair.access_token)
+        .await
+        .unwrap();
+    assert_eq!(tessera.cached_tokens(), 1);
+    (tessera, pair)
+}
+
 fn assert_refused(outcome: &Result<tessera_core::service::Principal, AuthError>, what: &str) {
     assert!(
         matches!(outcome, Err(AuthError::Unauthenticated)),
@@ -140,13 +152,7 @@ async fn a_cached_token_is_refused_on_the_next_request_after_each_kind_of_revoca
 async fn a_token_past_its_exp_is_never_served_from_the_cache() {
     // One-second tokens: past `exp` the verifier's 30 s clock leeway still accepts the token,
     // but only by checking it afresh; the cache neither serves nor keeps it.
-    let tessera = start("access_token_ttl = \"1s\"\n").await;
-    let (_, pair) = signed_in(&tessera).await;
-    tessera
-        .authenticate_bearer(&pair.access_token)
-        .await
-        .unwrap();
-    assert_eq!(tessera.cached_tokens(), 1);
+    let (tessera, pair) = with_one_cached_token("access_token_ttl = \"1s\"\n").await;
     let exp_passed = Instant::now() + Duration::from_millis(2_100);
     tokio::time::sleep_until(exp_passed.into()).await;
     tessera
@@ -162,13 +168,7 @@ async fn a_token_past_its_exp_is_never_served_from_the_cache() {
 
 #[tokio::test]
 async fn a_cached_token_dies_with_its_withdrawn_signing_key() {
-    let tessera = start("").await;
-    let (_, pair) = signed_in(&tessera).await;
-    tessera
-        .authenticate_bearer(&pair.access_token)
-        .await
-        .unwrap();
-    assert_eq!(tessera.cached_tokens(), 1);
+    let (tessera, pair) = with_one_cached_token("").await;
     let old_kid = tessera.key_ring().active().kid().to_owned();
     tessera.rotate_signing_key().await.unwrap();
     // A rotation keeps the old key verifying: the cached token still works.
@@ -180,5 +180,20 @@ async fn a_cached_token_dies_with_its_withdrawn_signing_key() {
     assert_refused(
         &tessera.authenticate_bearer(&pair.access_token).await,
         "a token signed by a withdrawn key",
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_leaves_the_cache() {
+    let (tessera, pair) = with_one_cached_token("").await;
+    tessera.revoke_token(&pair.access_token).await.unwrap();
+    assert_eq!(
+        tessera.cached_tokens(),
+        0,
+        "a revoked token holds no room in the cache"
+    );
+    assert_refused(
+        &tessera.authenticate_bearer(&pair.access_token).await,
+        "a revoked token",
     );
 }

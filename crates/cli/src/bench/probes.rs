@@ -164,11 +164,16 @@ pub async fn probe(name: &str, count: usize, config: Config) -> BenchResult {
         }
         other => return Err(format!("no probe {other}")),
     }
+    Ok(())
+}
+
+/// The resident set now, while the node that holds the state is running: read after it
+/// stopped, the figure would be what the allocator kept of memory already freed.
+fn report_rss() {
     match rss_kib() {
         Some(kib) => println!("{RSS_LINE}{kib}"),
         None => println!("resident set unknown: no /proc/self/status on this system"),
     }
-    Ok(())
 }
 
 /// The default embedded store, in `/dev/shm` where there is one: seeding commits hundreds of
@@ -217,6 +222,7 @@ async fn logins(nodes: &Nodes, target: &Target) -> BenchResult {
         println!(
             "{LOGINS} logins (Tessera::login, production argon2id parameters) from {LOGIN_TASKS} tasks"
         );
+        report_rss();
         Ok(())
     }
     .await;
@@ -255,6 +261,7 @@ async fn state(nodes: &Nodes, target: &Target, count: usize) -> BenchResult {
         .start(target, Algorithm::EdDSA, RevocationMode::Cached)
         .await?;
     let outcome = seed_state(&node, count).await;
+    report_rss();
     stop(&node).await;
     outcome
 }

@@ -165,6 +165,9 @@ impl Tessera {
                     })
                     .await?;
                 self.commit(change).await?;
+                // The denylist refuses it on every node; this node also forgets it, so a
+                // revoked token holds no room in the cache.
+                self.tokens.forget(token);
                 info!(jti = %claims.jti, "access token revoked");
             }
             return Ok(());

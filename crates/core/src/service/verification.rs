@@ -214,7 +214,13 @@ impl Tessera {
             self.cache.insert_cookie(
                 hash,
                 CachedSession {
-                    session: session.clone(),
+                    // What verification needs: the device's user agent and address (up to
+                    // half a kibibyte) are read from the store for the device list only.
+                    session: Session {
+                        user_agent: None,
+                        ip: None,
+                        ..session.clone()
+                    },
                     roles: user.roles.clone(),
                     loaded_at: now,
                 },
