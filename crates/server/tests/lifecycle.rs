@@ -5,18 +5,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use reqwest::header::COOKIE;
 use reqwest::Response;
 use serde_json::{json, Value};
-use support::{error_code, start, start_node, unique_email, Browser, TestServer, PASSWORD};
-use tessera_core::keys::MasterKey;
+use support::{error_code, eventually, start, unique_email, Browser, TestServer, PASSWORD};
 use tessera_core::model::{AdminScope, Timestamp};
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
-
-const KEY: &str = "c2l4dGVlbi1ieXRlcy1vZi1rZXl4c2l4dGVlbi1ieXQ";
 
 /// Webhooks nobody answers (the messages stay queued, where the tests read them); it goes
 /// last in the settings, after every top-level key.
@@ -24,41 +19,13 @@ const HOOKS: &str = "[[webhooks]]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = 
 
 /// A node on `database` with the cluster's issuer and master key, its feed fresh.
 async fn node(database: &str, settings: &str) -> TestServer {
-    let settings = format!(
-        "issuer = \"http://tessera.test\"\nallowed_origins = \"http://tessera.test\"\n{settings}"
-    );
-    let server = start_node(
-        database,
-        &settings,
-        MasterKey::from_base64(KEY).unwrap(),
-        None,
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.tessera.revocation_status().fresh {
-        assert!(Instant::now() < deadline, "feed never became fresh");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
+    support::cluster_node(database, settings).await
 }
 
 fn sqlite_database() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("cluster.db").display());
     (dir, database)
-}
-
-/// Polls `check` until it holds (the other node hears of a revocation within the feed's lag).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn change_with_cookie(

@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 use support::smtp::{free_port, plain_url, SmtpSink};
-use support::{error_code, start_node, start_sqlite, unique_email, TestServer, PASSWORD};
-use tessera_core::keys::MasterKey;
+use support::{error_code, eventually, start_sqlite, unique_email, TestServer, PASSWORD};
 use tessera_core::model::{AdminScope, EmailToken, EmailTokenId, Timestamp, TokenPurpose};
 use tessera_core::secret::SecretHash;
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
-const KEY: &str = "c2l4dGVlbi1ieXRlcy1vZi1rZXl4c2l4dGVlbi1ieXQ";
 const RECOVERY: &str = "Reset your";
 const VERIFICATION: &str = "Confirm your email";
 
@@ -27,23 +25,8 @@ async fn mailing_node(smtp_url: &str, settings: &str) -> TestServer {
 
 /// A node of a two-node cluster on `database`, issuer `http://tessera.test`.
 async fn cluster_node(database: &str, smtp_url: &str) -> TestServer {
-    let settings = format!(
-        "issuer = \"http://tessera.test\"\nallowed_origins = \"http://tessera.test\"\n\
-         smtp_url = \"{smtp_url}\"\nsignup_ip_max = 1000\n"
-    );
-    let server = start_node(
-        database,
-        &settings,
-        MasterKey::from_base64(KEY).unwrap(),
-        None,
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.tessera.revocation_status().fresh {
-        assert!(Instant::now() < deadline, "feed never became fresh");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
+    let settings = format!("smtp_url = \"{smtp_url}\"\nsignup_ip_max = 1000\n");
+    support::cluster_node(database, &settings).await
 }
 
 fn origin(server: &TestServer) -> String {
@@ -81,18 +64,6 @@ async fn login_status(server: &TestServer, email: &str, password: &str) -> u16 {
         .await
         .status()
         .as_u16()
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -86,6 +86,43 @@ pub async fn start_node(
     launch(database, settings, master, feed, |store| store).await
 }
 
+/// Polls `check` until it holds, for at most 5 s (another node hears of a revocation within
+/// its feed's lag; a mail arrives when the outbox worker gets to it).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// The master key the nodes of a test cluster share, so each accepts the others' cookies and
+/// tokens.
+pub const CLUSTER_KEY: &str = "c2l4dGVlbi1ieXRlcy1vZi1rZXl4c2l4dGVlbi1ieXQ";
+
+/// A node of a test cluster on `database`: issuer and allowed origin `http://tessera.test`, the
+/// cluster's master key, `settings` over that, returned once its revocation feed is fresh.
+pub async fn cluster_node(database: &str, settings: &str) -> TestServer {
+    let settings = format!(
+        "issuer = \"http://tessera.test\"\nallowed_origins = \"http://tessera.test\"\n{settings}"
+    );
+    let master = MasterKey::from_base64(CLUSTER_KEY).unwrap();
+    let server = start_node(database, &settings, master, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.tessera.revocation_status().fresh {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "feed never became fresh"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server
+}
+
 /// A node on a fresh SQLite file whose store a test can cut (and whose calls it can count):
 /// see [`InstrumentedStore`]. Its revocation feed, in `cached` mode, reads the log through
 /// the same wrapper, so cutting [`instrumented::Calls::LOG`] makes the feed fail.
