@@ -75,6 +75,27 @@ fn bad_form(text: &str) -> Response {
     )
 }
 
+/// What a link's page was opened with.
+enum Presented {
+    Token(String),
+    /// No token, or an empty one.
+    Nothing,
+    /// A query that cannot be read.
+    Malformed,
+}
+
+fn presented_token(query: Result<Query<LinkQuery>, QueryRejection>) -> Presented {
+    match query {
+        Ok(Query(LinkQuery { token: Some(token) })) if !token.is_empty() => Presented::Token(token),
+        Ok(_) => Presented::Nothing,
+        Err(_) => Presented::Malformed,
+    }
+}
+
+fn malformed_link() -> Response {
+    bad_form("The link's address is malformed.")
+}
+
 /// `GET /ui/recovery[?token=]`
 #[utoipa::path(
     get,
@@ -90,11 +111,12 @@ pub async fn recovery_page(
     State(state): State<AppState>,
     query: Result<Query<LinkQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(query)) = query else {
-        return bad_form("The link's address is malformed.");
-    };
-    let Some(token) = query.token.filter(|t| !t.is_empty()) else {
-        return page(StatusCode::OK, "Forgot your password?", &request_form(None));
+    let token = match presented_token(query) {
+        Presented::Token(token) => token,
+        Presented::Nothing => {
+            return page(StatusCode::OK, "Forgot your password?", &request_form(None))
+        }
+        Presented::Malformed => return malformed_link(),
     };
     match state
         .tessera
@@ -200,11 +222,10 @@ pub async fn verify_page(
     State(state): State<AppState>,
     query: Result<Query<LinkQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(query)) = query else {
-        return bad_form("The link's address is malformed.");
-    };
-    let Some(token) = query.token.filter(|t| !t.is_empty()) else {
-        return invalid_verify_link();
+    let token = match presented_token(query) {
+        Presented::Token(token) => token,
+        Presented::Nothing => return invalid_verify_link(),
+        Presented::Malformed => return malformed_link(),
     };
     match state
         .tessera
