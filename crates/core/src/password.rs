@@ -3,8 +3,8 @@
 //! can neither take every core from verification nor leave ~19 MiB behind per thread it touched.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
@@ -124,6 +124,8 @@ pub struct PoolLimits {
     pub queue: usize,
     /// A job that waited longer than this is refused when its turn comes.
     pub max_wait: Duration,
+    /// A thread with no job for this long gives its argon2 memory back.
+    pub idle_release: Duration,
 }
 
 impl PoolLimits {
@@ -133,6 +135,7 @@ impl PoolLimits {
             threads,
             queue: threads * QUEUE_PER_THREAD,
             max_wait: MAX_QUEUE_WAIT,
+            idle_release: IDLE_RELEASE,
         }
     }
 
@@ -142,11 +145,18 @@ impl PoolLimits {
     }
 }
 
-/// A hashing thread's argon2 memory, kept from one job to the next: freed after every hash,
-/// ~19 MiB per thread stayed with the allocator anyway, once for every thread that ever hashed.
+/// How long a hashing thread keeps its argon2 memory with no job: a burst of logins reuses
+/// one area, and a node that has stopped hashing gives its ~19 MiB back.
+const IDLE_RELEASE: Duration = Duration::from_secs(10);
+
+/// A hashing thread's argon2 memory, kept from one job to the next (freed after every hash,
+/// ~19 MiB per thread stayed with the allocator anyway) until the thread is idle for
+/// [`IDLE_RELEASE`].
 #[derive(Default)]
 struct Memory {
     blocks: Vec<Block>,
+    /// Counts the areas held, for [`PasswordHasher::memory_areas`].
+    gauge: Arc<Gauge>,
 }
 
 impl Memory {
@@ -157,9 +167,19 @@ impl Memory {
         }
         if self.blocks.len() < needed {
             // Argon2 overwrites every block it uses, so the area is reused without clearing.
+            if self.blocks.is_empty() {
+                self.gauge.areas.fetch_add(1, Ordering::SeqCst);
+            }
             self.blocks = vec![Block::default(); KEPT_BLOCKS];
         }
         f(&mut self.blocks)
+    }
+
+    fn release(&mut self) {
+        if !self.blocks.is_empty() {
+            self.gauge.areas.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.blocks = Vec::new();
     }
 }
 
@@ -176,26 +196,27 @@ struct Job {
 struct Gauge {
     running: AtomicUsize,
     peak: AtomicUsize,
+    /// Threads holding an argon2 memory area now.
+    areas: AtomicUsize,
 }
 
 /// Threads of its own, not tokio's blocking pool: that pool grows to hundreds of threads, each
 /// of which would keep an argon2 memory area, and would let logins take every core.
 struct Pool {
-    jobs: SyncSender<Job>,
+    jobs: flume::Sender<Job>,
     limits: PoolLimits,
     gauge: Arc<Gauge>,
 }
 
 impl Pool {
     fn start(limits: PoolLimits) -> Result<Self, AuthError> {
-        let (jobs, queue) = sync_channel(limits.queue);
-        let queue = Arc::new(Mutex::new(queue));
+        let (jobs, queue) = flume::bounded(limits.queue);
         let gauge = Arc::new(Gauge::default());
         for _ in 0..limits.threads {
-            let (queue, gauge) = (Arc::clone(&queue), Arc::clone(&gauge));
+            let (queue, gauge) = (queue.clone(), Arc::clone(&gauge));
             std::thread::Builder::new()
                 .name("password-hash".into())
-                .spawn(move || work(&queue, &gauge, limits.max_wait))
+                .spawn(move || work(&queue, &gauge, limits))
                 .map_err(|e| AuthError::Key(format!("cannot start a hashing thread: {e}")))?;
         }
         Ok(Self {
@@ -218,8 +239,8 @@ impl Pool {
         };
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(self.busy()),
-            Err(TrySendError::Disconnected(_)) => {
+            Err(flume::TrySendError::Full(_)) => Err(self.busy()),
+            Err(flume::TrySendError::Disconnected(_)) => {
                 Err(AuthError::Key("the hashing threads stopped".into()))
             }
         }
@@ -262,17 +283,24 @@ impl Pool {
 }
 
 /// A hashing thread: takes jobs until every [`PasswordHasher`] sharing the pool is gone.
-fn work(queue: &Mutex<Receiver<Job>>, gauge: &Gauge, max_wait: Duration) {
-    let mut memory = Memory::default();
+fn work(queue: &flume::Receiver<Job>, gauge: &Arc<Gauge>, limits: PoolLimits) {
+    let mut memory = Memory {
+        blocks: Vec::new(),
+        gauge: Arc::clone(gauge),
+    };
     loop {
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
+        let job = match queue.recv_timeout(limits.idle_release) {
+            Ok(job) => job,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                memory.release();
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(flume::RecvError::Disconnected) => return,
+                }
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => return,
         };
-        let Ok(job) = job else {
-            return;
-        };
-        if job.queued_at.elapsed() > max_wait {
+        if job.queued_at.elapsed() > limits.max_wait {
             (job.work)(None);
             continue;
         }
@@ -326,6 +354,11 @@ impl PasswordHasher {
     /// The most hashes that ever ran at once: never more than [`PoolLimits::threads`].
     pub fn peak_running(&self) -> usize {
         self.pool.gauge.peak.load(Ordering::SeqCst)
+    }
+
+    /// Hashing threads holding an argon2 memory area (~19 MiB each) right now.
+    pub fn memory_areas(&self) -> usize {
+        self.pool.gauge.areas.load(Ordering::SeqCst)
     }
 
     /// Hashes the NFKC form, the one every later check compares first.
@@ -571,6 +604,29 @@ mod tests {
         assert_eq!(thread.as_deref(), Some("password-hash"));
     }
 
+    #[tokio::test]
+    async fn an_idle_hashing_thread_gives_its_memory_back_and_takes_it_again() {
+        let limits = PoolLimits {
+            idle_release: Duration::from_millis(200),
+            ..PoolLimits::for_threads(1)
+        };
+        let hasher = PasswordHasher::with_limits(limits).unwrap();
+        let password = Password::new("correct horse".into());
+        let hash = hasher.hash(password.clone()).await.unwrap();
+        assert_eq!(hasher.memory_areas(), 1, "kept after a hash");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while hasher.memory_areas() != 0 {
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(hasher.verify(password, Some(hash)).await.unwrap());
+        assert_eq!(
+            hasher.memory_areas(),
+            1,
+            "allocated again for the next hash"
+        );
+    }
+
     /// Occupies the pool's only thread until the returned sender is dropped or sent to.
     fn hold_the_thread(hasher: &PasswordHasher) -> std::sync::mpsc::Sender<()> {
         let (release, held) = std::sync::mpsc::channel::<()>();
@@ -592,6 +648,7 @@ mod tests {
             threads: 1,
             queue: 1,
             max_wait: Duration::from_secs(60),
+            idle_release: IDLE_RELEASE,
         };
         let hasher = PasswordHasher::with_limits(limits).unwrap();
         let hash = hasher
@@ -637,6 +694,7 @@ mod tests {
             threads: 1,
             queue: 8,
             max_wait: Duration::from_millis(50),
+            idle_release: IDLE_RELEASE,
         };
         let hasher = PasswordHasher::with_limits(limits).unwrap();
         let release = hold_the_thread(&hasher);

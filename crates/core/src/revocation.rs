@@ -12,7 +12,7 @@
 //! (the store) until the feed is heard again, so a revoked credential is never accepted for
 //! longer than that bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -113,13 +113,63 @@ impl RevocationFeed for StoreFeed {
     }
 }
 
-/// A cookie session held in memory, with the roles it grants.
+/// A cookie session held in memory: what a verification answers with, and nothing else (the
+/// device's user agent and address stay in the store, for the device list). A node may hold
+/// one for every signed-in browser, so its size is the cache's size.
 #[derive(Debug, Clone)]
 pub struct CachedSession {
-    pub session: Session,
-    pub roles: Vec<String>,
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub idle_timeout: Duration,
+    pub expires_at: Timestamp,
+    /// The user's roles, shared by every cached session with the same set (see
+    /// [`RevocationCache::insert_cookie`]): most users have one of a handful of sets.
+    pub roles: Arc<[String]>,
     /// When it was read from the store; an epoch bump after that makes it stale.
     pub loaded_at: Timestamp,
+}
+
+impl CachedSession {
+    /// What verification keeps of a live cookie session read at `loaded_at`.
+    pub fn of(session: &Session, roles: &[String], loaded_at: Timestamp) -> Self {
+        Self {
+            id: session.id,
+            user_id: session.user_id,
+            created_at: session.created_at,
+            last_seen_at: session.last_seen_at,
+            idle_timeout: session.idle_timeout,
+            expires_at: session.expires_at,
+            roles: roles.into(),
+            loaded_at,
+        }
+    }
+
+    /// The session record as the store holds it, without the device details.
+    pub fn session(&self, secret_hash: SecretHash) -> Session {
+        Session {
+            id: self.id,
+            user_id: self.user_id,
+            secret_hash: Some(secret_hash),
+            via: crate::model::Via::Cookie,
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+            idle_timeout: self.idle_timeout,
+            expires_at: self.expires_at,
+            user_agent: None,
+            ip: None,
+            revoked_at: None,
+        }
+    }
+
+    fn is_live(&self, now: Timestamp) -> bool {
+        let idle_end = self
+            .last_seen_at
+            .saturating_add(self.idle_timeout)
+            .min(self.expires_at);
+        now < idle_end
+    }
 }
 
 #[derive(Default)]
@@ -130,8 +180,12 @@ struct State {
     epochs: HashMap<UserId, Timestamp>,
     /// Denylisted `jti`s and their `exp`.
     denied: HashMap<String, Timestamp>,
+    /// Cookie sessions by their secret's hash. A revoked one may linger until the next prune,
+    /// but is refused on sight (`revoked_sessions` is checked on every hit), so no second map
+    /// from session id to hash is kept for removing it at once.
     cookies: HashMap<SecretHash, CachedSession>,
-    cookie_ids: HashMap<SessionId, SecretHash>,
+    /// One copy of each set of roles the cached sessions grant.
+    role_sets: HashSet<Arc<[String]>>,
 }
 
 /// Why the cache refused a token; `None` means it found nothing against it.
@@ -215,7 +269,6 @@ impl RevocationCache {
         }
         // Cookie sessions may have been revoked while the feed was away: re-read them.
         state.cookies.clear();
-        state.cookie_ids.clear();
         Ok(())
     }
 
@@ -226,21 +279,12 @@ impl RevocationCache {
             RevocationEvent::SessionRevoked { session, .. } => {
                 let forget_after = Timestamp::now().saturating_add(self.horizon);
                 state.revoked_sessions.insert(*session, forget_after);
-                if let Some(hash) = state.cookie_ids.remove(session) {
-                    state.cookies.remove(&hash);
-                }
             }
             RevocationEvent::EpochBumped { user, epoch } => {
                 let entry = state.epochs.entry(*user).or_insert(*epoch);
                 *entry = (*entry).max(*epoch);
                 // Roles may have changed: cached cookie sessions of the user are re-read.
-                let State {
-                    cookies,
-                    cookie_ids,
-                    ..
-                } = &mut *state;
-                cookies.retain(|_, cached| cached.session.user_id != *user);
-                cookie_ids.retain(|_, hash| cookies.contains_key(hash));
+                state.cookies.retain(|_, cached| cached.user_id != *user);
             }
             RevocationEvent::JtiDenied { jti, expires_at } => {
                 let entry = state.denied.entry(jti.clone()).or_insert(*expires_at);
@@ -319,32 +363,38 @@ impl RevocationCache {
     pub fn cookie(&self, hash: &SecretHash, now: Timestamp) -> Option<CachedSession> {
         let state = self.read();
         let cached = state.cookies.get(hash)?;
-        let live = cached.session.is_live(now)
-            && !state.revoked_sessions.contains_key(&cached.session.id)
+        let live = cached.is_live(now)
+            && !state.revoked_sessions.contains_key(&cached.id)
             && state
                 .epochs
-                .get(&cached.session.user_id)
+                .get(&cached.user_id)
                 .is_none_or(|epoch| *epoch <= cached.loaded_at);
         live.then(|| cached.clone())
     }
 
     /// Holds a session read from the store, unless a revocation of it was applied meanwhile
-    /// or the cache is full.
-    pub fn insert_cookie(&self, hash: SecretHash, cached: CachedSession) {
+    /// or the cache is full. Its roles are shared with the sessions already held that grant
+    /// the same set.
+    pub fn insert_cookie(&self, hash: SecretHash, mut cached: CachedSession) {
         let mut state = self.write();
-        if state.revoked_sessions.contains_key(&cached.session.id)
+        if state.revoked_sessions.contains_key(&cached.id)
             || state.cookies.len() >= self.cookie_capacity
         {
             return;
         }
-        state.cookie_ids.insert(cached.session.id, hash);
+        match state.role_sets.get(&*cached.roles) {
+            Some(shared) => cached.roles = Arc::clone(shared),
+            None => {
+                state.role_sets.insert(Arc::clone(&cached.roles));
+            }
+        }
         state.cookies.insert(hash, cached);
     }
 
     /// Moves a cached session's `last_seen_at` forward (the store learns it in batches).
     pub fn touch_cookie(&self, hash: &SecretHash, at: Timestamp) {
         if let Some(cached) = self.write().cookies.get_mut(hash) {
-            cached.session.last_seen_at = cached.session.last_seen_at.max(at);
+            cached.last_seen_at = cached.last_seen_at.max(at);
         }
     }
 
@@ -359,11 +409,14 @@ impl RevocationCache {
         state.denied.retain(|_, exp| now < *exp);
         let State {
             cookies,
-            cookie_ids,
+            revoked_sessions,
+            role_sets,
             ..
         } = &mut *state;
-        cookies.retain(|_, cached| cached.session.is_live(now));
-        cookie_ids.retain(|_, hash| cookies.contains_key(hash));
+        cookies
+            .retain(|_, cached| cached.is_live(now) && !revoked_sessions.contains_key(&cached.id));
+        // A set no cached session shares any more (the set itself holds one reference).
+        role_sets.retain(|roles| Arc::strong_count(roles) > 1);
     }
 
     /// Entries held, by kind: revoked sessions, epochs, denied jtis, cookie sessions.
@@ -561,38 +614,82 @@ mod tests {
         );
     }
 
+    fn cookie_session(user_id: UserId, now: Timestamp) -> (SecretHash, Session) {
+        let hash = crate::secret::SessionSecret::generate().to_hash();
+        let session = Session {
+            id: SessionId::new(),
+            user_id,
+            secret_hash: Some(hash),
+            via: crate::model::Via::Cookie,
+            created_at: now,
+            last_seen_at: now,
+            idle_timeout: Duration::from_secs(3_600),
+            expires_at: now.saturating_add(Duration::from_secs(3_600)),
+            user_agent: Some("Firefox".into()),
+            ip: Some("192.0.2.1".into()),
+            revoked_at: None,
+        };
+        (hash, session)
+    }
+
     #[test]
     fn a_full_cookie_cache_reads_the_store_instead_of_growing() {
         let cache = RevocationCache::new(HORIZON, 2);
         let now = Timestamp::now();
         let mut hashes = Vec::new();
-        for i in 0..3u8 {
-            let hash = SecretHash::from_bytes([i; 32]);
-            let session = Session {
-                id: SessionId::new(),
-                user_id: UserId::new(),
-                secret_hash: Some(hash),
-                via: crate::model::Via::Cookie,
-                created_at: now,
-                last_seen_at: now,
-                idle_timeout: Duration::from_secs(3_600),
-                expires_at: now.saturating_add(Duration::from_secs(3_600)),
-                user_agent: None,
-                ip: None,
-                revoked_at: None,
-            };
-            cache.insert_cookie(
-                hash,
-                CachedSession {
-                    session,
-                    roles: vec![],
-                    loaded_at: now,
-                },
-            );
+        for _ in 0..3 {
+            let (hash, session) = cookie_session(UserId::new(), now);
+            cache.insert_cookie(hash, CachedSession::of(&session, &[], now));
             hashes.push(hash);
         }
         assert_eq!(cache.sizes().3, 2);
         assert!(cache.cookie(&hashes[0], now).is_some());
         assert!(cache.cookie(&hashes[2], now).is_none());
+    }
+
+    #[test]
+    fn cached_cookie_sessions_share_their_roles_and_keep_no_device_details() {
+        let cache = RevocationCache::new(HORIZON, 10);
+        let now = Timestamp::now();
+        let roles = vec!["reader".to_owned(), "writer".to_owned()];
+        let (first, session) = cookie_session(UserId::new(), now);
+        cache.insert_cookie(first, CachedSession::of(&session, &roles, now));
+        let (second, other) = cookie_session(UserId::new(), now);
+        cache.insert_cookie(second, CachedSession::of(&other, &roles, now));
+        let (a, b) = (
+            cache.cookie(&first, now).unwrap(),
+            cache.cookie(&second, now).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.roles, &b.roles), "one copy of the set");
+        assert_eq!(&*a.roles, roles.as_slice());
+        let rebuilt = a.session(first);
+        assert_eq!(rebuilt.id, session.id);
+        assert_eq!(rebuilt.idle_expires_at(), session.idle_expires_at());
+        assert_eq!(rebuilt.user_agent, None);
+        assert_eq!(rebuilt.ip, None);
+    }
+
+    #[test]
+    fn a_revoked_cookie_session_is_refused_at_once_and_pruned_later() {
+        let cache = RevocationCache::new(HORIZON, 10);
+        let now = Timestamp::now();
+        let (hash, session) = cookie_session(UserId::new(), now);
+        cache.insert_cookie(hash, CachedSession::of(&session, &["admin".into()], now));
+        cache.apply(&RevocationEvent::SessionRevoked {
+            session: session.id,
+        });
+        assert!(
+            cache.cookie(&hash, now).is_none(),
+            "refused on the next request"
+        );
+        assert_eq!(cache.sizes().3, 1, "still held until the prune");
+        cache.prune(now);
+        assert_eq!(cache.sizes().3, 0);
+        assert!(
+            cache.read().role_sets.is_empty(),
+            "the unshared set goes too"
+        );
+        cache.insert_cookie(hash, CachedSession::of(&session, &[], now));
+        assert_eq!(cache.sizes().3, 0, "a revoked session is not cached again");
     }
 }

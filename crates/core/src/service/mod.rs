@@ -383,6 +383,12 @@ impl Tessera {
         (self.store.backend(), self.store.pool_use())
     }
 
+    /// Hashing threads holding an argon2 memory area (~19 MiB each) now: each gives it back
+    /// after a few idle seconds (for diagnostics and benchmarks).
+    pub fn password_memory_areas(&self) -> usize {
+        self.hasher.memory_areas()
+    }
+
     /// The in-process revocation state (for diagnostics and benchmarks).
     pub fn revocation_cache(&self) -> &RevocationCache {
         &self.cache

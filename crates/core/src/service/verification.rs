@@ -181,18 +181,19 @@ impl Tessera {
         let cached_mode = self.effective_mode() == RevocationMode::Cached;
         if cached_mode {
             if let Some(cached) = self.cache.cookie(&hash, now) {
-                if touch_due(&cached.session, now) {
+                let session = cached.session(hash);
+                if touch_due(&session, now) {
                     self.cache.touch_cookie(&hash, now);
                     if let Ok(mut pending) = self.pending_touches.lock() {
-                        pending.insert(cached.session.id, now);
+                        pending.insert(cached.id, now);
                     }
                 }
                 return Ok(Principal {
-                    user_id: cached.session.user_id,
-                    session_id: cached.session.id,
-                    roles: cached.roles,
+                    user_id: cached.user_id,
+                    session_id: cached.id,
+                    roles: cached.roles.to_vec(),
                     presented: Via::Cookie,
-                    session: Some(cached.session),
+                    session: Some(session),
                 });
             }
         }
@@ -211,20 +212,8 @@ impl Tessera {
             .await
             .map_err(Refused::from_error)?;
         if cached_mode {
-            self.cache.insert_cookie(
-                hash,
-                CachedSession {
-                    // What verification needs: the device's user agent and address (up to
-                    // half a kibibyte) are read from the store for the device list only.
-                    session: Session {
-                        user_agent: None,
-                        ip: None,
-                        ..session.clone()
-                    },
-                    roles: user.roles.clone(),
-                    loaded_at: now,
-                },
-            );
+            self.cache
+                .insert_cookie(hash, CachedSession::of(&session, &user.roles, now));
         }
         Ok(Principal {
             user_id: user.id,
