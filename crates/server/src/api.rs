@@ -20,7 +20,7 @@ use crate::auth::{
 use crate::error::ApiError;
 use crate::extract::{ApiJson, JsonOrForm};
 use crate::ops::ApiErrorBody;
-use crate::AppState;
+use crate::{sign_in, AppState};
 
 #[derive(Deserialize, ToSchema)]
 pub struct Credentials {
@@ -455,6 +455,10 @@ static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
         )),
         (status = 401, description = "no valid credential; no body", headers(
             ("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"),
+            ("X-Auth-Login" = String, description = "where a proxy redirects a browser: \
+                `{public_url}/ui/login?return_to=` and the original URL percent-encoded, taken from \
+                `X-Original-URL` or `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Uri` \
+                (without `return_to` when those are missing or not a plain http(s) URL)"),
         )),
         (status = 403, description = "`origin_not_allowed`: a cookie request that the proxy reports as unsafe \
             (`X-Forwarded-Method` or `X-Original-Method` other than GET, HEAD, OPTIONS, TRACE) came from an \
@@ -493,9 +497,14 @@ pub async fn verify(State(state): State<AppState>, request: Request) -> Response
         ),
         Err(Refused { reason, .. }) => {
             let mut response = StatusCode::UNAUTHORIZED.into_response();
-            response.headers_mut().insert(
+            let answer = response.headers_mut();
+            answer.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            answer.insert(
+                sign_in::X_AUTH_LOGIN.clone(),
+                sign_in::login_link(headers, &config.mail.public_url),
             );
             (response, Some(reason))
         }

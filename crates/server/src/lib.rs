@@ -33,6 +33,7 @@ pub mod ops;
 pub mod pages;
 pub mod recovery;
 pub mod revocations;
+pub mod sign_in;
 pub mod webhooks;
 
 use error::ApiError;
