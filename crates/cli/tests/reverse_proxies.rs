@@ -1,0 +1,465 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The reverse-proxy examples (`examples/nginx`, `examples/caddy`) as they are shipped, run
+//! by real nginx and Caddy in front of a real `tessera serve` and an application that echoes
+//! the headers it got: who gets through, with which identity headers, who is sent to sign in,
+//! and that a revocation holds on the very next request.
+//!
+//! A missing nginx or Caddy skips its test, or fails it under `TESSERA_REQUIRE_SERVICES=1`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{redirect, Client, StatusCode, Url};
+use serde_json::{json, Value};
+use support::{create_admin_key, grant, login, logout, serve_with, sign_up, Server, ISSUER};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Where the sign-in pages are served; the links of a 401 start with it.
+const PUBLIC_URL: &str = "https://auth.example.test";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// The program, from `PATH` or the system directories Debian installs nginx into (outside a
+/// normal user's `PATH`); `None`, having said why, when the test is to be skipped.
+fn program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        tessera_store::testing::skip_or_fail(
+            &format!("the {name} example"),
+            &format!("`{name}` is not installed"),
+        );
+    }
+    found
+}
+
+/// A port free a moment ago (nginx and Caddy cannot be told to pick one and say which).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The application behind the proxy: answers every request with its method, target and
+/// headers as JSON (`headers` a list of `[name, value]`, so repeated headers show), and
+/// counts the requests that reached it.
+struct Upstream {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(echo(stream, Arc::clone(&counter)));
+            }
+        });
+        Self { url, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn echo(stream: TcpStream, hits: Arc<AtomicUsize>) {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    let mut parts = line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap().to_owned(),
+        parts.next().unwrap().to_owned(),
+    );
+    let mut headers = Vec::new();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        if name == "content-length" {
+            length = value.parse().unwrap();
+        }
+        headers.push(json!([name, value]));
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    hits.fetch_add(1, Ordering::SeqCst);
+    let answer = json!({ "method": method, "target": target, "headers": headers }).to_string();
+    let mut stream = reader.into_inner();
+    stream
+        .write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{answer}",
+                answer.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let _ = stream.shutdown().await;
+}
+
+/// The values the application got for `name`.
+fn received<'a>(echoed: &'a Value, name: &str) -> Vec<&'a str> {
+    echoed["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .map(|pair| pair[1].as_str().unwrap())
+        .collect()
+}
+
+/// A proxy process of the test's own, killed when dropped.
+struct Proxy {
+    child: Child,
+    origin: String,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the proxy answers (any status), failing with its log if it exits.
+    async fn ready(mut self) -> Self {
+        let client = Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client.get(self.url("/")).send().await.is_ok() {
+                return self;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the proxy exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not answer: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx with `examples/nginx/tessera.conf.template` filled as envsubst would, in a main
+/// configuration that keeps everything (pid, logs, temporary files) in `dir`.
+fn nginx(nginx: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy {
+    let template = std::fs::read_to_string(examples().join("nginx/tessera.conf.template")).unwrap();
+    let site = template
+        .replace("${LISTEN}", &format!("127.0.0.1:{port}"))
+        .replace("${TESSERA_URL}", tessera)
+        .replace("${APP_URL}", app);
+    assert!(!site.contains("${"), "an unfilled variable: {site}");
+    std::fs::write(dir.join("tessera.conf"), site).unwrap();
+    // As root, workers would otherwise run as `nobody`, who cannot write into `dir`.
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    let d = dir.display();
+    let main = format!(
+        "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         include {d}/tessera.conf;\n}}\n",
+        user = if is_root { "user root;\n" } else { "" },
+    );
+    std::fs::write(dir.join("nginx.conf"), main).unwrap();
+    let log = dir.join("nginx.log");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    Proxy {
+        child,
+        origin: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
+/// Caddy with `examples/caddy/Caddyfile` imported as it is, its values from the environment,
+/// under global options that keep it off the admin port and its state in `dir`.
+fn caddy(caddy: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy {
+    let main = format!(
+        "{{\n\tadmin off\n\tauto_https off\n}}\n\nimport {}\n",
+        examples().join("caddy/Caddyfile").display()
+    );
+    std::fs::write(dir.join("Caddyfile"), main).unwrap();
+    let log = dir.join("caddy.log");
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("SITE_ADDRESS", format!("http://127.0.0.1:{port}"))
+        .env("TESSERA_URL", tessera)
+        .env("APP_URL", app)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proxy {
+        child,
+        origin: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
+type Start = fn(&Path, &Path, u16, &str, &str) -> Proxy;
+
+#[tokio::test]
+async fn nginx_example_guards_an_application() {
+    if let Some(program) = program("nginx") {
+        guards_an_application(&program, nginx).await;
+    }
+}
+
+#[tokio::test]
+async fn caddy_example_guards_an_application() {
+    if let Some(program) = program("caddy") {
+        guards_an_application(&program, caddy).await;
+    }
+}
+
+/// A 200 the application answered: what it echoed.
+async fn passed(res: reqwest::Response, case: &str) -> Value {
+    assert_eq!(res.status(), StatusCode::OK, "{case}");
+    res.json().await.unwrap()
+}
+
+async fn guards_an_application(program: &Path, start: Start) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let tessera: Server = serve_with(
+        dir.path(),
+        "warn",
+        &[
+            "--issuer",
+            ISSUER,
+            "--allowed-origins",
+            &origin,
+            "--public-url",
+            PUBLIC_URL,
+        ],
+    )
+    .await;
+    let proxy = start(program, dir.path(), port, &tessera.base, &app.url)
+        .ready()
+        .await;
+    let client = Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // A user with roles, signed in in a browser (cookie) and by an API client (token).
+    let email = "proxied@example.com";
+    let user = sign_up(&client, &tessera, email).await;
+    let (_, admin) = create_admin_key(dir.path(), &[]);
+    let res = client
+        .put(tessera.url(&format!("/v1/admin/users/{user}/roles")))
+        .bearer_auth(&admin)
+        .json(&json!({ "roles": ["editor", "viewer"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let browser = login(&client, &tessera, email).await;
+    let (token, _) = grant(&client, &tessera, email).await;
+    let forged = [
+        ("x-auth-user", "00000000-0000-0000-0000-000000000000"),
+        ("x-auth-session", "forged"),
+        ("x-auth-roles", "admin"),
+    ];
+
+    // Through with the cookie and with the token: Tessera's identity reaches the
+    // application, the client's forged identity headers do not.
+    let mut sessions = Vec::new();
+    for (case, credential) in [
+        ("cookie", ("cookie", browser.cookie.clone())),
+        ("bearer", ("authorization", format!("Bearer {token}"))),
+    ] {
+        let mut request = client
+            .get(proxy.url("/app/page?x=1"))
+            .header(credential.0, &credential.1);
+        for (name, value) in forged {
+            request = request.header(name, value);
+        }
+        let echoed = passed(request.send().await.unwrap(), case).await;
+        assert_eq!(echoed["target"], "/app/page?x=1", "{case}");
+        assert_eq!(received(&echoed, "x-auth-user"), [user.as_str()], "{case}");
+        assert_eq!(
+            received(&echoed, "x-auth-roles"),
+            ["editor,viewer"],
+            "{case}"
+        );
+        let session = received(&echoed, "x-auth-session");
+        assert_eq!(session.len(), 1, "{case}: {session:?}");
+        assert_ne!(session[0], "forged", "{case}");
+        sessions.push(session[0].to_owned());
+    }
+    assert_ne!(sessions[0], sessions[1], "two sign-ins, two sessions");
+
+    // Without a credential: an API client keeps the 401, a browser goes to sign in, with the
+    // URL it asked for whole in `return_to` (its `&` encoded, not cutting the query).
+    let hits = app.hits();
+    let res = client
+        .get(proxy.url("/app/page?x=1&y=2"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    let res = client
+        .get(proxy.url("/app/page?x=1&y=a%26b&z=%C3%A9"))
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND, "{}", proxy.log());
+    let location = res.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{PUBLIC_URL}/ui/login?return_to=")),
+        "{location}"
+    );
+    assert!(!location.contains('&'), "one query parameter: {location}");
+    let location = Url::parse(location).unwrap();
+    let return_to: Vec<_> = location.query_pairs().collect();
+    assert_eq!(return_to.len(), 1, "{location}");
+    assert_eq!(return_to[0].0, "return_to");
+    assert_eq!(
+        return_to[0].1,
+        format!("{origin}/app/page?x=1&y=a%26b&z=%C3%A9")
+    );
+    // A forged or expired cookie is no credential either.
+    let res = client
+        .get(proxy.url("/app/"))
+        .header("accept", "text/html")
+        .header("cookie", "__Host-tessera_session=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(
+        app.hits(),
+        hits,
+        "nothing unauthenticated reached the application"
+    );
+
+    // Unsafe methods with the cookie: refused from another site, let through from the
+    // application's own origin.
+    for (case, header) in [
+        ("foreign origin", ("origin", "https://evil.example")),
+        ("cross-site fetch", ("sec-fetch-site", "cross-site")),
+    ] {
+        let res = client
+            .post(proxy.url("/app/transfer"))
+            .header("cookie", &browser.cookie)
+            .header(header.0, header.1)
+            .form(&[("amount", "100")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{case}");
+    }
+    assert_eq!(
+        app.hits(),
+        hits,
+        "no cross-site request reached the application"
+    );
+    let res = client
+        .post(proxy.url("/app/transfer"))
+        .header("cookie", &browser.cookie)
+        .header("origin", &origin)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("amount", "100")])
+        .send()
+        .await
+        .unwrap();
+    let echoed = passed(res, "same-origin post").await;
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(received(&echoed, "x-auth-user"), [user.as_str()]);
+
+    // Revoked: the cookie by signing out, the token by an administrator; each refused on
+    // the very next request.
+    logout(&client, &tessera, &browser).await;
+    let res = client
+        .get(proxy.url("/app/page"))
+        .header("cookie", &browser.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "after sign-out");
+    let res = client
+        .delete(tessera.url(&format!("/v1/admin/sessions/{}", sessions[1])))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = client
+        .get(proxy.url("/app/page"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "after admin revoke");
+    assert_eq!(
+        app.hits(),
+        hits + 1,
+        "only the same-origin post got through"
+    );
+}
