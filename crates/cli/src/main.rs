@@ -69,6 +69,20 @@ enum Command {
     /// cache. Every store is made for the run and removed after it: the configured database
     /// and master key are never opened.
     Bench(bench::BenchArgs),
+    /// Print the completion script for a shell
+    ///
+    /// bash: `tessera completions bash > /etc/bash_completion.d/tessera`; zsh: into a
+    /// directory of `$fpath` as `_tessera`; fish: `~/.config/fish/completions/tessera.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages: tessera(1) and one per subcommand (tessera-serve(1), …)
+    Man {
+        /// Directory to write the pages into [default: print tessera(1) to stdout]
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -294,6 +308,12 @@ fn master_key(config: &Config) -> CliResult<MasterKey> {
 }
 
 async fn run(cli: Cli) -> CliResult {
+    // These describe the command line itself: no configuration is read.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { out_dir } => return man(out_dir.as_deref()),
+        _ => {}
+    }
     let layers = load_layers(&cli)?;
     let config = layers.resolve().map_err(|e| e.to_string())?;
     match cli.command {
@@ -306,6 +326,38 @@ async fn run(cli: Cli) -> CliResult {
         Command::Keys(command) => keys(open(config, KeyPolicy::Administer).await?, command).await,
         Command::Token(TokenCommand::Inspect { token }) => {
             inspect(open(config, KeyPolicy::Administer).await?, &token).await
+        }
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+    }
+}
+
+/// Generated into memory first: the generator panics on a failed write (a closed pipe), and
+/// a failure here should be one line, as every other.
+fn completions(shell: clap_complete::Shell) -> CliResult {
+    use clap::CommandFactory as _;
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tessera", &mut script);
+    std::io::stdout()
+        .lock()
+        .write_all(&script)
+        .map_err(|e| format!("cannot write the completion script: {e}"))
+}
+
+/// Without a directory, the root page on stdout (`tessera man | man -l -`); with one, a page
+/// per command, named as `man` looks them up (`tessera-admin-key-create.1`).
+fn man(out_dir: Option<&std::path::Path>) -> CliResult {
+    use clap::CommandFactory as _;
+    let command = Cli::command();
+    match out_dir {
+        None => clap_mangen::Man::new(command)
+            .render(&mut std::io::stdout().lock())
+            .map_err(|e| format!("cannot write the man page: {e}")),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .map_err(|e| format!("cannot write the man pages into {}: {e}", dir.display()))
         }
     }
 }

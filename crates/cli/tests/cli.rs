@@ -227,6 +227,8 @@ fn every_command_has_help() {
         "token",
         "token inspect",
         "bench",
+        "completions",
+        "man",
     ]
     .into_iter()
     .map(str::to_owned)
