@@ -366,6 +366,17 @@ async fn serve(config: Config, layers: ConfigLayer) -> CliResult {
     if !config.cookie_secure {
         tracing::warn!("cookie_secure = false: session cookies lack Secure and the __Host- prefix; use only for plain-HTTP development");
     }
+    if let Some(domain) = &config.cookie_domain {
+        let public = &config.mail.public_url;
+        match tessera_core::url::host_of(public) {
+            Some(host) if tessera_core::url::domain_covers(domain, &host) => {}
+            _ => tracing::warn!(
+                cookie_domain = %domain,
+                public_url = %public,
+                "cookie_domain {domain} does not cover the host of public_url {public}: browsers will not store the session cookie Tessera sets there"
+            ),
+        }
+    }
     let listen = config.listen;
     let database = redact_url(&config.database);
     let listener = tokio::net::TcpListener::bind(listen)

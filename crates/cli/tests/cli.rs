@@ -1312,6 +1312,50 @@ async fn an_unknown_tessera_variable_is_a_warning_naming_it_not_a_refusal() {
     assert!(stderr.contains("--listn"), "{stderr}");
 }
 
+/// SPEC §2 `cookie_domain`: a `__Host-` cookie name cannot carry a `Domain`, so the two
+/// together stop the start in one line; a domain that does not cover `public_url`'s host
+/// (where the cookie is set) is worth a warning, not a refusal.
+#[tokio::test]
+async fn cookie_domain_refuses_a_host_prefixed_name_and_warns_when_it_misses_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = tessera(dir.path());
+    bad.args([
+        "serve",
+        "--cookie-domain",
+        "example.com",
+        "--cookie-name",
+        "__Host-sso",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let output = run(bad, "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("`cookie_name`")
+            && stderr.contains("--cookie-name")
+            && stderr.contains("cookie_domain")
+            && stderr.contains("__Secure-"),
+        "{stderr}"
+    );
+
+    // The issuer (and so public_url) is http://tessera.test, not under example.com.
+    let server = serve_with_env(
+        dir.path(),
+        "warn",
+        &["--issuer", ISSUER],
+        &[("TESSERA_COOKIE_DOMAIN", "example.com")],
+    )
+    .await;
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("cookie_domain example.com does not cover")),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_wildcard_listen_address_without_an_issuer_stops_the_start_saying_why() {
     let dir = tempfile::tempdir().unwrap();

@@ -47,6 +47,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "token_cache_ttl", help: "how long a verified access token is held before its signature is checked again [default: 60s]" },
     Setting { key: "cookie_name", help: "session cookie name [default: __Host-tessera_session]" },
     Setting { key: "cookie_secure", help: "Secure cookies and the __Host- prefix; false for plain-HTTP development [default: true]" },
+    Setting { key: "cookie_domain", help: "a domain such as example.com whose subdomains share the session cookie (then named __Secure-…) [default: unset, host-only]" },
     Setting { key: "allowed_origins", help: "comma-separated origins allowed on cookie requests [default: the issuer's origin]" },
     Setting { key: "master_key_file", help: "file holding the master key, created 0600 [default: tessera.key beside the database]" },
     Setting { key: "login_max_failures", help: "failed logins per account per window before 429, except from that account's known devices [default: 5]" },
@@ -429,6 +430,33 @@ impl ConfigLayer {
         self.duration_of(key, default, Duration::from_secs(1), false)
     }
 
+    /// A domain name of two labels or more (a cookie for `com` is refused by browsers, and a
+    /// single label is nothing a browser shares); a leading dot, as older `Domain` syntax
+    /// wrote it, is dropped. An IP address has no subdomains, so it is no cookie domain.
+    fn cookie_domain(&self) -> Result<Option<String>, ConfigError> {
+        self.parsed(
+            "cookie_domain",
+            "a domain name such as example.com (no scheme, port or path)",
+            |t| {
+                let domain = t.strip_prefix('.').unwrap_or(t).to_ascii_lowercase();
+                let labels: Vec<&str> = domain.split('.').collect();
+                let label_ok = |l: &&str| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                };
+                let numeric = domain.parse::<std::net::Ipv4Addr>().is_ok();
+                (labels.len() >= 2
+                    && labels.iter().all(label_ok)
+                    && !numeric
+                    && domain.len() <= 253)
+                    .then_some(domain)
+            },
+        )
+    }
+
     fn origins(&self) -> Result<Option<Vec<String>>, ConfigError> {
         const EXPECTED: &str =
             "origins such as https://app.example.com (scheme://host[:port], comma-separated)";
@@ -615,27 +643,25 @@ impl ConfigLayer {
         let cookie_secure = self
             .parsed("cookie_secure", "true or false", boolean)?
             .unwrap_or(true);
-        let cookie_name = self
-            .parsed(
-                "cookie_name",
-                "a cookie name (letters, digits, - and _)",
-                |t| {
-                    (!t.is_empty()
-                        && t.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                    .then(|| t.to_owned())
-                },
-            )?
-            .unwrap_or_else(|| "__Host-tessera_session".to_owned());
-        // Browsers refuse a `__Host-` cookie without Secure, so plain-HTTP development drops it.
-        let cookie_name = if cookie_secure {
-            cookie_name
-        } else {
-            cookie_name
-                .strip_prefix("__Host-")
-                .map(str::to_owned)
-                .unwrap_or(cookie_name)
-        };
+        let cookie_name = self.parsed(
+            "cookie_name",
+            "a cookie name (letters, digits, - and _)",
+            |t| {
+                (!t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .then(|| t.to_owned())
+            },
+        )?;
+        let cookie_domain = self.cookie_domain()?;
+        let cookie_name = session_cookie_name(cookie_name, cookie_domain.as_deref(), cookie_secure)
+            .map_err(|(name, expected)| match self.value("cookie_name") {
+                Some((_, source)) => ConfigError(format!(
+                    "invalid value for `cookie_name` ({}): {name} {expected}",
+                    from("cookie_name", source)
+                )),
+                None => ConfigError(format!("`cookie_name` {name} {expected}")),
+            })?;
         let allowed_origins = match self.origins()? {
             Some(origins) => origins,
             None => origin_of(&issuer).into_iter().collect(),
@@ -668,6 +694,7 @@ impl ConfigLayer {
             token_cache: self.token_cache()?,
             cookie_name,
             cookie_secure,
+            cookie_domain,
             allowed_origins,
             master_key_file,
             webhooks: self.webhooks()?,
@@ -688,6 +715,38 @@ fn boolean(text: &str) -> Option<bool> {
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
     }
+}
+
+/// The session cookie's name (SPEC §2). By default `__Host-tessera_session`, a host-only
+/// cookie; with a `cookie_domain`, `__Secure-tessera_session`, since browsers refuse a
+/// `__Host-` cookie that carries `Domain`, so a configured `__Host-` name is refused rather
+/// than silently dropped by every browser. Without `cookie_secure` (plain-HTTP development)
+/// both prefixes go, as browsers refuse either without `Secure`. The error is the name and
+/// what is wrong with it.
+fn session_cookie_name(
+    configured: Option<String>,
+    cookie_domain: Option<&str>,
+    cookie_secure: bool,
+) -> Result<String, (String, &'static str)> {
+    let name = match (configured, cookie_domain) {
+        (Some(name), Some(_)) if name.starts_with("__Host-") => {
+            return Err((
+                name,
+                "cannot be used with `cookie_domain`: browsers refuse a __Host- cookie with a \
+                 Domain; use a __Secure- name, or unset cookie_domain",
+            ))
+        }
+        (Some(name), _) => name,
+        (None, Some(_)) => "__Secure-tessera_session".to_owned(),
+        (None, None) => "__Host-tessera_session".to_owned(),
+    };
+    if cookie_secure {
+        return Ok(name);
+    }
+    Ok(["__Host-", "__Secure-"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .map_or_else(|| name.clone(), str::to_owned))
 }
 
 /// The address inside a mailbox (`Name <a@b>` or `a@b`), if it looks like one.
@@ -911,6 +970,10 @@ pub struct Config {
     pub token_cache: TokenCacheLimits,
     pub cookie_name: String,
     pub cookie_secure: bool,
+    /// SPEC §2 `cookie_domain`: the session cookie's `Domain`, so the applications on its
+    /// subdomains receive it (forward-auth); `None`: a host-only `__Host-` cookie. Lower case,
+    /// without a leading dot.
+    pub cookie_domain: Option<String>,
     pub allowed_origins: Vec<String>,
     pub master_key_file: PathBuf,
     /// `[[webhooks]]` (SPEC §3), file only; empty unless configured.
@@ -1269,6 +1332,68 @@ mod tests {
             let err = file(bad).resolve().unwrap_err().to_string();
             let key = bad.split(' ').next().unwrap();
             assert!(err.contains(&format!("`{key}`")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_domain_shares_the_session_cookie_under_the_secure_prefix() {
+        let config = file("cookie_domain = \".Example.com\"").resolve().unwrap();
+        assert_eq!(config.cookie_domain.as_deref(), Some("example.com"));
+        assert_eq!(config.cookie_name, "__Secure-tessera_session");
+        assert_eq!(
+            ConfigLayer::default().resolve().unwrap().cookie_domain,
+            None
+        );
+        // From the environment and flags too, flags winning.
+        let env = ConfigLayer::from_env(|name| {
+            (name == "TESSERA_COOKIE_DOMAIN").then(|| "env.example".to_owned())
+        });
+        assert_eq!(
+            env.clone().resolve().unwrap().cookie_domain.as_deref(),
+            Some("env.example")
+        );
+        let flags =
+            ConfigLayer::from_flags([("cookie_domain", "flag.example".to_owned())]).unwrap();
+        assert_eq!(
+            flags.over(env).resolve().unwrap().cookie_domain.as_deref(),
+            Some("flag.example")
+        );
+        // A name of one's own is kept, unless it is a __Host- name, which browsers would drop.
+        let named = file("cookie_domain = \"example.com\"\ncookie_name = \"__Secure-sso\"")
+            .resolve()
+            .unwrap();
+        assert_eq!(named.cookie_name, "__Secure-sso");
+        let error = file("cookie_domain = \"example.com\"\ncookie_name = \"__Host-sso\"")
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cookie_name")
+                && error.contains("cookie_domain")
+                && error.contains("__Secure-"),
+            "{error}"
+        );
+        assert_eq!(error.lines().count(), 1, "{error}");
+        // Plain-HTTP development drops the prefix, which browsers refuse without Secure.
+        let insecure = file("cookie_domain = \"example.com\"\ncookie_secure = false")
+            .resolve()
+            .unwrap();
+        assert_eq!(insecure.cookie_name, "tessera_session");
+        for bad in [
+            "com",
+            "https://example.com",
+            "example.com:443",
+            "example.com/x",
+            "10.0.0.1",
+            "exa mple.com",
+            "-a.example",
+            "",
+        ] {
+            let error = file(&format!("cookie_domain = \"{bad}\""))
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("`cookie_domain`"), "{bad}: {error}");
         }
     }
 

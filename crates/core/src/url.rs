@@ -34,9 +34,54 @@ pub fn origin_of(url: &str) -> Option<String> {
     Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
 }
 
+/// Whether a cookie with `Domain=domain` reaches `host` (RFC 6265 §5.1.3 domain-match):
+/// the host is the domain or one of its subdomains. Both are compared lower-cased; an IP
+/// address matches nothing but itself.
+pub fn domain_covers(domain: &str, host: &str) -> bool {
+    let domain = domain.trim_start_matches('.');
+    if host.eq_ignore_ascii_case(domain) {
+        return true;
+    }
+    host.len() > domain.len() + 1
+        && host
+            .get(host.len() - domain.len()..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(domain))
+        && host.as_bytes().get(host.len() - domain.len() - 1) == Some(&b'.')
+        && host.parse::<std::net::IpAddr>().is_err()
+}
+
+/// The host of an http(s) URL, lower-cased, without port or brackets.
+pub fn host_of(url: &str) -> Option<String> {
+    let origin = origin_of(url)?;
+    let authority = origin.split_once("://")?.1;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    Some(host.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cookie_domain_covers_itself_and_its_subdomains_only() {
+        assert!(domain_covers("example.com", "example.com"));
+        assert!(domain_covers("example.com", "auth.example.com"));
+        assert!(domain_covers("example.com", "a.b.EXAMPLE.com"));
+        assert!(!domain_covers("example.com", "evil-example.com"));
+        assert!(!domain_covers("example.com", "example.com.evil.com"));
+        assert!(!domain_covers("example.com", "com"));
+        assert_eq!(
+            host_of("https://Auth.Example.com:8443/x").as_deref(),
+            Some("auth.example.com")
+        );
+        assert_eq!(host_of("http://[::1]:80").as_deref(), Some("::1"));
+        assert_eq!(host_of("http://127.0.0.1").as_deref(), Some("127.0.0.1"));
+    }
 
     #[test]
     fn urls_are_redacted_for_logs() {

@@ -56,7 +56,7 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub tessera: Arc<Tessera>,
-    /// `; Path=/; HttpOnly; SameSite=Lax[; Secure]`, computed once.
+    /// `; Path=/; HttpOnly; SameSite=Lax[; Secure][; Domain=…]`, computed once.
     cookie_attributes: Arc<str>,
     /// Request metrics, pre-registered for every documented route.
     metrics: Arc<ops::HttpMetrics>,
@@ -64,6 +64,8 @@ pub struct Shared {
     openapi: Bytes,
     /// SPEC §2: `__Host-tessera_device`, or `tessera_device` without `cookie_secure`.
     device_cookie_name: Arc<str>,
+    /// Where the sign-in page may send a browser (`return_to`), read once from the config.
+    pub return_policy: pages::return_to::ReturnPolicy,
     /// Set when the node starts shutting down: ends the `GET /v1/revocations` streams, which
     /// would otherwise hold the connection drain until its bound.
     shutdown: Arc<watch::Sender<bool>>,
@@ -76,7 +78,16 @@ impl AppState {
         } else {
             ""
         };
-        let cookie_attributes = format!("; Path=/; HttpOnly; SameSite=Lax{secure}").into();
+        // SPEC §2 `cookie_domain`: the applications on its subdomains receive the cookie (a
+        // `__Secure-` one; `__Host-` forbids `Domain`). The device cookie stays host-only
+        // (`__Host-`): only Tessera's own login reads it.
+        let domain = tessera
+            .config()
+            .cookie_domain
+            .as_deref()
+            .map(|domain| format!("; Domain={domain}"))
+            .unwrap_or_default();
+        let cookie_attributes = format!("; Path=/; HttpOnly; SameSite=Lax{secure}{domain}").into();
         let device_cookie_name = if tessera.config().cookie_secure {
             "__Host-tessera_device"
         } else {
@@ -85,6 +96,7 @@ impl AppState {
         .into();
         let document = openapi_document(tessera.config());
         Self(Arc::new(Shared {
+            return_policy: pages::return_to::ReturnPolicy::from_config(tessera.config()),
             device_cookie_name,
             metrics: Arc::new(ops::HttpMetrics::for_document(&document)),
             openapi: ops::render_document(&document),

@@ -170,6 +170,71 @@ async fn insecure_cookie_setting_drops_prefix_and_secure_flag() {
     assert!(!set_cookie.contains("Secure"), "{set_cookie}");
 }
 
+/// SPEC §2 `cookie_domain`: the session cookie goes to every subdomain, under the
+/// `__Secure-` prefix (`__Host-` forbids `Domain`); the device cookie, read by Tessera alone,
+/// stays host-only; signing out clears the same cookie (same name, same Domain).
+#[tokio::test]
+async fn a_cookie_domain_shares_the_session_cookie_with_subdomains() {
+    let server = start("cookie_domain = \"example.com\"").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let res = server.login_raw(&email, PASSWORD, headers(&[])).await;
+    assert_eq!(res.status(), 200);
+    let set_cookies: Vec<String> = res
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let session = set_cookies
+        .iter()
+        .find(|c| c.starts_with("__Secure-tessera_session="))
+        .unwrap_or_else(|| panic!("no __Secure- session cookie in {set_cookies:?}"));
+    let attributes: Vec<&str> = session.split(';').map(str::trim).collect();
+    for attribute in [
+        "Domain=example.com",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+    ] {
+        assert!(attributes.contains(&attribute), "{attribute} in {session}");
+    }
+    let device = set_cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-tessera_device="))
+        .unwrap_or_else(|| panic!("no device cookie in {set_cookies:?}"));
+    assert!(!device.contains("Domain"), "{device}");
+
+    let pair = session.split(';').next().unwrap();
+    assert_eq!(server.verify_cookie(pair).await.status(), 200);
+    let csrf: Value = res.json().await.unwrap();
+    let out = server
+        .logout(&Browser {
+            cookie: pair.to_owned(),
+            csrf: csrf["csrf_token"].as_str().unwrap().to_owned(),
+            body: Value::Null,
+        })
+        .await;
+    assert_eq!(out.status(), 204);
+    let cleared = out.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(
+        cleared.starts_with("__Secure-tessera_session=;")
+            && cleared.contains("Max-Age=0")
+            && cleared.contains("Domain=example.com"),
+        "{cleared}"
+    );
+
+    // Plain-HTTP development: no prefix and no Secure, still shared.
+    let server = start("cookie_domain = \"example.com\"\ncookie_secure = false").await;
+    server.sign_up(&email).await;
+    let res = server.login_raw(&email, PASSWORD, headers(&[])).await;
+    let set_cookie = res.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set_cookie.starts_with("tessera_session="), "{set_cookie}");
+    assert!(set_cookie.contains("Domain=example.com"), "{set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+}
+
 #[tokio::test]
 async fn unknown_user_and_wrong_password_answer_alike() {
     let server = start("").await;

@@ -17,6 +17,7 @@ use crate::auth::check_origin;
 use crate::AppState;
 
 pub mod links;
+pub mod return_to;
 
 pub use links::{
     __path_recovery_form, __path_recovery_page, __path_verify_form, __path_verify_page,
