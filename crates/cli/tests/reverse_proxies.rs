@@ -138,7 +138,15 @@ struct Proxy {
     child: Child,
     origin: String,
     log: PathBuf,
+    port: u16,
+    /// Over TLS: the file of the CA that signed the proxy's certificate (it may appear only
+    /// once the proxy runs).
+    ca: Option<PathBuf>,
 }
+
+/// The hosts the TLS tests reach the proxy by, under `cookie_domain`.
+const DOMAIN: &str = "example.com";
+const HOSTS: [&str; 3] = ["auth.example.com", "app.example.com", "admin.example.com"];
 
 impl Proxy {
     fn url(&self, path: &str) -> String {
@@ -149,13 +157,31 @@ impl Proxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A client of this proxy: over TLS one that resolves [`HOSTS`] to it, trusts its CA
+    /// and keeps cookies as a browser does.
+    fn client(&self) -> Option<Client> {
+        let builder = Client::builder().redirect(redirect::Policy::none());
+        let Some(ca) = &self.ca else {
+            return Some(builder.build().unwrap());
+        };
+        let pem = std::fs::read(ca).ok()?;
+        let mut builder = builder
+            .cookie_store(true)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        for host in HOSTS {
+            builder = builder.resolve(host, ([127, 0, 0, 1], self.port).into());
+        }
+        Some(builder.build().unwrap())
+    }
+
     /// Waits until the proxy answers (any status), failing with its log if it exits.
     async fn ready(mut self) -> Self {
-        let client = Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if client.get(self.url("/")).send().await.is_ok() {
-                return self;
+            if let Some(client) = self.client() {
+                if client.get(self.url("/")).send().await.is_ok() {
+                    return self;
+                }
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the proxy exited ({status}): {}", self.log());
@@ -179,10 +205,15 @@ impl Drop for Proxy {
 
 /// nginx with `examples/nginx/tessera.conf.template` filled as envsubst would, in a main
 /// configuration that keeps everything (pid, logs, temporary files) in `dir`.
-fn nginx(nginx: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy {
+fn nginx(nginx: &Path, dir: &Path, port: u16, tessera: &str, app: &str, tls: bool) -> Proxy {
     let template = std::fs::read_to_string(examples().join("nginx/tessera.conf.template")).unwrap();
+    let listen = if tls {
+        format!("127.0.0.1:{port} ssl")
+    } else {
+        format!("127.0.0.1:{port}")
+    };
     let site = template
-        .replace("${LISTEN}", &format!("127.0.0.1:{port}"))
+        .replace("${LISTEN}", &listen)
         .replace("${TESSERA_URL}", tessera)
         .replace("${APP_URL}", app);
     assert!(!site.contains("${"), "an unfilled variable: {site}");
@@ -198,9 +229,15 @@ fn nginx(nginx: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy
          events {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         include {d}/tessera.conf;\n}}\n",
+         {certificate}include {d}/tessera.conf;\n}}\n",
         user = if is_root { "user root;\n" } else { "" },
+        certificate = if tls {
+            format!("ssl_certificate {d}/leaf.pem;\n  ssl_certificate_key {d}/leaf.key;\n  ")
+        } else {
+            String::new()
+        },
     );
+    let ca = tls.then(|| certificates(dir));
     std::fs::write(dir.join("nginx.conf"), main).unwrap();
     let log = dir.join("nginx.log");
     let child = Command::new(nginx)
@@ -217,16 +254,121 @@ fn nginx(nginx: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy
         .unwrap();
     Proxy {
         child,
-        origin: format!("http://127.0.0.1:{port}"),
+        origin: origin(tls, port),
         log,
+        port,
+        ca,
     }
+}
+
+/// The proxy's origin: over TLS the application's host.
+fn origin(tls: bool, port: u16) -> String {
+    if tls {
+        format!("https://app.{DOMAIN}:{port}")
+    } else {
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// A CA and a certificate it signed for `*.example.com`, made with the openssl program into
+/// `dir` (`leaf.pem`, `leaf.key`); returns the CA's file.
+fn certificates(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509", "-days", "2", "-subj", "/CN=Tessera test CA"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &[
+                "req",
+                "-subj",
+                "/CN=*.example.com",
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+            ][..],
+            &ec,
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:*.example.com,DNS:example.com\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    dir.join("ca.pem")
 }
 
 /// Caddy with `examples/caddy/Caddyfile` imported as it is, its values from the environment,
 /// under global options that keep it off the admin port and its state in `dir`.
-fn caddy(caddy: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy {
+///
+/// Over TLS, Caddy's own CA issues the certificates of [`HOSTS`] (`local_certs`), and stays
+/// out of the system's trust store (`skip_install_trust`); the test trusts its root file.
+fn caddy(caddy: &Path, dir: &Path, port: u16, tessera: &str, app: &str, tls: bool) -> Proxy {
+    let (options, site) = if tls {
+        let sites: Vec<String> = HOSTS
+            .iter()
+            .map(|h| format!("https://{h}:{port}"))
+            .collect();
+        (
+            format!(
+                "\tlocal_certs\n\tskip_install_trust\n\thttp_port {}\n\thttps_port {port}\n",
+                free_port()
+            ),
+            sites.join(", "),
+        )
+    } else {
+        (
+            "\tauto_https off\n".to_owned(),
+            format!("http://127.0.0.1:{port}"),
+        )
+    };
     let main = format!(
-        "{{\n\tadmin off\n\tauto_https off\n}}\n\nimport {}\n",
+        "{{\n\tadmin off\n{options}}}\n\nimport {}\n",
         examples().join("caddy/Caddyfile").display()
     );
     std::fs::write(dir.join("Caddyfile"), main).unwrap();
@@ -234,7 +376,7 @@ fn caddy(caddy: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy
     let child = Command::new(caddy)
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(dir.join("Caddyfile"))
-        .env("SITE_ADDRESS", format!("http://127.0.0.1:{port}"))
+        .env("SITE_ADDRESS", site)
         .env("TESSERA_URL", tessera)
         .env("APP_URL", app)
         .env("HOME", dir)
@@ -247,12 +389,14 @@ fn caddy(caddy: &Path, dir: &Path, port: u16, tessera: &str, app: &str) -> Proxy
         .unwrap();
     Proxy {
         child,
-        origin: format!("http://127.0.0.1:{port}"),
+        origin: origin(tls, port),
         log,
+        port,
+        ca: tls.then(|| dir.join("caddy/pki/authorities/local/root.crt")),
     }
 }
 
-type Start = fn(&Path, &Path, u16, &str, &str) -> Proxy;
+type Start = fn(&Path, &Path, u16, &str, &str, bool) -> Proxy;
 
 #[tokio::test]
 async fn nginx_example_guards_an_application() {
@@ -292,13 +436,10 @@ async fn guards_an_application(program: &Path, start: Start) {
         ],
     )
     .await;
-    let proxy = start(program, dir.path(), port, &tessera.base, &app.url)
+    let proxy = start(program, dir.path(), port, &tessera.base, &app.url, false)
         .ready()
         .await;
-    let client = Client::builder()
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = proxy.client().unwrap();
 
     // A user with roles, signed in in a browser (cookie) and by an API client (token).
     let email = "proxied@example.com";
@@ -462,4 +603,172 @@ async fn guards_an_application(program: &Path, start: Start) {
         hits + 1,
         "only the same-origin post got through"
     );
+}
+
+#[tokio::test]
+async fn nginx_example_shares_one_sign_in_across_subdomains() {
+    if let Some(program) = program("nginx").filter(|_| program("openssl").is_some()) {
+        shares_one_sign_in_across_subdomains(&program, nginx).await;
+    }
+}
+
+#[tokio::test]
+async fn caddy_example_shares_one_sign_in_across_subdomains() {
+    if let Some(program) = program("caddy") {
+        shares_one_sign_in_across_subdomains(&program, caddy).await;
+    }
+}
+
+/// SPEC §2 `cookie_domain`: Tessera on `auth.example.com`, applications on
+/// `app.example.com` and `admin.example.com`, all behind one proxy over TLS. A browser (a
+/// cookie jar) signs in once and is let through on both applications as the same session;
+/// one not signed in is sent to sign in with a `return_to` the sign-in page accepts; a
+/// sign-out holds on both.
+async fn shares_one_sign_in_across_subdomains(program: &Path, start: Start) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Upstream::start().await;
+    let port = free_port();
+    let at = |host: &str, path: &str| format!("https://{host}:{port}{path}");
+    let public_url = at("auth.example.com", "");
+    let origins = format!(
+        "{},{}",
+        at("app.example.com", ""),
+        at("admin.example.com", "")
+    );
+    let tessera = serve_with(
+        dir.path(),
+        "warn",
+        &[
+            "--issuer",
+            ISSUER,
+            "--cookie-domain",
+            DOMAIN,
+            "--public-url",
+            &public_url,
+            "--allowed-origins",
+            &origins,
+        ],
+    )
+    .await;
+    let proxy = start(program, dir.path(), port, &tessera.base, &app.url, true)
+        .ready()
+        .await;
+    let email = "everywhere@example.com";
+    let user = sign_up(&Client::new(), &tessera, email).await;
+
+    // Signed in once, on the auth host: a `__Secure-` cookie for the whole domain.
+    let browser = proxy.client().unwrap();
+    let (cookie, csrf) = sign_in(&browser, &at("auth.example.com", "/v1/login"), email).await;
+
+    // Through on both applications, as the same session.
+    let mut sessions = Vec::new();
+    for host in ["app.example.com", "admin.example.com"] {
+        let res = browser
+            .get(at(host, "/home"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        let echoed = passed(res, host).await;
+        assert_eq!(received(&echoed, "x-auth-user"), [user.as_str()], "{host}");
+        sessions.push(received(&echoed, "x-auth-session").concat());
+    }
+    assert_eq!(sessions[0], sessions[1], "one sign-in, one session");
+
+    // A browser not signed in is sent to the auth host, the subdomain's URL whole in
+    // `return_to`; the sign-in page's own check accepts it, and refuses another domain.
+    let stranger = proxy.client().unwrap();
+    let wanted = at("admin.example.com", "/panel?tab=users&page=2");
+    let res = stranger
+        .get(&wanted)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND, "{}", proxy.log());
+    let location = Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        location.as_str().split('?').next(),
+        Some(format!("{public_url}/ui/login").as_str())
+    );
+    let return_to: Vec<_> = location.query_pairs().collect();
+    assert_eq!(return_to.len(), 1, "{location}");
+    assert_eq!(
+        (return_to[0].0.as_ref(), return_to[0].1.as_ref()),
+        ("return_to", wanted.as_str())
+    );
+    the_sign_in_page_accepts(&public_url, &origins, &wanted, port);
+
+    // Signed out on the auth host: refused on both applications at once.
+    let res = browser
+        .post(at("auth.example.com", "/v1/logout"))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for host in ["app.example.com", "admin.example.com"] {
+        let res = browser
+            .get(at(host, "/home"))
+            .header("accept", "application/json")
+            .header("cookie", cookie.split(';').next().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{host}");
+    }
+}
+
+/// What the sign-in page decides about a `return_to` under the test's configuration: the
+/// subdomain's URL is accepted, another domain and plain http refused.
+fn the_sign_in_page_accepts(public_url: &str, origins: &str, wanted: &str, port: u16) {
+    let config = tessera_core::config::ConfigLayer::from_toml(
+        &format!(
+            "issuer = \"{ISSUER}\"\ncookie_domain = \"{DOMAIN}\"\npublic_url = \"{public_url}\"\n\
+             allowed_origins = \"{origins}\"\n"
+        ),
+        Path::new("tessera.toml"),
+    )
+    .unwrap()
+    .resolve()
+    .unwrap();
+    let policy = tessera_server::pages::return_to::ReturnPolicy::from_config(&config);
+    assert_eq!(policy.check(wanted).unwrap().as_str(), wanted);
+    assert!(policy.check("https://evil.example.net/").is_err());
+    assert!(
+        policy
+            .check(&format!("http://admin.example.com:{port}/"))
+            .is_err(),
+        "https only"
+    );
+}
+
+/// Signs in at `login` with the cookie jar of `browser`: the session cookie as set (with its
+/// attributes), checked to be a `__Secure-` cookie for the whole domain, and the CSRF token.
+async fn sign_in(browser: &Client, login: &str, email: &str) -> (String, String) {
+    let res = browser
+        .post(login)
+        .json(&json!({ "email": email, "password": support::PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Secure-tessera_session="))
+        .unwrap_or_else(|| panic!("no domain cookie: {:?}", res.headers()));
+    let attributes = cookie.to_ascii_lowercase();
+    assert!(
+        attributes.contains("; domain=example.com") && attributes.contains("; secure"),
+        "{cookie}"
+    );
+    let csrf = res.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    (cookie, csrf)
 }
