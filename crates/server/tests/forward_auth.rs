@@ -153,3 +153,74 @@ async fn safe_methods_and_bearer_requests_are_not_checked_for_their_origin() {
         assert!(res.headers().get("x-auth-user").is_some());
     }
 }
+
+/// A 401 names the sign-in link (`X-Auth-Login`), with the original URL the proxy reported
+/// percent-encoded as `return_to`; a 200 and a 403 carry no link.
+#[tokio::test]
+async fn a_refusal_names_the_sign_in_link_with_the_original_url() {
+    let server = start(&format!(
+        "allowed_origins = \"{ALLOWED}\"\npublic_url = \"https://id.example.com\"\n"
+    ))
+    .await;
+    let login = |res: &Response| {
+        res.headers()
+            .get("x-auth-login")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let get = |extra: Vec<(&'static str, &'static str)>| {
+        let mut request = server.client.get(server.url("/v1/verify"));
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    for (extra, want) in [
+        // nginx: the URL as the browser asked for it, `&` and all.
+        (
+            vec![("x-original-url", "https://app.example.com/a?x=1&y=2")],
+            "https://id.example.com/ui/login?return_to=https%3A%2F%2Fapp.example.com%2Fa%3Fx%3D1%26y%3D2",
+        ),
+        // Caddy, Traefik: the forwarded parts.
+        (
+            vec![
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "app.example.com"),
+                ("x-forwarded-uri", "/b?q=%26"),
+            ],
+            "https://id.example.com/ui/login?return_to=https%3A%2F%2Fapp.example.com%2Fb%3Fq%3D%2526",
+        ),
+        // Nothing sane reported: the page without a return_to.
+        (
+            vec![("x-original-url", "javascript:alert(1)")],
+            "https://id.example.com/ui/login",
+        ),
+        (vec![], "https://id.example.com/ui/login"),
+    ] {
+        let res = get(extra.clone()).await.unwrap();
+        assert_eq!(res.status(), 401, "{extra:?}");
+        assert_eq!(login(&res).as_deref(), Some(want), "{extra:?}");
+    }
+    let res = get(vec![("cookie", "__Host-tessera_session=unknown")])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(login(&res).is_some());
+
+    let (_, browser) = server.browser().await;
+    let res = verify(
+        &server,
+        cookie(&browser),
+        &[("x-original-url", "https://app.example.com/")],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(login(&res), None);
+    let res = verify(
+        &server,
+        cookie(&browser),
+        &[("x-original-method", "POST"), ("origin", FOREIGN)],
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(login(&res), None);
+}
