@@ -657,3 +657,51 @@ async fn logout_needs_the_csrf_token_clears_the_cookie_and_can_sign_out_everywhe
     let gone = get(&server, "/ui/logout", Some(&c)).await;
     assert_eq!(gone.status(), 303);
 }
+
+/// With `require_verified_email`, a sign-up is not signed in: the sign-in page says to
+/// confirm the address first, beside it, and no session cookie is set.
+#[tokio::test]
+async fn sign_up_with_required_verification_asks_to_confirm_the_address_first() {
+    let server = start("require_verified_email = true").await;
+    let email = unique_email();
+    let res = post_form(
+        &server,
+        "/ui/signup",
+        &[
+            ("email", &email),
+            ("password", PASSWORD),
+            ("return_to", "/ui/devices"),
+        ],
+        None,
+        Some(&origin(&server)),
+        "test",
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    assert!(
+        !set_cookies(&res)
+            .iter()
+            .any(|c| c.starts_with("__Host-tessera_session=")),
+        "{:?}",
+        res.headers()
+    );
+    let html = res.text().await.unwrap();
+    assert!(html.contains("aria-describedby=\"email-error\""), "{html}");
+    assert!(html.contains("Confirm this address first"), "{html}");
+    assert!(html.contains("action=\"login\""), "{html}");
+    assert!(
+        html.contains("name=\"return_to\""),
+        "return_to is kept: {html}"
+    );
+    // The account exists: signing up again says so.
+    let again = post_form(
+        &server,
+        "/ui/signup",
+        &[("email", &email), ("password", PASSWORD)],
+        None,
+        Some(&origin(&server)),
+        "test",
+    )
+    .await;
+    assert_eq!(again.status(), 409);
+}
