@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::config::RevocationMode;
 use tessera_core::model::{Session, SessionId, Timestamp, User, Via};
 use tessera_core::secret::Password;
-use tessera_core::service::{Principal, RefusalReason, Refused};
+use tessera_core::service::{CookieLogin, Principal, RefusalReason, Refused};
 use tessera_core::AuthError;
 use utoipa::{IntoParams, ToSchema};
 
@@ -135,36 +135,69 @@ pub async fn login(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
     check_origin(&headers, &config.allowed_origins, is_form)?;
-    let previous = session_cookie(&headers, &config.cookie_name);
-    let tessera = Arc::clone(&state.tessera);
-    let login = crate::to_completion(async move {
-        tessera
-            .login(
-                &body.email,
-                Password::new(body.password),
-                device,
-                previous.as_ref(),
-            )
-            .await
-    })
-    .await?;
-    let cookie = state.session_cookie(
-        login.secret.expose_secret(),
-        config.session_absolute_timeout.as_secs(),
-    );
+    let SignedIn { login, cookies } =
+        sign_in(&state, device, &headers, body.email, body.password).await?;
     let body = serde_json::json!({
         "user": UserView::of(&login.user),
         "session": SessionView::of(&login.session),
         "csrf_token": login.csrf_token,
     });
     let mut response = Json(body).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, cookie);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        state.device_cookie(login.device.expose_secret()),
-    );
+    cookies.set_on(&mut response);
     no_store(&mut response);
     Ok(response)
+}
+
+/// A browser signed in: the login and the two cookies that carry it.
+pub struct SignedIn {
+    pub login: CookieLogin,
+    pub cookies: SignInCookies,
+}
+
+/// The `Set-Cookie` values of a sign-in: the session cookie and the device cookie (SPEC §2).
+#[must_use = "the session cookie must reach the browser"]
+pub struct SignInCookies {
+    session: HeaderValue,
+    device: HeaderValue,
+}
+
+impl SignInCookies {
+    pub fn set_on(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        headers.append(header::SET_COOKIE, self.session);
+        headers.append(header::SET_COOKIE, self.device);
+    }
+}
+
+/// The one password sign-in of a browser, behind `POST /v1/login` and the sign-in page, so
+/// both honour the device cookie, the guessing limits and the session fixation defence
+/// alike: the device cookie in `device` exempts its holder from the account's lockout, a
+/// session cookie sent along is revoked, and the check runs to its end even when the client
+/// hangs up. The caller checks the request's origin first (login CSRF).
+pub async fn sign_in(
+    state: &AppState,
+    device: tessera_core::service::DeviceInfo,
+    headers: &HeaderMap,
+    email: String,
+    password: String,
+) -> Result<SignedIn, AuthError> {
+    let config = state.tessera.config();
+    let previous = session_cookie(headers, &config.cookie_name);
+    let tessera = Arc::clone(&state.tessera);
+    let login = crate::to_completion(async move {
+        tessera
+            .login(&email, Password::new(password), device, previous.as_ref())
+            .await
+    })
+    .await?;
+    let cookies = SignInCookies {
+        session: state.session_cookie(
+            login.secret.expose_secret(),
+            config.session_absolute_timeout.as_secs(),
+        ),
+        device: state.device_cookie(login.device.expose_secret()),
+    };
+    Ok(SignedIn { login, cookies })
 }
 
 #[derive(Deserialize, IntoParams)]

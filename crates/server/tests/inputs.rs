@@ -3,7 +3,9 @@
 //! `POST /v1/login`, `POST /v1/users` and `POST /oauth2/token` sent over real HTTP to a real
 //! node on the memory store. Arbitrary bytes under arbitrary content types get a 4xx; bodies of
 //! the right shape with arbitrary values get no 5xx (a panic would be a 500: the router turns
-//! panics into one). 256 generated cases a property, 2 048 in all. The bodies that reach
+//! panics into one). The sign-in page takes arbitrary `return_to` values and must never
+//! redirect off the allowed origins; the pages' forms take arbitrary bodies. 256 generated
+//! cases a property (128 for the two of the pages), 2 304 in all. The bodies that reach
 //! argon2id (a login or a password grant with string fields, a sign-up that passes the
 //! policy) take tens of milliseconds each; with one node on the memory store for the whole
 //! file, it runs in about 15 s.
@@ -306,5 +308,85 @@ proptest! {
         );
         prop_assert!(status < 500, "{} {}", status, error);
         prop_assert!(status == 200 || error.is_string(), "{} {}", status, error);
+    }
+}
+
+/// A `return_to` as an attacker might write one: arbitrary text, or URL-ish pieces around
+/// the allowed origin and another host.
+fn return_to_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "(https?:|HTTPS:|javascript:|//|/|\\\\|/\\\\|/%2[fF]|%2[fF])?(/{0,3})(app\\.example|evil\\.test|127\\.0\\.0\\.1)?([@:.\\\\/%a-z0-9]{0,16})",
+        "[@:.\\\\/%a-z0-9]{0,12}".prop_map(|tail| format!("{ORIGIN}{tail}")),
+    ]
+}
+
+/// One account for the sign-in pages' cases, signed up once.
+fn page_user() -> &'static str {
+    static EMAIL: OnceLock<String> = OnceLock::new();
+    EMAIL.get_or_init(|| {
+        let (runtime, server) = node();
+        let email = unique_email();
+        runtime.block_on(server.sign_up(&email));
+        email
+    })
+}
+
+/// Posts a form to a page as a browser on `ORIGIN` would: the status and `Location`.
+fn post_page(path: &str, body: Vec<u8>, content_type: Option<&str>) -> (u16, Option<String>) {
+    let (runtime, server) = node();
+    runtime.block_on(async {
+        let mut request = server
+            .client
+            .post(server.url(path))
+            .header("origin", ORIGIN)
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        let res = request.send().await.unwrap();
+        let location = res
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (res.status().as_u16(), location)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES / 2))]
+
+    /// Whatever `return_to` says, the pages answer without a 5xx, and a sign-in redirects only
+    /// to this server or to the allowed origin: never an open redirect.
+    #[test]
+    fn sign_in_redirects_only_to_allowed_origins_whatever_return_to_says(return_to in return_to_value()) {
+        let (_, server) = node();
+        let query = serde_urlencoded::to_string([("return_to", &return_to)]).unwrap();
+        let (runtime, _) = node();
+        let page = runtime.block_on(async {
+            server.client.get(server.url(&format!("/ui/login?{query}"))).send().await.unwrap().status().as_u16()
+        });
+        prop_assert!(page == 200 || page == 400, "GET {return_to:?}: {page}");
+        let email = page_user().to_owned();
+        let body = form(&[("email", &Some(email)), ("password", &Some(PASSWORD.to_owned())), ("return_to", &Some(return_to.clone()))]);
+        let (status, location) = post_page("/ui/login", body, Some("application/x-www-form-urlencoded"));
+        prop_assert!(status == 303 || status == 400, "POST {return_to:?}: {status}");
+        prop_assert_eq!(status == 303, page == 200, "GET and POST judge {:?} alike", return_to);
+        if let Some(location) = location {
+            let origin = tessera_core::url::origin_of(&location);
+            prop_assert!(
+                origin.as_deref() == Some(ORIGIN) || origin.as_deref() == Some(server.base.as_str()),
+                "{return_to:?} led to {location}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_forms_answer_arbitrary_bodies_without_a_5xx(
+        path in prop_oneof![Just("/ui/login"), Just("/ui/signup"), Just("/ui/devices"), Just("/ui/logout")],
+        ct in content_type(), body in body_bytes(),
+    ) {
+        let (status, _) = post_page(path, body, ct.as_deref());
+        prop_assert!(status < 500, "{path}: {status}");
     }
 }

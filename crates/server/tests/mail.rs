@@ -121,7 +121,7 @@ async fn recovery_signs_out_every_node(database: &str) {
         .unwrap();
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["cache-control"], "no-store");
-    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(page.headers()["referrer-policy"], "same-origin");
     let html = page.text().await.unwrap();
     assert!(html.contains("name=\"viewport\""), "{html}");
     assert!(html.contains("<label for=\"new_password\">"), "{html}");

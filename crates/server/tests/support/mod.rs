@@ -83,7 +83,14 @@ pub async fn start_node(
     master: MasterKey,
     feed: Option<Arc<dyn RevocationFeed>>,
 ) -> TestServer {
-    launch(database, settings, master, feed, |store| store).await
+    launch(
+        database,
+        |_| settings.to_owned(),
+        master,
+        feed,
+        |store| store,
+    )
+    .await
 }
 
 /// Polls `check` until it holds, for at most 5 s (another node hears of a revocation within
@@ -142,19 +149,36 @@ pub async fn start_instrumented_node(
     master: MasterKey,
 ) -> (TestServer, Arc<InstrumentedStore>) {
     let mut wrapped = None;
-    let server = launch(database, settings, master, None, |store| {
-        let store = Arc::new(InstrumentedStore::new(store));
-        wrapped = Some(Arc::clone(&store));
-        store
-    })
+    let server = launch(
+        database,
+        |_| settings.to_owned(),
+        master,
+        None,
+        |store| {
+            let store = Arc::new(InstrumentedStore::new(store));
+            wrapped = Some(Arc::clone(&store));
+            store
+        },
+    )
     .await;
     (server, wrapped.unwrap())
 }
 
-/// Opens `database`, hands the store to `wrap`, and serves a node over what it returns.
+/// Starts a server on the in-memory store with the settings `settings` makes of the server's
+/// own base URL (`http://127.0.0.1:PORT`), for settings that must name it (`allowed_origins`
+/// beside another origin).
+pub async fn start_knowing_base(settings: impl FnOnce(&str) -> String) -> TestServer {
+    launch("memory", settings, MasterKey::generate(), None, |store| {
+        store
+    })
+    .await
+}
+
+/// Opens `database`, hands the store to `wrap`, and serves a node over what it returns;
+/// `settings` gets the node's base URL.
 async fn launch(
     database: &str,
-    settings: &str,
+    settings: impl FnOnce(&str) -> String,
     master: MasterKey,
     feed: Option<Arc<dyn RevocationFeed>>,
     wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
@@ -163,6 +187,7 @@ async fn launch(
     let addr = listener.local_addr().unwrap();
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics_listener.local_addr().unwrap();
+    let settings = settings(&format!("http://{addr}"));
     let text = format!(
         "listen = \"{addr}\"\nmetrics_listen = \"{metrics_addr}\"\ndatabase = \"{database}\"\n{settings}"
     );
