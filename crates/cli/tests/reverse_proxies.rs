@@ -630,8 +630,9 @@ async fn shares_one_sign_in_across_subdomains(program: &Path, start: Start) {
     let port = free_port();
     let at = |host: &str, path: &str| format!("https://{host}:{port}{path}");
     let public_url = at("auth.example.com", "");
+    // The sign-in page's own origin too: its form posts are checked against the list.
     let origins = format!(
-        "{},{}",
+        "{public_url},{},{}",
         at("app.example.com", ""),
         at("admin.example.com", "")
     );
@@ -697,7 +698,7 @@ async fn shares_one_sign_in_across_subdomains(program: &Path, start: Start) {
         (return_to[0].0.as_ref(), return_to[0].1.as_ref()),
         ("return_to", wanted.as_str())
     );
-    the_sign_in_page_accepts(&public_url, &origins, &wanted, port);
+    signs_in_through_the_page(&stranger, &location, &wanted, email, &user).await;
 
     // Signed out on the auth host: refused on both applications at once.
     let res = browser
@@ -719,28 +720,61 @@ async fn shares_one_sign_in_across_subdomains(program: &Path, start: Start) {
     }
 }
 
-/// What the sign-in page decides about a `return_to` under the test's configuration: the
-/// subdomain's URL is accepted, another domain and plain http refused.
-fn the_sign_in_page_accepts(public_url: &str, origins: &str, wanted: &str, port: u16) {
-    let config = tessera_core::config::ConfigLayer::from_toml(
-        &format!(
-            "issuer = \"{ISSUER}\"\ncookie_domain = \"{DOMAIN}\"\npublic_url = \"{public_url}\"\n\
-             allowed_origins = \"{origins}\"\n"
-        ),
-        Path::new("tessera.toml"),
-    )
-    .unwrap()
-    .resolve()
-    .unwrap();
-    let policy = tessera_server::pages::return_to::ReturnPolicy::from_config(&config);
-    assert_eq!(policy.check(wanted).unwrap().as_str(), wanted);
-    assert!(policy.check("https://evil.example.net/").is_err());
-    assert!(
-        policy
-            .check(&format!("http://admin.example.com:{port}/"))
-            .is_err(),
-        "https only"
-    );
+/// The way a browser sent to sign in goes: it opens the sign-in page at `location` (on the
+/// auth host, through the proxy), posts the form from there, and is sent on to `wanted` on
+/// another subdomain, where it is let through. The page refuses a `return_to` on another
+/// domain, or on plain http, before anyone is signed in.
+async fn signs_in_through_the_page(
+    browser: &Client,
+    location: &Url,
+    wanted: &str,
+    email: &str,
+    user: &str,
+) {
+    let res = browser.get(location.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{location}");
+    let page = res.text().await.unwrap();
+    assert!(page.contains("name=\"return_to\""), "{page}");
+    let auth = location.origin().ascii_serialization();
+    let form = |return_to: &str| {
+        browser
+            .post(format!("{auth}/ui/login"))
+            .header("origin", &auth)
+            .form(&[
+                ("email", email),
+                ("password", support::PASSWORD),
+                ("return_to", return_to),
+            ])
+            .send()
+    };
+    let port = location.port().unwrap();
+    for refused in [
+        "https://evil.example.net/".to_owned(),
+        format!("http://admin.example.com:{port}/"),
+    ] {
+        let res = browser
+            .get(format!("{auth}/ui/login"))
+            .query(&[("return_to", &refused)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{refused}");
+        let res = form(&refused).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{refused}");
+        assert!(res.headers().get("set-cookie").is_none(), "{refused}");
+    }
+    let res = form(wanted).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], wanted);
+    let res = browser
+        .get(wanted)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    let echoed = passed(res, "after signing in").await;
+    assert_eq!(received(&echoed, "x-auth-user"), [user]);
+    assert_eq!(echoed["target"], "/panel?tab=users&page=2");
 }
 
 /// Signs in at `login` with the cookie jar of `browser`: the session cookie as set (with its
