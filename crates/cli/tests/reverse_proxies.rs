@@ -196,8 +196,20 @@ impl Proxy {
     }
 }
 
+/// SIGTERM first: nginx's master then stops its workers, which a SIGKILL would leave
+/// running (and listening) without it. SIGKILL only if it has not exited within 5 s.
 impl Drop for Proxy {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
