@@ -5,6 +5,7 @@
 //! held; the network is only used in the background, and on an unknown `kid` (at most once per
 //! [`RemoteBuilder::unknown_kid_refetch`]).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -178,6 +179,7 @@ impl RemoteBuilder {
             last_kid_refetch_ms: AtomicI64::new(i64::MIN / 2),
             unknown_kid_refetch: self.unknown_kid_refetch,
             keys_changed: Notify::new(),
+            withdrawn: RwLock::new(HashSet::new()),
             follows: self.revocations.is_some(),
             revocations: RwLock::new(RevocationState::new()),
             last_heard_ms: AtomicI64::new(0),
@@ -246,6 +248,9 @@ struct Inner {
     unknown_kid_refetch: Duration,
     /// Wakes the JWK set refresher: a key was withdrawn.
     keys_changed: Notify,
+    /// Keys withdrawn on the stream: never trusted again, even from a JWK set fetched before
+    /// Tessera itself dropped them (a withdrawal is final).
+    withdrawn: RwLock<HashSet<String>>,
     follows: bool,
     revocations: RwLock<RevocationState>,
     /// Milliseconds after `origin` when the stream was last heard (0: never).
@@ -349,7 +354,7 @@ enum StreamEvent {
     SessionRevoked { session: Uuid },
     EpochBumped { user: Uuid, epoch: String },
     JtiDenied { jti: String, expires_at: String },
-    KeyWithdrawn {},
+    KeyWithdrawn { kid: String },
 }
 
 impl Inner {
@@ -395,10 +400,22 @@ impl Inner {
             .get(reqwest::header::CACHE_CONTROL)
             .and_then(|value| value.to_str().ok())
             .and_then(max_age);
-        let jwks: JwkSet = response
+        let mut jwks: JwkSet = response
             .json()
             .await
             .map_err(|e| StartError::Jwks(e.to_string()))?;
+        {
+            let withdrawn = self
+                .withdrawn
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            jwks.keys.retain(|key| {
+                key.common
+                    .key_id
+                    .as_ref()
+                    .is_none_or(|kid| !withdrawn.contains(kid))
+            });
+        }
         let verifier = Verifier::from_jwks(&jwks, self.issuer.clone(), self.audience.clone())
             .map_err(StartError::InvalidJwks)?;
         *self
@@ -456,8 +473,13 @@ impl Inner {
                 let until = rfc3339_millis(&expires_at).unwrap_or(i64::MAX);
                 state.deny_jti(&jti, until);
             }
-            StreamEvent::KeyWithdrawn {} => {
+            StreamEvent::KeyWithdrawn { kid } => {
                 drop(state);
+                self.withdrawn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(kid);
+                // Refetched (and filtered) at once, so the key's tokens stop verifying now.
                 self.keys_changed.notify_one();
             }
         }

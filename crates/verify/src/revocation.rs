@@ -8,7 +8,7 @@
 //! exactly what Tessera refuses.
 //!
 //! The state takes no lock of its own: the server keeps it beside its cookie sessions under
-//! one lock, and [`Remote`](crate::remote) under another.
+//! one lock, and `remote::Remote` under another.
 
 use std::collections::HashMap;
 use std::time::Duration;
