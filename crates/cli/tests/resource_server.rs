@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
-use tessera_verify::remote::{ApiKey, Remote};
+use tessera_verify::remote::{ApiKey, Refusal, Remote};
 
 /// The loose bound the acceptance asks for; the stream pushes within milliseconds.
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
@@ -344,4 +344,47 @@ async fn tessera_down_keeps_valid_tokens_until_the_staleness_bound_then_503() {
     )
     .await;
     assert_eq!(service.status(&client, "/me", &revoked).await, 401);
+}
+
+#[tokio::test]
+async fn without_the_stream_the_introspect_policy_asks_tessera_and_refuse_answers_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path()).await;
+    let client = reqwest::Client::new();
+    // A key without the `revocations` scope: the stream answers 403, so the service never
+    // has a fresh revocation state and its stale policy decides every token.
+    let (_, introspect_only) = create_admin_key(dir.path(), &["--scope", "introspect"]);
+    let settings = resource_server::Settings {
+        tessera_url: server.base.clone(),
+        issuer: Some(ISSUER.to_owned()),
+        audience: "tessera".to_owned(),
+        revocations_key: ApiKey::new(introspect_only.clone()),
+        max_staleness: Duration::from_secs(8),
+        introspect_key: Some(ApiKey::new(introspect_only)),
+    };
+    let introspecting = resource_server::remote(settings.clone()).await.unwrap();
+    assert!(!introspecting.is_fresh());
+    let email = "introspect@example.com";
+    sign_up(&client, &server, email).await;
+    let (token, _) = grant(&client, &server, email).await;
+    let (revoked, _) = grant(&client, &server, email).await;
+    revoke(&client, &server, &revoked).await;
+    assert!(introspecting.verify(&token).await.is_ok());
+    assert_eq!(
+        introspecting.verify(&revoked).await.unwrap_err(),
+        Refusal::Inactive,
+        "introspection knows of the revocation the service could not hear"
+    );
+
+    let refusing = resource_server::remote(resource_server::Settings {
+        introspect_key: None,
+        ..settings
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        refusing.verify(&token).await.unwrap_err(),
+        Refusal::Unavailable,
+        "never a silent yes"
+    );
 }
