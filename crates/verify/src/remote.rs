@@ -213,6 +213,26 @@ impl RemoteBuilder {
 ///
 /// Build one per process with [`Remote::builder`], share it (`Arc`), and call
 /// [`verify`](Self::verify) per request.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tessera_verify::remote::{ApiKey, Refusal, Remote, StalePolicy};
+///
+/// # async fn run(token: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// let remote = Remote::builder("https://auth.example.com", "tessera")
+///     .follow_revocations(ApiKey::new(std::env::var("TESSERA_REVOCATIONS_KEY")?))
+///     .max_staleness(Duration::from_secs(15))
+///     .on_stale(StalePolicy::Refuse)
+///     .start()
+///     .await?;
+/// match remote.verify(token).await {
+///     Ok(claims) => println!("user {}", claims.sub),
+///     Err(Refusal::Unavailable) => println!("503: revocations cannot be checked now"),
+///     Err(refused) => println!("401: {refused}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct Remote {
     inner: Arc<Inner>,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -590,6 +610,9 @@ async fn stream_once(
     // The server's heartbeat comes every 5 s; a connection silent for the staleness bound is
     // dead even if TCP has not noticed.
     let read_timeout = inner.max_staleness.max(Duration::from_secs(6));
+    // What this connection says vouches for freshness only once it has delivered the entries
+    // missed while it was down: until then the state may lack some.
+    let mut caught_up = false;
     loop {
         let chunk = tokio::time::timeout(read_timeout, response.chunk())
             .await
@@ -610,12 +633,15 @@ async fn stream_once(
                     }
                 }
                 Item::Comment(text) if text == "caught-up" => {
+                    caught_up = true;
                     inner.caught_up.store(true, Ordering::Release);
                 }
                 Item::Comment(_) => {}
             }
         }
-        inner.heard();
+        if caught_up {
+            inner.heard();
+        }
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();
             inner
