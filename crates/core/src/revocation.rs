@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tessera_verify::revocation::{RevocationState, TokenFacts};
 
 use crate::model::{RevocationEvent, Session, SessionId, Timestamp, UserId};
 use crate::secret::SecretHash;
@@ -174,12 +175,10 @@ impl CachedSession {
 
 #[derive(Default)]
 struct State {
-    /// Revoked sessions and the time after which no token of theirs can be alive.
-    revoked_sessions: HashMap<SessionId, Timestamp>,
-    /// Users' `tokens_valid_after`, for bumps within the last token lifetime.
-    epochs: HashMap<UserId, Timestamp>,
-    /// Denylisted `jti`s and their `exp`.
-    denied: HashMap<String, Timestamp>,
+    /// The token half: revoked sessions, users' epochs and denylisted `jti`s, in the type
+    /// `tessera-verify` gives resource servers, so both decide alike (the cookie half below
+    /// reads its sessions and epochs too).
+    tokens: RevocationState,
     /// Cookie sessions by their secret's hash. A revoked one may linger until the next prune,
     /// but is refused on sight (`revoked_sessions` is checked on every hit), so no second map
     /// from session id to hash is kept for removing it at once.
@@ -189,12 +188,7 @@ struct State {
 }
 
 /// Why the cache refused a token; `None` means it found nothing against it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revoked {
-    Session,
-    Epoch,
-    Jti,
-}
+pub use tessera_verify::revocation::Revoked;
 
 /// The in-process revocation state of one node.
 pub struct RevocationCache {
@@ -252,20 +246,20 @@ impl RevocationCache {
         let revoked = store.revoked_sessions_since(since).await?;
         let epochs = store.epochs_since(since).await?;
         let denied = store.denied_jtis(now).await?;
-        let forget_after = |at: Timestamp| at.saturating_add(self.horizon);
+        let forget_after = |at: Timestamp| at.saturating_add(self.horizon).as_unix_millis();
         let mut state = self.write();
         for (session, _, at) in revoked {
-            let until = forget_after(at);
-            let entry = state.revoked_sessions.entry(session).or_insert(until);
-            *entry = (*entry).max(until);
+            state
+                .tokens
+                .revoke_session(*session.as_uuid(), forget_after(at));
         }
         for (user, epoch) in epochs {
-            let entry = state.epochs.entry(user).or_insert(epoch);
-            *entry = (*entry).max(epoch);
+            state
+                .tokens
+                .bump_epoch(*user.as_uuid(), epoch.as_unix_millis());
         }
         for (jti, exp) in denied {
-            let entry = state.denied.entry(jti).or_insert(exp);
-            *entry = (*entry).max(exp);
+            state.tokens.deny_jti(&jti, exp.as_unix_millis());
         }
         // Cookie sessions may have been revoked while the feed was away: re-read them.
         state.cookies.clear();
@@ -278,17 +272,19 @@ impl RevocationCache {
         match event {
             RevocationEvent::SessionRevoked { session, .. } => {
                 let forget_after = Timestamp::now().saturating_add(self.horizon);
-                state.revoked_sessions.insert(*session, forget_after);
+                state
+                    .tokens
+                    .revoke_session(*session.as_uuid(), forget_after.as_unix_millis());
             }
             RevocationEvent::EpochBumped { user, epoch } => {
-                let entry = state.epochs.entry(*user).or_insert(*epoch);
-                *entry = (*entry).max(*epoch);
+                state
+                    .tokens
+                    .bump_epoch(*user.as_uuid(), epoch.as_unix_millis());
                 // Roles may have changed: cached cookie sessions of the user are re-read.
                 state.cookies.retain(|_, cached| cached.user_id != *user);
             }
             RevocationEvent::JtiDenied { jti, expires_at } => {
-                let entry = state.denied.entry(jti.clone()).or_insert(*expires_at);
-                *entry = (*entry).max(*expires_at);
+                state.tokens.deny_jti(jti, expires_at.as_unix_millis());
             }
             // Not revocation state: the follower has the key ring reloaded instead.
             RevocationEvent::KeyWithdrawn { .. } => {}
@@ -332,9 +328,14 @@ impl RevocationCache {
     }
 
     /// The cached verdict on a token whose signature and claims are valid: is its session
-    /// revoked, was it issued before the user's epoch, or is its `jti` denylisted?
-    /// `issued_at` is the token's issuance to the millisecond (see
-    /// [`issued_at`](crate::service::issued_at)).
+    /// revoked, was it issued before the user's epoch, or is its `jti` denylisted? Decided by
+    /// [`RevocationState::check`], as resource servers decide it.
+    pub fn check(&self, token: &TokenFacts<'_>) -> Option<Revoked> {
+        self.read().tokens.check(token)
+    }
+
+    /// [`check`](Self::check) from the parts of a token: `issued_at` is its issuance to the
+    /// millisecond (see [`issued_at`](crate::service::issued_at)).
     pub fn check_token(
         &self,
         user: UserId,
@@ -342,21 +343,12 @@ impl RevocationCache {
         issued_at: Timestamp,
         jti: &str,
     ) -> Option<Revoked> {
-        let state = self.read();
-        if state.revoked_sessions.contains_key(&session) {
-            return Some(Revoked::Session);
-        }
-        if state
-            .epochs
-            .get(&user)
-            .is_some_and(|epoch| issued_at < *epoch)
-        {
-            return Some(Revoked::Epoch);
-        }
-        if state.denied.contains_key(jti) {
-            return Some(Revoked::Jti);
-        }
-        None
+        self.check(&TokenFacts {
+            user: *user.as_uuid(),
+            session: *session.as_uuid(),
+            issued_at_ms: issued_at.as_unix_millis(),
+            jti,
+        })
     }
 
     /// A cached cookie session that is still live at `now`.
@@ -364,11 +356,11 @@ impl RevocationCache {
         let state = self.read();
         let cached = state.cookies.get(hash)?;
         let live = cached.is_live(now)
-            && !state.revoked_sessions.contains_key(&cached.id)
+            && !state.tokens.is_session_revoked(cached.id.as_uuid())
             && state
-                .epochs
-                .get(&cached.user_id)
-                .is_none_or(|epoch| *epoch <= cached.loaded_at);
+                .tokens
+                .epoch(cached.user_id.as_uuid())
+                .is_none_or(|epoch| epoch <= cached.loaded_at.as_unix_millis());
         live.then(|| cached.clone())
     }
 
@@ -377,7 +369,7 @@ impl RevocationCache {
     /// the same set.
     pub fn insert_cookie(&self, hash: SecretHash, mut cached: CachedSession) {
         let mut state = self.write();
-        if state.revoked_sessions.contains_key(&cached.id)
+        if state.tokens.is_session_revoked(cached.id.as_uuid())
             || state.cookies.len() >= self.cookie_capacity
         {
             return;
@@ -401,20 +393,15 @@ impl RevocationCache {
     /// Drops what can no longer change a verdict, so memory follows recent activity only.
     pub fn prune(&self, now: Timestamp) {
         let mut state = self.write();
-        let horizon_start = now.saturating_sub(self.horizon);
-        state
-            .revoked_sessions
-            .retain(|_, forget_after| now < *forget_after);
-        state.epochs.retain(|_, epoch| *epoch >= horizon_start);
-        state.denied.retain(|_, exp| now < *exp);
+        state.tokens.prune(now.as_unix_millis(), self.horizon);
         let State {
             cookies,
-            revoked_sessions,
+            tokens,
             role_sets,
-            ..
         } = &mut *state;
-        cookies
-            .retain(|_, cached| cached.is_live(now) && !revoked_sessions.contains_key(&cached.id));
+        cookies.retain(|_, cached| {
+            cached.is_live(now) && !tokens.is_session_revoked(cached.id.as_uuid())
+        });
         // A set no cached session shares any more (the set itself holds one reference).
         role_sets.retain(|roles| Arc::strong_count(roles) > 1);
     }
@@ -422,12 +409,8 @@ impl RevocationCache {
     /// Entries held, by kind: revoked sessions, epochs, denied jtis, cookie sessions.
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
         let state = self.read();
-        (
-            state.revoked_sessions.len(),
-            state.epochs.len(),
-            state.denied.len(),
-            state.cookies.len(),
-        )
+        let (sessions, epochs, denied) = state.tokens.sizes();
+        (sessions, epochs, denied, state.cookies.len())
     }
 }
 
@@ -437,7 +420,8 @@ impl RevocationCache {
 /// but must still hear of withdrawn signing keys), keeps freshness, and reloads the whole
 /// state after the feed was lost (events may have been pruned).
 ///
-/// `keys_changed` is notified for every [`RevocationEvent::KeyWithdrawn`]. `keys_read_at` is
+/// `keys_changed` is notified for every [`RevocationEvent::KeyWithdrawn`], and `log_grew`
+/// bumped whenever events arrive (for the streams of `GET /v1/revocations`). `keys_read_at` is
 /// the feed's position noted before the node read its key ring, where the follower starts;
 /// without it, and at every resynchronisation, `keys_changed` is notified too, since a
 /// withdrawal may lie behind the follower's new cursor.
@@ -448,6 +432,7 @@ pub async fn follow(
     retry: Duration,
     keys_changed: Arc<tokio::sync::Notify>,
     keys_read_at: Option<u64>,
+    log_grew: tokio::sync::watch::Sender<()>,
 ) {
     let mut cursor: Option<u64> = None;
     let mut keys_read_at = keys_read_at;
@@ -499,6 +484,9 @@ pub async fn follow(
                         cache.apply(event);
                     }
                     cursor = Some(*seq);
+                }
+                if !events.is_empty() {
+                    log_grew.send_replace(());
                 }
                 if let Some(cache) = cache.as_ref().filter(|_| feed.trusted()) {
                     cache.heard(newest);

@@ -23,9 +23,14 @@ use crate::error::ApiError;
 use crate::ops::ApiErrorBody;
 use crate::AppState;
 
-/// How often an open stream looks for new log entries: as often as a node's own feed polls
-/// the store log, so a subscriber hears of a revocation about as soon as a node does.
+/// How often an open stream looks for new log entries when nothing told it to: a revocation
+/// committed on this node, or followed from another, wakes the stream at once (see
+/// [`Tessera::log_grew`]); the poll only bounds the wait should a wake-up be missed.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// The comment sent once the backlog has been delivered (beyond SPEC §3, which streams
+/// comments as heartbeats only): a subscriber that starts from the beginning knows from it
+/// that its state is complete and may start answering.
+const CAUGHT_UP: &str = "caught-up";
 /// Log entries read per store round trip while catching up.
 const BATCH: u32 = 500;
 /// The heartbeat comment sent while nothing happens, so proxies keep the connection and the
@@ -58,7 +63,8 @@ impl FromRequestParts<AppState> for Subscriber {
     responses(
         (status = 200, content_type = "text/event-stream", description = "Server-Sent Events, oldest first, then live: \
             `id` is the log position, `event` the kind (`session_revoked`, `epoch_bumped`, `jti_denied`, `key_withdrawn`), \
-            `data` the JSON entry with its `at` time. A `: heartbeat` comment every 5 s while the log is quiet. \
+            `data` the JSON entry with its `at` time. A `: caught-up` comment once the backlog has been sent, and a \
+            `: heartbeat` comment every 5 s while the log is quiet. \
             Entries older than the longest access-token lifetime are pruned, so a subscriber away for longer must \
             refetch its state rather than resume", body = String),
         (status = 400, description = "`invalid_request`: `after` or `Last-Event-ID` is not a non-negative integer", body = ApiErrorBody),
@@ -113,6 +119,8 @@ struct Follower {
     cursor: u64,
     pending: VecDeque<(u64, Timestamp, RevocationEvent)>,
     shutdown: watch::Receiver<bool>,
+    log_grew: watch::Receiver<()>,
+    caught_up: bool,
 }
 
 /// The log from `after` on, then live, until the server shuts down or the store fails (the
@@ -122,11 +130,14 @@ fn events(
     after: u64,
     shutdown: watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    let log_grew = tessera.log_grew();
     let follower = Follower {
         tessera,
         cursor: after,
         pending: VecDeque::new(),
         shutdown,
+        log_grew,
+        caught_up: false,
     };
     stream::unfold(follower, |mut follower| async move {
         loop {
@@ -137,16 +148,23 @@ fn events(
             if *follower.shutdown.borrow() {
                 return None;
             }
+            // Seen before reading, so that growth during the read wakes the wait below.
+            follower.log_grew.borrow_and_update();
             match follower
                 .tessera
                 .revocations_after(follower.cursor, BATCH)
                 .await
             {
                 Ok(events) if events.is_empty() => {
+                    if !follower.caught_up {
+                        follower.caught_up = true;
+                        return Some((Ok(Event::default().comment(CAUGHT_UP)), follower));
+                    }
                     tokio::select! {
                         // Ends the stream at shutdown (or with the server state), so draining
                         // the connections does not wait on subscribers that never hang up.
                         _ = follower.shutdown.changed() => return None,
+                        _ = follower.log_grew.changed() => {}
                         () = tokio::time::sleep(POLL_INTERVAL) => {}
                     }
                 }

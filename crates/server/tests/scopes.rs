@@ -298,3 +298,48 @@ async fn an_open_stream_does_not_hold_up_shutdown() {
     .await;
     assert!(ended.is_ok(), "the stream is still open after shutdown");
 }
+
+/// The backlog, then one `: caught-up` comment (an addition to SPEC §3, so a subscriber knows
+/// its state is complete), then live entries, pushed as they commit rather than at the next
+/// 200 ms poll.
+#[tokio::test]
+async fn the_stream_marks_the_end_of_its_backlog_and_pushes_new_entries() {
+    let server = start_sqlite("").await;
+    let key = key(&server, AdminScope::Revocations).await;
+    let (_, old) = server.user_with_tokens().await;
+    server
+        .revoke_token(old["access_token"].as_str().unwrap())
+        .await;
+    let mut stream = open_stream(&server, &key).await;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !text.contains(": caught-up\n\n") {
+            let chunk = stream.chunk().await.unwrap().expect("the stream ended");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .expect("no caught-up comment within 10 s");
+    let (backlog, _) = text.split_once(": caught-up").unwrap();
+    assert!(
+        backlog.contains("event: jti_denied"),
+        "the backlog first: {text}"
+    );
+
+    let mut lags = Vec::new();
+    for _ in 0..9 {
+        let (_, pair) = server.user_with_tokens().await;
+        let started = std::time::Instant::now();
+        server
+            .revoke_token(pair["access_token"].as_str().unwrap())
+            .await;
+        next_event(&mut stream, "jti_denied").await;
+        lags.push(started.elapsed());
+    }
+    lags.sort();
+    // Polling every 200 ms would put the median near 100 ms.
+    assert!(
+        lags[4] < Duration::from_millis(50),
+        "pushed, not polled: {lags:?}"
+    );
+}

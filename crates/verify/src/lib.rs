@@ -1,13 +1,38 @@
-//! Offline verification of Tessera access tokens (RFC 9068 JWTs).
+//! Verification of Tessera access tokens (RFC 9068 JWTs) in your own Rust services.
 //!
 //! A service that receives `Authorization: Bearer <token>` builds one [`Verifier`] from
 //! Tessera's JWK set (`/.well-known/jwks.json`) and calls [`Verifier::verify`] per request: no
 //! network round trip, no async runtime. The Tessera server uses the very same code, so there
 //! is one token check in the whole system.
 //!
-//! Revocation (SPEC §5) is not this crate's business: a token that verifies here is genuine
-//! and unexpired, not necessarily still wanted. Services that need instant revocation ask
-//! Tessera (`/oauth2/introspect` or `/v1/verify`).
+//! ```
+//! use tessera_verify::{Verifier, VerificationKey, VerifyError};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The JWK set as `GET /.well-known/jwks.json` serves it (one Ed25519 key here).
+//! let jwks = serde_json::json!({ "keys": [{
+//!     "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "k1",
+//!     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+//! }]});
+//! let verifier = Verifier::from_jwks(
+//!     &serde_json::from_value(jwks)?,
+//!     "https://auth.example.com", // Tessera's `issuer`
+//!     "tessera",                  // and `audience`
+//! )?;
+//! assert_eq!(verifier.kids().collect::<Vec<_>>(), ["k1"]);
+//! // Anything but a genuine, unexpired token of that issuer is refused.
+//! assert_eq!(verifier.verify("not.a.token"), Err(VerifyError::Malformed));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A token that verifies offline is genuine and unexpired, not necessarily still wanted: the
+//! [`revocation`] module holds the decision Tessera makes on a revoked session, a user's
+//! epoch and a denylisted `jti`. With the `remote` feature, [`remote::Remote`] fetches and
+//! caches the JWK set and follows Tessera's revocation stream (`GET /v1/revocations`) into
+//! that state, so a revoked token is refused on its next request; with the `axum` feature,
+//! [`axum::Authenticated`] and [`axum::RequireBearer`] put it in front of handlers. Without
+//! features the crate needs neither an async runtime nor an HTTP client.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,8 +42,15 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod error;
 mod key;
+#[cfg(feature = "remote")]
+pub mod remote;
+pub mod revocation;
+#[cfg(feature = "remote")]
+mod sse;
 
 pub use error::VerifyError;
 pub use key::VerificationKey;

@@ -160,6 +160,9 @@ pub struct Tessera {
     /// Access tokens verified recently (SPEC §2 `token_cache_size`).
     tokens: crate::token_cache::TokenCache,
     feed: Arc<dyn RevocationFeed>,
+    /// Bumped whenever the revocation log grew (an entry committed here, or followed from
+    /// another node), so `GET /v1/revocations` streams push it at once instead of polling.
+    log_grew: tokio::sync::watch::Sender<()>,
     /// Cookie sessions whose `last_seen_at` moved in the cache and must reach the store.
     pending_touches: Arc<Mutex<HashMap<SessionId, Timestamp>>>,
     /// Starts and stops every background task of this node (`background.rs`).
@@ -289,6 +292,7 @@ impl Tessera {
         let cached = config.revocation_mode == RevocationMode::Cached;
         let keys_changed = Arc::new(tokio::sync::Notify::new());
         let background = Background::new();
+        let log_grew = tokio::sync::watch::Sender::new(());
         let follower = crate::revocation::follow(
             cached.then(|| Arc::clone(&cache)),
             Arc::clone(&feed),
@@ -296,6 +300,7 @@ impl Tessera {
             retry,
             Arc::clone(&keys_changed),
             keys_read_at,
+            log_grew.clone(),
         );
         background.spawn("revocation feed", |stop| {
             crate::background::until_stopped(follower, stop)
@@ -334,6 +339,7 @@ impl Tessera {
             tokens,
             cache,
             feed,
+            log_grew,
             pending_touches,
             background,
         };
@@ -398,6 +404,13 @@ impl Tessera {
     /// `GET /v1/revocations` streams to resource servers that verify tokens offline. Read from
     /// the log itself rather than this node's cache, so a stream resumed on another node from
     /// the same position misses nothing.
+    /// Changes whenever the revocation log may have grown: committed on this node, or heard
+    /// from the feed. A [`revocations_after`](Self::revocations_after) reader waits on it
+    /// (after marking it seen, then reading) instead of polling.
+    pub fn log_grew(&self) -> tokio::sync::watch::Receiver<()> {
+        self.log_grew.subscribe()
+    }
+
     pub async fn revocations_after(
         &self,
         after: u64,
@@ -447,6 +460,7 @@ impl Tessera {
                 self.cache.apply(event);
             }
         }
+        self.log_grew.send_replace(());
         self.feed.wake();
         Ok(())
     }

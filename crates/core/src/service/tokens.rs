@@ -216,21 +216,7 @@ fn jti_at(issued: Timestamp) -> String {
 /// UUID v7 within the second its `iat` names (every token Tessera mints), else the start of
 /// that second. The epoch rule (SPEC §5) compares this with `tokens_valid_after`.
 pub fn issued_at(claims: &Claims) -> Timestamp {
-    let second = Timestamp::from_unix(claims.iat);
-    uuid::Uuid::parse_str(&claims.jti)
-        .ok()
-        .filter(|id| id.get_version_num() == 7)
-        .and_then(|id| id.get_timestamp())
-        .map(|ts| {
-            let (secs, nanos) = ts.to_unix();
-            let millis = i64::try_from(secs)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1000)
-                .saturating_add(i64::from(nanos / 1_000_000));
-            Timestamp::from_unix_millis(millis)
-        })
-        .filter(|precise| precise.as_unix() == claims.iat)
-        .unwrap_or(second)
+    Timestamp::from_unix_millis(tessera_verify::revocation::issued_at_millis(claims))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::error::AuthError;
 use crate::model::{Session, SessionId, Timestamp, UserId, Via};
 use crate::revocation::{CachedSession, Revoked};
 use crate::secret::SessionSecret;
+use crate::verify::revocation::TokenFacts;
 use crate::verify::{Claims, VerifyError};
 
 /// An unknown `kid` reloads the key ring at most this often: anyone can send a token with a
@@ -248,20 +249,19 @@ impl Tessera {
             .verified_claims(token)
             .await
             .map_err(|e| Refused::because(RefusalReason::Token(TokenFault::from(&e))))?;
-        let (Some(user_id), Some(session_id)) =
-            (UserId::parse(&claims.sub), SessionId::parse(&claims.sid))
-        else {
+        let Some(facts) = TokenFacts::from_claims(&claims) else {
             return Err(Refused::because(RefusalReason::Token(
                 TokenFault::InvalidClaims,
             )));
         };
+        let (user_id, session_id) = (
+            UserId::from_uuid(facts.user),
+            SessionId::from_uuid(facts.session),
+        );
         let session = match self.effective_mode() {
             RevocationMode::None => None,
             RevocationMode::Cached => {
-                if let Some(revoked) =
-                    self.cache
-                        .check_token(user_id, session_id, issued_at(&claims), &claims.jti)
-                {
+                if let Some(revoked) = self.cache.check(&facts) {
                     return Err(Refused::because(match revoked {
                         Revoked::Session => RefusalReason::SessionRevoked,
                         Revoked::Epoch => RefusalReason::EpochPassed,
