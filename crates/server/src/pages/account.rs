@@ -20,7 +20,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use tessera_core::model::{Session, SessionId, Via};
 use tessera_core::secret::Password;
-use tessera_core::service::Principal;
+use tessera_core::service::{DeviceInfo, Principal};
 use tessera_core::AuthError;
 
 use super::return_to::{Refusal, ReturnTo};
@@ -161,32 +161,111 @@ fn signup_markup(return_to: Option<&ReturnTo>, filled: &Filled<'_>) -> Markup {
     }
 }
 
-fn login_answer(
-    state: &AppState,
-    status: StatusCode,
-    return_to: Option<&ReturnTo>,
-    filled: &Filled<'_>,
-) -> Response {
-    page_posting_to(
-        status,
-        "Sign in",
-        &login_markup(return_to, filled),
-        destination_origin(state, return_to).as_deref(),
-    )
+/// The two forms that take an email address and a password: they share their query, their
+/// preamble (origin, form, `return_to`) and what a successful sign-in does.
+#[derive(Clone, Copy)]
+enum CredentialForm {
+    Login,
+    Signup,
 }
 
-fn signup_answer(
+impl CredentialForm {
+    /// The page's relative path, which is also where its form posts.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Signup => "signup",
+        }
+    }
+
+    fn answer(
+        self,
+        state: &AppState,
+        status: StatusCode,
+        return_to: Option<&ReturnTo>,
+        filled: &Filled<'_>,
+    ) -> Response {
+        let (title, markup) = match self {
+            Self::Login => ("Sign in", login_markup(return_to, filled)),
+            Self::Signup => ("Create an account", signup_markup(return_to, filled)),
+        };
+        page_posting_to(
+            status,
+            title,
+            &markup,
+            destination_origin(state, return_to).as_deref(),
+        )
+    }
+
+    /// `GET`: the empty form, or 400 for a `return_to` that is not allowed.
+    fn blank(
+        self,
+        state: &AppState,
+        query: Result<Query<ReturnQuery>, QueryRejection>,
+    ) -> Response {
+        let Ok(Query(query)) = query else {
+            return bad_form();
+        };
+        match asked_return(state, query.return_to.as_deref()) {
+            Ok(return_to) => self.answer(
+                state,
+                StatusCode::OK,
+                return_to.as_ref(),
+                &Filled::default(),
+            ),
+            Err(refusal) => refused_return(refusal, self.path()),
+        }
+    }
+
+    /// `POST`: the origin, the form and its `return_to` checked before anything is done.
+    #[allow(clippy::result_large_err)] // the refusal is the page itself
+    fn posted(
+        self,
+        state: &AppState,
+        headers: &HeaderMap,
+        form: Result<Form<CredentialFields>, FormRejection>,
+    ) -> Result<Posted, Response> {
+        check_form_origin(state, headers)?;
+        let Ok(Form(fields)) = form else {
+            return Err(bad_form());
+        };
+        let return_to = asked_return(state, fields.return_to.as_deref())
+            .map_err(|refusal| refused_return(refusal, self.path()))?;
+        Ok(Posted {
+            email: fields.email.unwrap_or_default(),
+            password: fields.password.unwrap_or_default(),
+            return_to,
+        })
+    }
+}
+
+/// A credential form that passed [`CredentialForm::posted`].
+struct Posted {
+    email: String,
+    password: String,
+    return_to: Option<ReturnTo>,
+}
+
+/// Signs the browser in and sends it on, or shows the sign-in form with the reason.
+async fn sign_in_and_go(
     state: &AppState,
-    status: StatusCode,
-    return_to: Option<&ReturnTo>,
-    filled: &Filled<'_>,
+    device: DeviceInfo,
+    headers: &HeaderMap,
+    posted: Posted,
 ) -> Response {
-    page_posting_to(
-        status,
-        "Create an account",
-        &signup_markup(return_to, filled),
-        destination_origin(state, return_to).as_deref(),
-    )
+    let Posted {
+        email,
+        password,
+        return_to,
+    } = posted;
+    match sign_in(state, device, headers, email.clone(), password).await {
+        Ok(SignedIn { cookies, .. }) => {
+            let mut response = see_other(&destination(state, return_to.as_ref()));
+            cookies.set_on(&mut response);
+            response
+        }
+        Err(error) => login_refused(state, &error, return_to.as_ref(), &email),
+    }
 }
 
 /// "14 minutes", "1 minute", "30 seconds": a guessing limit's wait, as people say it.
@@ -225,18 +304,7 @@ pub async fn login_page(
     State(state): State<AppState>,
     query: Result<Query<ReturnQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(query)) = query else {
-        return bad_form();
-    };
-    match asked_return(&state, query.return_to.as_deref()) {
-        Ok(return_to) => login_answer(
-            &state,
-            StatusCode::OK,
-            return_to.as_ref(),
-            &Filled::default(),
-        ),
-        Err(refusal) => refused_return(refusal, "login"),
-    }
+    CredentialForm::Login.blank(&state, query)
 }
 
 /// `POST /ui/login`: `email`, `password`, `return_to`.
@@ -260,25 +328,9 @@ pub async fn login_form(
     headers: HeaderMap,
     form: Result<Form<CredentialFields>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = check_form_origin(&state, &headers) {
-        return refused;
-    }
-    let Ok(Form(fields)) = form else {
-        return bad_form();
-    };
-    let return_to = match asked_return(&state, fields.return_to.as_deref()) {
-        Ok(return_to) => return_to,
-        Err(refusal) => return refused_return(refusal, "login"),
-    };
-    let email = fields.email.unwrap_or_default();
-    let password = fields.password.unwrap_or_default();
-    match sign_in(&state, device, &headers, email.clone(), password).await {
-        Ok(SignedIn { cookies, .. }) => {
-            let mut response = see_other(&destination(&state, return_to.as_ref()));
-            cookies.set_on(&mut response);
-            response
-        }
-        Err(error) => login_refused(&state, &error, return_to.as_ref(), &email),
+    match CredentialForm::Login.posted(&state, &headers, form) {
+        Ok(posted) => sign_in_and_go(&state, device, &headers, posted).await,
+        Err(refused) => refused,
     }
 }
 
@@ -296,7 +348,7 @@ fn login_refused(
         notice: None,
     };
     match error {
-        AuthError::InvalidCredentials => login_answer(
+        AuthError::InvalidCredentials => CredentialForm::Login.answer(
             state,
             StatusCode::UNAUTHORIZED,
             return_to,
@@ -306,7 +358,7 @@ fn login_refused(
             ),
         ),
         AuthError::TooManyAttempts { retry_after } => with_retry_after(
-            login_answer(
+            CredentialForm::Login.answer(
                 state,
                 StatusCode::TOO_MANY_REQUESTS,
                 return_to,
@@ -320,7 +372,7 @@ fn login_refused(
             ),
             *retry_after,
         ),
-        AuthError::EmailNotVerified => login_answer(
+        AuthError::EmailNotVerified => CredentialForm::Login.answer(
             state,
             StatusCode::FORBIDDEN,
             return_to,
@@ -348,18 +400,7 @@ pub async fn signup_page(
     State(state): State<AppState>,
     query: Result<Query<ReturnQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(query)) = query else {
-        return bad_form();
-    };
-    match asked_return(&state, query.return_to.as_deref()) {
-        Ok(return_to) => signup_answer(
-            &state,
-            StatusCode::OK,
-            return_to.as_ref(),
-            &Filled::default(),
-        ),
-        Err(refusal) => refused_return(refusal, "signup"),
-    }
+    CredentialForm::Signup.blank(&state, query)
 }
 
 /// `POST /ui/signup`: `email`, `password`, `return_to`. The new account is signed in at once.
@@ -382,29 +423,25 @@ pub async fn signup_form(
     headers: HeaderMap,
     form: Result<Form<CredentialFields>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = check_form_origin(&state, &headers) {
-        return refused;
-    }
-    let Ok(Form(fields)) = form else {
-        return bad_form();
+    let posted = match CredentialForm::Signup.posted(&state, &headers, form) {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
     };
-    let return_to = match asked_return(&state, fields.return_to.as_deref()) {
-        Ok(return_to) => return_to,
-        Err(refusal) => return refused_return(refusal, "signup"),
-    };
-    let email = fields.email.unwrap_or_default();
-    let password = fields.password.unwrap_or_default();
     let signed_up = state
         .tessera
-        .sign_up(&email, Password::new(password.clone()), device.address)
+        .sign_up(
+            &posted.email,
+            Password::new(posted.password.clone()),
+            device.address,
+        )
         .await;
     let refused = |status, email_error: Option<String>, password_error: Option<String>| {
-        signup_answer(
+        CredentialForm::Signup.answer(
             &state,
             status,
-            return_to.as_ref(),
+            posted.return_to.as_ref(),
             &Filled {
-                email: Some(&email),
+                email: Some(&posted.email),
                 email_error,
                 password_error,
                 notice: None,
@@ -432,16 +469,9 @@ pub async fn signup_form(
         }
         Err(e) => return failure(&e),
     }
-    match sign_in(&state, device, &headers, email.clone(), password).await {
-        Ok(SignedIn { cookies, .. }) => {
-            let mut response = see_other(&destination(&state, return_to.as_ref()));
-            cookies.set_on(&mut response);
-            response
-        }
-        // Signed up but not let in (`require_verified_email`, a guessing limit): the sign-in
-        // page, which says why, with the address filled in.
-        Err(error) => login_refused(&state, &error, return_to.as_ref(), &email),
-    }
+    // Signed up but perhaps not let in (`require_verified_email`, a guessing limit): then the
+    // sign-in page, which says why, with the address filled in.
+    sign_in_and_go(&state, device, &headers, posted).await
 }
 
 /// The signed-in browser, by its session cookie; `Ok(None)` when it has none that is live.
