@@ -413,24 +413,6 @@ async fn three_servers_starting_at_once_on_a_fresh_database_agree_on_one_signing
     }
 }
 
-/// The `kid`s a running server publishes.
-async fn published_kids(client: &reqwest::Client, server: &Server) -> Vec<String> {
-    let jwks: Value = client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn keys_retire_withdraws_the_key_from_a_running_server() {
     let dir = tempfile::tempdir().unwrap();

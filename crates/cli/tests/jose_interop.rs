@@ -13,7 +13,7 @@ use std::process::Command;
 
 use reqwest::Client;
 use serde_json::Value;
-use support::{grant, serve_with, sign_up, Server, ISSUER};
+use support::{grant, jwks, serve_with, sign_up, Server, ISSUER};
 
 /// Whether `PyJWT` can run here; if not, says so (the test is then skipped).
 fn pyjwt() -> bool {
@@ -64,14 +64,7 @@ async fn pyjwt_verifies_access_tokens_of_every_asymmetric_algorithm() {
         let user = sign_up(&client, &server, &email).await;
         let (token, _) = grant(&client, &server, &email).await;
 
-        let jwks: Value = client
-            .get(server.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks = jwks(&client, &server).await;
         assert!(
             jwks["keys"]
                 .as_array()
@@ -128,13 +121,7 @@ async fn an_hs256_key_is_never_published() {
     sign_up(&client, &server, email).await;
     let (token, _) = grant(&client, &server, email).await;
 
-    let res = client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let jwks: Value = res.json().await.unwrap();
+    let jwks = jwks(&client, &server).await;
     let keys = jwks["keys"].as_array().unwrap();
     assert!(
         keys.iter()

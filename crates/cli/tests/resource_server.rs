@@ -222,23 +222,6 @@ async fn logout_admin_revoke_and_password_change_are_refused_within_a_second() {
     assert_eq!(body["error"], "unauthenticated");
 }
 
-async fn published_kids(client: &reqwest::Client, server: &Server) -> Vec<String> {
-    let jwks: Value = client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_key_rotation_needs_no_restart_and_a_withdrawn_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();

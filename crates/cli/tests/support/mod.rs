@@ -380,6 +380,27 @@ pub async fn verify_cookie(client: &reqwest::Client, server: &Server, cookie: &s
         .as_u16()
 }
 
+/// The server's JWKS, as any client reads it.
+pub async fn jwks(client: &reqwest::Client, server: &Server) -> Value {
+    let res = client
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// The `kid`s a running server publishes.
+pub async fn published_kids(client: &reqwest::Client, server: &Server) -> Vec<String> {
+    jwks(client, server).await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Polls `probe` until it answers `want`, for up to `within` (generous: the revocation log is
 /// polled every 200 ms, and the machine may be loaded).
 pub async fn eventually<F, Fut>(what: &str, want: u16, within: Duration, mut probe: F)
