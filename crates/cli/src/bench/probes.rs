@@ -150,8 +150,16 @@ fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The access-token lifetime of a probe's node: longer than its seeding takes.
+const STATE_TOKEN_LIFETIME: Duration = Duration::from_secs(4 * 60 * 60);
+
 /// The child side: runs probe `name`, prints what it seeded and, last, its resident set.
-pub async fn probe(name: &str, count: usize, config: Config) -> BenchResult {
+pub async fn probe(name: &str, count: usize, mut config: Config) -> BenchResult {
+    // A node forgets an epoch once every token issued before it has expired. Seeding 100 000
+    // of each kind takes longer than the default 15-minute access-token lifetime in an
+    // unoptimised build, so the first epochs would be gone before the figure is read: the
+    // probe's tokens live long enough for it to hold all it seeded.
+    config.access_token_ttl = config.access_token_ttl.max(STATE_TOKEN_LIFETIME);
     let nodes = Nodes::new(config);
     match name {
         "logins" => {
