@@ -25,7 +25,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use rand::rngs::OsRng;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use tessera_verify::{Claims, VerificationKey, Verifier, ACCESS_TOKEN_TYPE, LEEWAY_SECS};
+use tessera_verify::{access_token_header, Claims, VerificationKey, Verifier, LEEWAY_SECS};
 use zeroize::Zeroizing;
 
 use crate::mac::hmac_sha256;
@@ -360,9 +360,7 @@ impl SigningKey {
             }
             None => VerificationKey::hmac(kid.as_str(), &private),
         };
-        let mut header = Header::new(alg.to_jsonwebtoken());
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-        header.kid = Some(kid.clone());
+        let header = access_token_header(&kid, alg);
 
         Ok(Self {
             kid,

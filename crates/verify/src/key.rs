@@ -22,6 +22,9 @@ pub struct VerificationKey {
     /// Set by [`VerificationKey::new`] when the key cannot serve `alg`, so that `verify` fails
     /// closed with a clear error instead of reaching the crypto backend with a bad key.
     defect: Option<&'static str>,
+    /// The header segment of the tokens Tessera signs with this key, byte for byte (see
+    /// [`crate::access_token_header`]): a token that begins with it needs no header parse.
+    minted_header: Box<str>,
 }
 
 impl VerificationKey {
@@ -30,12 +33,15 @@ impl VerificationKey {
     /// A key that cannot serve `alg` (another key family, a truncated Ed25519 or P-256 point)
     /// is accepted here but refuses every token with [`VerifyError::InvalidKey`].
     pub fn new(kid: impl Into<String>, alg: Algorithm, key: DecodingKey) -> Self {
+        let kid = kid.into();
         let defect = shape_defect(alg, &key);
+        let minted_header = crate::encoded_header(&crate::access_token_header(&kid, alg));
         Self {
-            kid: kid.into(),
+            kid,
             alg,
             key,
             defect,
+            minted_header,
         }
     }
 
@@ -102,6 +108,11 @@ impl VerificationKey {
     /// The only algorithm this key verifies.
     pub fn alg(&self) -> Algorithm {
         self.alg
+    }
+
+    /// The header segment (base64url of the header's JSON) of the tokens minted with this key.
+    pub(crate) fn minted_header(&self) -> &str {
+        &self.minted_header
     }
 
     pub(crate) fn decoding_key(&self) -> Result<&DecodingKey, VerifyError> {

@@ -15,7 +15,7 @@ use rsa::pkcs1::{EncodeRsaPrivateKey as _, EncodeRsaPublicKey as _};
 use rsa::traits::PublicKeyParts as _;
 use serde_json::json;
 use tessera_verify::{
-    inspect, Algorithm, Claims, VerificationKey, Verifier, VerifyError, ACCESS_TOKEN_TYPE,
+    access_token_header, inspect, Algorithm, Claims, VerificationKey, Verifier, VerifyError,
     LEEWAY_SECS, MAX_TOKEN_BYTES,
 };
 
@@ -138,10 +138,7 @@ fn claims() -> Claims {
 }
 
 fn access_header(key: &TestKey) -> Header {
-    let mut header = Header::new(key.alg.to_jsonwebtoken());
-    header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-    header.kid = Some(key.kid.clone());
-    header
+    access_token_header(&key.kid, key.alg)
 }
 
 fn sign(key: &TestKey, claims: &Claims) -> String {
@@ -214,6 +211,49 @@ fn full_media_type_is_accepted_case_insensitively() {
             "{typ}"
         );
     }
+}
+
+#[test]
+fn a_header_written_otherwise_than_ours_gets_the_full_checks() {
+    // The same fields in another order, and with a field we never write: a verifier meets
+    // tokens from any JOSE library, not only ours.
+    let key = ed25519("ed-order");
+    let claims = claims();
+    let payload = b64(&serde_json::to_value(&claims).unwrap());
+    for header in [
+        json!({"kid": key.kid, "alg": "EdDSA", "typ": "at+jwt"}),
+        json!({"typ": "at+jwt", "alg": "EdDSA", "kid": key.kid, "cty": "JWT"}),
+    ] {
+        let token = signed_raw(&key, &b64(&header), &payload);
+        assert_eq!(
+            verifier_for(&key).verify(&token),
+            Ok(claims.clone()),
+            "{header}"
+        );
+    }
+    let wrong_type = json!({"kid": key.kid, "alg": "EdDSA", "typ": "JWT"});
+    let token = signed_raw(&key, &b64(&wrong_type), &payload);
+    assert_eq!(
+        verifier_for(&key).verify(&token),
+        Err(VerifyError::WrongType)
+    );
+}
+
+#[test]
+fn a_key_replaced_under_its_kid_no_longer_accepts_its_header() {
+    // The header an EdDSA key's tokens begin with must not outlive the key: once an ES256 key
+    // takes its kid, those bytes name a kid whose algorithm is now ES256.
+    let old = ed25519("shared-kid");
+    let new = p256("shared-kid");
+    let mut verifier = verifier_for(&old);
+    let claims = claims();
+    assert_eq!(verifier.verify(&sign(&old, &claims)), Ok(claims.clone()));
+    verifier.insert(new.verification_key());
+    assert_eq!(
+        verifier.verify(&sign(&old, &claims)),
+        Err(VerifyError::AlgorithmMismatch)
+    );
+    assert_eq!(verifier.verify(&sign(&new, &claims)), Ok(claims));
 }
 
 #[test]
