@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
@@ -315,16 +315,12 @@ enum Expired {
 /// ([`Answering`]), and watched by [`Activity::expired`].
 struct Activity {
     phase: Mutex<Phase>,
-    /// Wakes the watcher when a deadline moves earlier (the first byte of a request while
-    /// idle); every other change only moves it later, which the watcher finds when it wakes.
-    earlier: Notify,
 }
 
 impl Activity {
     fn new() -> Self {
         Self {
             phase: Mutex::new(Phase::Headers(Instant::now())),
-            earlier: Notify::new(),
         }
     }
 
@@ -336,37 +332,37 @@ impl Activity {
 
     /// Bytes arrived: on an idle connection, they begin a request whose headers are now due.
     fn received(&self) {
-        let began = self.update(|phase| match *phase {
-            Phase::Idle(_) => {
+        self.update(|phase| {
+            if let Phase::Idle(_) = *phase {
                 *phase = Phase::Headers(Instant::now());
-                true
             }
-            Phase::Headers(_) | Phase::Busy(_) => false,
         });
-        if began {
-            self.earlier.notify_one();
-        }
     }
 
     /// Resolves once the connection has spent longer than its limit in its phase.
+    ///
+    /// It never sleeps longer than the header timeout: headers a request begins to send while
+    /// it sleeps are due no earlier than that, so it wakes in time for them without being told
+    /// of each request, which would cost every keep-alive request a wake-up and a new timer.
     async fn expired(&self, limits: Limits) -> Expired {
+        let sleep = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(sleep);
         loop {
             let now = Instant::now();
+            let latest = now + limits.header_timeout;
             let (deadline, expiry) = match self.update(|phase| *phase) {
                 Phase::Headers(since) => (since + limits.header_timeout, Some(Expired::Headers)),
                 Phase::Idle(since) => (since + limits.idle_timeout, Some(Expired::Idle)),
                 // Look again later: a request's end only moves the deadline later.
-                Phase::Busy(_) => (now + limits.idle_timeout, None),
+                Phase::Busy(_) => (latest, None),
             };
             if let Some(expiry) = expiry {
                 if deadline <= now {
                     return expiry;
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {}
-                () = self.earlier.notified() => {}
-            }
+            sleep.as_mut().reset(deadline.min(latest));
+            sleep.as_mut().await;
         }
     }
 }
