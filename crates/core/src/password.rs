@@ -149,6 +149,12 @@ impl PoolLimits {
 /// one area, and a node that has stopped hashing gives its ~19 MiB back.
 const IDLE_RELEASE: Duration = Duration::from_secs(10);
 
+/// How long a thread that gave its memory back waits for a job before it leaves the pool (one
+/// is started again for the next job). The allocator hands freed memory back to the system
+/// only after a delay (mimalloc: 1 s) and only when a thread of the process gives it the
+/// chance, which a thread asleep on an empty queue never does; a thread's exit does.
+const EXIT_AFTER_RELEASE: Duration = Duration::from_secs(2);
+
 /// A hashing thread's argon2 memory, kept from one job to the next (freed after every hash,
 /// ~19 MiB per thread stayed with the allocator anyway) until the thread is idle for
 /// [`IDLE_RELEASE`].
@@ -194,16 +200,31 @@ struct Job {
 
 #[derive(Default)]
 struct Gauge {
+    /// Hashing threads alive: at most [`PoolLimits::threads`].
+    threads: AtomicUsize,
     running: AtomicUsize,
     peak: AtomicUsize,
     /// Threads holding an argon2 memory area now.
     areas: AtomicUsize,
 }
 
+impl Gauge {
+    /// Takes a place for one more hashing thread, if fewer than `limit` are alive.
+    fn enlist(&self, limit: usize) -> bool {
+        self.threads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
 /// Threads of its own, not tokio's blocking pool: that pool grows to hundreds of threads, each
 /// of which would keep an argon2 memory area, and would let logins take every core.
 struct Pool {
     jobs: flume::Sender<Job>,
+    /// Kept to start threads on demand, since idle ones leave (see [`EXIT_AFTER_RELEASE`]).
+    queue: flume::Receiver<Job>,
     limits: PoolLimits,
     gauge: Arc<Gauge>,
 }
@@ -211,19 +232,31 @@ struct Pool {
 impl Pool {
     fn start(limits: PoolLimits) -> Result<Self, AuthError> {
         let (jobs, queue) = flume::bounded(limits.queue);
-        let gauge = Arc::new(Gauge::default());
-        for _ in 0..limits.threads {
-            let (queue, gauge) = (queue.clone(), Arc::clone(&gauge));
-            std::thread::Builder::new()
-                .name("password-hash".into())
-                .spawn(move || work(&queue, &gauge, limits))
-                .map_err(|e| AuthError::Key(format!("cannot start a hashing thread: {e}")))?;
-        }
-        Ok(Self {
+        let pool = Self {
             jobs,
+            queue,
             limits,
-            gauge,
-        })
+            gauge: Arc::new(Gauge::default()),
+        };
+        for _ in 0..limits.threads {
+            if pool.gauge.enlist(limits.threads) {
+                pool.spawn_thread()?;
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Starts a hashing thread for a place already taken with [`Gauge::enlist`].
+    fn spawn_thread(&self) -> Result<(), AuthError> {
+        let (queue, gauge, limits) = (self.queue.clone(), Arc::clone(&self.gauge), self.limits);
+        std::thread::Builder::new()
+            .name("password-hash".into())
+            .spawn(move || work(&queue, &gauge, limits))
+            .map(drop)
+            .map_err(|e| {
+                self.gauge.threads.fetch_sub(1, Ordering::SeqCst);
+                AuthError::Key(format!("cannot start a hashing thread: {e}"))
+            })
     }
 
     fn busy(&self) -> AuthError {
@@ -238,12 +271,26 @@ impl Pool {
             work,
         };
         match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(flume::TrySendError::Full(_)) => Err(self.busy()),
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => return Err(self.busy()),
             Err(flume::TrySendError::Disconnected(_)) => {
-                Err(AuthError::Key("the hashing threads stopped".into()))
+                return Err(AuthError::Key("the hashing threads stopped".into()))
             }
         }
+        // Queued first, then counted: a thread leaving at this moment either is seen gone
+        // here, or sees this job in the queue and stays (see `work`).
+        if self.gauge.enlist(self.limits.threads) {
+            if let Err(e) = self.spawn_thread() {
+                if self.gauge.threads.load(Ordering::SeqCst) == 0 {
+                    // No thread would ever take the job: answer it (busy) here.
+                    if let Ok(job) = self.queue.try_recv() {
+                        (job.work)(None);
+                    }
+                }
+                tracing::warn!(error = %e, "a hashing thread could not be started");
+            }
+        }
+        Ok(())
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, AuthError>
@@ -282,7 +329,8 @@ impl Pool {
     }
 }
 
-/// A hashing thread: takes jobs until every [`PasswordHasher`] sharing the pool is gone.
+/// A hashing thread: takes jobs until every [`PasswordHasher`] sharing the pool is gone, or
+/// until it has been idle for [`PoolLimits::idle_release`] and then [`EXIT_AFTER_RELEASE`].
 fn work(queue: &flume::Receiver<Job>, gauge: &Arc<Gauge>, limits: PoolLimits) {
     let mut memory = Memory {
         blocks: Vec::new(),
@@ -293,9 +341,18 @@ fn work(queue: &flume::Receiver<Job>, gauge: &Arc<Gauge>, limits: PoolLimits) {
             Ok(job) => job,
             Err(flume::RecvTimeoutError::Timeout) => {
                 memory.release();
-                match queue.recv() {
+                match queue.recv_timeout(EXIT_AFTER_RELEASE) {
                     Ok(job) => job,
-                    Err(flume::RecvError::Disconnected) => return,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        gauge.threads.fetch_sub(1, Ordering::SeqCst);
+                        // A job queued as this thread left, by a submitter that still
+                        // counted it: stay for it, unless another thread took the place.
+                        if !queue.is_empty() && gauge.enlist(limits.threads) {
+                            continue;
+                        }
+                        return;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => return,
                 }
             }
             Err(flume::RecvTimeoutError::Disconnected) => return,
@@ -625,6 +682,30 @@ mod tests {
             1,
             "allocated again for the next hash"
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_hashing_thread_leaves_and_the_next_login_starts_one() {
+        let limits = PoolLimits {
+            idle_release: Duration::from_millis(100),
+            ..PoolLimits::for_threads(1)
+        };
+        let hasher = PasswordHasher::with_limits(limits).unwrap();
+        let threads = || hasher.pool.gauge.threads.load(Ordering::SeqCst);
+        assert_eq!(threads(), 1);
+        let deadline = std::time::Instant::now() + EXIT_AFTER_RELEASE + Duration::from_secs(5);
+        while threads() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle thread never left"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let password = Password::new("correct horse".into());
+        let hash = hasher.hash(password.clone()).await.unwrap();
+        assert_eq!(threads(), 1, "a thread was started for the job");
+        assert!(hasher.verify(password, Some(hash)).await.unwrap());
+        assert_eq!(threads(), 1);
     }
 
     /// Occupies the pool's only thread until the returned sender is dropped or sent to.
