@@ -283,6 +283,24 @@ async fn sign_in_page_signs_in_and_refuses_cross_origin_posts() {
 /// The page shows the wait the guessing limits impose, and honours the device cookie as the
 /// JSON login does: the account's known browser still gets in.
 #[tokio::test]
+async fn forms_posted_from_public_url_are_accepted_when_it_is_another_origin() {
+    // The pages served at a `public_url` apart from the issuer (an auth subdomain behind a
+    // proxy) are posted from that origin, though `allowed_origins` (by default the issuer's)
+    // does not list it.
+    let server = start("public_url = \"https://id.example.org\"").await;
+    let email = unique_email();
+    server.sign_up(&email).await;
+    let fields = [("email", email.as_str()), ("password", PASSWORD)];
+    let own = Some("https://id.example.org");
+    let res = post_form(&server, "/ui/login", &fields, None, own, "test").await;
+    assert_ne!(res.status(), 403);
+    session_cookie_of(&res);
+    let foreign = Some("https://evil.example");
+    let res = post_form(&server, "/ui/login", &fields, None, foreign, "test").await;
+    assert_eq!(res.status(), 403);
+}
+
+#[tokio::test]
 async fn sign_in_page_shows_the_lockout_wait_and_lets_a_known_device_in() {
     let server = start("login_max_failures = 2\nlogin_failure_window = \"15m\"").await;
     let email = unique_email();

@@ -149,10 +149,21 @@ pub fn page_posting_to(
     response
 }
 
-/// Refuses a cross-site form post (see the module documentation) with a page saying so.
+/// Refuses a cross-site form post (see the module documentation) with a page saying so. The
+/// pages' own origin (`public_url`'s) is accepted whether or not `allowed_origins` lists it:
+/// the pages are served there, so their forms are posted from there.
 #[allow(clippy::result_large_err)] // the refusal is the page itself
 pub fn check_form_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    check_origin(headers, &state.tessera.config().allowed_origins, true).map_err(|_| {
+    let config = state.tessera.config();
+    let accepted = match tessera_core::url::origin_of(&config.mail.public_url) {
+        Some(own) if !config.allowed_origins.contains(&own) => {
+            let mut accepted = config.allowed_origins.clone();
+            accepted.push(own);
+            std::borrow::Cow::Owned(accepted)
+        }
+        _ => std::borrow::Cow::Borrowed(config.allowed_origins.as_slice()),
+    };
+    check_origin(headers, &accepted, true).map_err(|_| {
         page(
             StatusCode::FORBIDDEN,
             "Request refused",
