@@ -338,10 +338,17 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
     use std::io::Write as _;
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "tessera", &mut script);
-    std::io::stdout()
-        .lock()
-        .write_all(&script)
-        .map_err(|e| format!("cannot write the completion script: {e}"))
+    let written = std::io::stdout().lock().write_all(&script);
+    reader_may_stop(written).map_err(|e| format!("cannot write the completion script: {e}"))
+}
+
+/// A reader that stops early (`tessera man | head`) closes the pipe: that is the reader's
+/// choice, not a failure, as for any Unix filter.
+fn reader_may_stop(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Without a directory, the root page on stdout (`tessera man | man -l -`); with one, a page
@@ -350,9 +357,10 @@ fn man(out_dir: Option<&std::path::Path>) -> CliResult {
     use clap::CommandFactory as _;
     let command = Cli::command();
     match out_dir {
-        None => clap_mangen::Man::new(command)
-            .render(&mut std::io::stdout().lock())
-            .map_err(|e| format!("cannot write the man page: {e}")),
+        None => {
+            let written = clap_mangen::Man::new(command).render(&mut std::io::stdout().lock());
+            reader_may_stop(written).map_err(|e| format!("cannot write the man page: {e}"))
+        }
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

@@ -132,3 +132,31 @@ fn man_pages_are_written_for_every_command_and_render() {
         }
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    // `tessera man | head`: the reader is gone before the page is written.
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["man"][..], &["completions", "bash"][..]] {
+        let mut command = tessera(dir.path());
+        command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
