@@ -170,9 +170,9 @@ pub struct Claims {
 pub struct Verifier {
     keys: HashMap<String, VerificationKey>,
     /// The kid of each key under the exact header segment Tessera's tokens signed with it
-    /// begin with: such a header's `typ`, `kid` and `alg` are known to pass, so the token
-    /// skips one of the three header parses it would otherwise cost (jsonwebtoken's `decode`
-    /// does the other two). A header written any other way takes the full path.
+    /// begin with: such a header's `typ`, `kid` and `alg` are known to pass, so the token needs
+    /// no header parse at all ([`Verifier::verify_minted`]). A header written any other way
+    /// takes the full path.
     minted_headers: HashMap<Box<str>, String>,
     issuer: String,
     audience: String,
@@ -267,14 +267,69 @@ impl Verifier {
     /// must be the one pinned to the key (never chosen by the token), then the signature,
     /// `exp` (with [`LEEWAY_SECS`]), `nbf` if present, `iss` and `aud`.
     pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
-        let key = match self.minted_key(token) {
-            Some(key) => key,
-            None => self.checked_key(&parse_header(token)?)?,
-        };
+        if let Some(key) = self.minted_key(token) {
+            return self.verify_minted(key, token);
+        }
+        let key = self.checked_key(&parse_header(token)?)?;
         let validation = &self.validations[key.alg().index()];
         jsonwebtoken::decode::<Claims>(token, key.decoding_key()?, validation)
             .map(|data| data.claims)
             .map_err(|err| VerifyError::from_decode(&err))
+    }
+
+    /// A token whose header is, byte for byte, the one `key` mints (see [`minted_key`]), so
+    /// that the header needs no parse: the signature is checked with jsonwebtoken's
+    /// `crypto::verify` and the claims are decoded once, where `decode` parses the header twice
+    /// and the claims twice (together ~13 000 of the ~50 000 instructions a fresh token's
+    /// request spends outside the signature check). The claim checks are those of the
+    /// [`Validation`] the full path uses; `tests/refusals.rs` holds both paths to one answer.
+    ///
+    /// [`minted_key`]: Self::minted_key
+    fn verify_minted(&self, key: &VerificationKey, token: &str) -> Result<Claims, VerifyError> {
+        let from_decode = |err: jsonwebtoken::errors::Error| VerifyError::from_decode(&err);
+        let (message, signature) = token.rsplit_once('.').ok_or(VerifyError::Malformed)?;
+        // Three segments: the header (matched), the payload and the signature.
+        if message.bytes().filter(|byte| *byte == b'.').count() != 1 {
+            return Err(VerifyError::Malformed);
+        }
+        let alg = key.alg().to_jsonwebtoken();
+        let genuine =
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), key.decoding_key()?, alg)
+                .map_err(from_decode)?;
+        if !genuine {
+            return Err(VerifyError::InvalidSignature);
+        }
+        // Not insecure here: the signature over exactly these bytes was checked above.
+        let claims: Claims =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(from_decode)?;
+        self.check_claims(&claims)?;
+        Ok(claims)
+    }
+
+    /// What jsonwebtoken's validation does with the settings of [`validation`], in its order:
+    /// `exp` and `nbf` must be non-negative, then `exp` (with [`LEEWAY_SECS`]), `nbf`, `iss` and
+    /// `aud`. The claims' types already demand `exp`, `iat`, `iss`, `aud` and `sub`.
+    fn check_claims(&self, claims: &Claims) -> Result<(), VerifyError> {
+        let exp = u64::try_from(claims.exp).map_err(|_| VerifyError::InvalidClaims)?;
+        let nbf = claims
+            .nbf
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| VerifyError::InvalidClaims)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        if exp < now.saturating_sub(LEEWAY_SECS) {
+            return Err(VerifyError::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
+            return Err(VerifyError::InvalidClaims);
+        }
+        if claims.iss != self.issuer {
+            return Err(VerifyError::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(VerifyError::WrongAudience);
+        }
+        Ok(())
     }
 
     /// The key whose own header `token` begins with, byte for byte, if any.

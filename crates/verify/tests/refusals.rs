@@ -240,6 +240,69 @@ fn a_header_written_otherwise_than_ours_gets_the_full_checks() {
 }
 
 #[test]
+fn tokens_with_our_header_and_with_another_get_the_same_answer() {
+    // Our own header skips the header parse and checks the claims itself; the same claims
+    // under a header written otherwise go through jsonwebtoken's `decode` and validation.
+    let key = ed25519("ed-same");
+    let verifier = verifier_for(&key);
+    let other_header = b64(&json!({"kid": key.kid, "alg": "EdDSA", "typ": "at+jwt"}));
+    let ours = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&access_header(&key)).unwrap());
+    let now = now();
+    let valid = serde_json::to_value(claims()).unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut payload = valid.clone();
+        payload[field] = value;
+        payload
+    };
+    let without = |field: &str| {
+        let mut payload = valid.clone();
+        payload.as_object_mut().unwrap().remove(field);
+        payload
+    };
+    let leeway = i64::try_from(LEEWAY_SECS).unwrap();
+    let payloads = [
+        valid.clone(),
+        with("exp", json!(now - leeway - 5)),
+        with("exp", json!(now - leeway + 5)),
+        with("exp", json!(-5)),
+        with("exp", json!(1.5e9)),
+        with("exp", json!("soon")),
+        with("nbf", json!(now + leeway + 60)),
+        with("nbf", json!(now + leeway - 5)),
+        with("nbf", json!(-1)),
+        with("iss", json!("https://elsewhere.example")),
+        with("iss", json!([ISSUER])),
+        with("aud", json!("someone-else")),
+        with("aud", json!([AUDIENCE])),
+        with("extra", json!({"nested": true})),
+        without("sub"),
+        without("iat"),
+        without("exp"),
+        json!([1, 2, 3]),
+    ];
+    for payload in payloads {
+        let body = b64(&payload);
+        let fast = verifier.verify(&signed_raw(&key, &ours, &body));
+        let full = verifier.verify(&signed_raw(&key, &other_header, &body));
+        assert_eq!(fast, full, "{payload}");
+    }
+    // Broken payload encodings, and a token of four segments.
+    for body in ["%%%", "", "e30"] {
+        let fast = verifier.verify(&signed_raw(&key, &ours, body));
+        let full = verifier.verify(&signed_raw(&key, &other_header, body));
+        assert_eq!(fast, full, "{body}");
+    }
+    let token = sign(&key, &claims());
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let four = format!("{message}.e30.{signature}");
+    assert_eq!(verifier.verify(&four), Err(VerifyError::Malformed));
+    // A signature over our header by a key the verifier does not hold.
+    let stranger = ed25519("ed-same");
+    let forged = signed_raw(&stranger, &ours, &b64(&valid));
+    assert_eq!(verifier.verify(&forged), Err(VerifyError::InvalidSignature));
+}
+
+#[test]
 fn a_key_replaced_under_its_kid_no_longer_accepts_its_header() {
     // The header an EdDSA key's tokens begin with must not outlive the key: once an ES256 key
     // takes its kid, those bytes name a kid whose algorithm is now ES256.
