@@ -158,8 +158,20 @@ pub struct Claims {
     pub scope: Option<String>,
     /// Not before (RFC 7519 §4.1.5). Tessera mints none, but honours it when present; it is
     /// kept so that a cached verification can check it again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub nbf: Option<i64>,
+}
+
+/// A claim that may be absent but, when present, is a number: `"nbf": null` is refused, as
+/// jsonwebtoken's validation refuses it.
+fn present_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    i64::deserialize(deserializer).map(Some)
 }
 
 /// Checks access tokens against a set of keys, for one issuer and one audience.
@@ -271,6 +283,11 @@ impl Verifier {
             return self.verify_minted(key, token);
         }
         let key = self.checked_key(&parse_header(token)?)?;
+        self.decode(key, token)
+    }
+
+    /// The full check of a token with `key`: jsonwebtoken's `decode` and validation.
+    fn decode(&self, key: &VerificationKey, token: &str) -> Result<Claims, VerifyError> {
         let validation = &self.validations[key.alg().index()];
         jsonwebtoken::decode::<Claims>(token, key.decoding_key()?, validation)
             .map(|data| data.claims)
@@ -289,9 +306,10 @@ impl Verifier {
         let from_decode = |err: jsonwebtoken::errors::Error| VerifyError::from_decode(&err);
         let (message, signature) = token.rsplit_once('.').ok_or(VerifyError::Malformed)?;
         // Three segments: the header (matched), the payload and the signature.
-        if message.bytes().filter(|byte| *byte == b'.').count() != 1 {
-            return Err(VerifyError::Malformed);
-        }
+        let payload = match message.split_once('.') {
+            Some((_, payload)) if !payload.contains('.') => payload,
+            _ => return Err(VerifyError::Malformed),
+        };
         let alg = key.alg().to_jsonwebtoken();
         let genuine =
             jsonwebtoken::crypto::verify(signature, message.as_bytes(), key.decoding_key()?, alg)
@@ -299,9 +317,17 @@ impl Verifier {
         if !genuine {
             return Err(VerifyError::InvalidSignature);
         }
-        // Not insecure here: the signature over exactly these bytes was checked above.
+        // Decoded as jsonwebtoken decodes it (base64url without padding, then JSON).
+        let json = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| VerifyError::Malformed)?;
+        if json.trim_ascii_start().first() != Some(&b'{') {
+            // Not an object: serde would read a JSON array as the claims in field order, which
+            // jsonwebtoken's validation refuses; leave every such oddity to the full path.
+            return self.decode(key, token);
+        }
         let claims: Claims =
-            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(from_decode)?;
+            serde_json::from_slice(&json).map_err(|err| from_decode(err.into()))?;
         self.check_claims(&claims)?;
         Ok(claims)
     }

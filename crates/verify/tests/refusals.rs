@@ -278,7 +278,20 @@ fn tokens_with_our_header_and_with_another_get_the_same_answer() {
         without("sub"),
         without("iat"),
         without("exp"),
+        with("nbf", serde_json::Value::Null),
+        with("scope", serde_json::Value::Null),
         json!([1, 2, 3]),
+        // The claims in their struct's field order: serde alone would take it.
+        json!([
+            ISSUER,
+            valid["sub"],
+            AUDIENCE,
+            valid["exp"],
+            valid["iat"],
+            "j",
+            valid["sid"],
+            []
+        ]),
     ];
     for payload in payloads {
         let body = b64(&payload);
