@@ -341,15 +341,17 @@ impl Activity {
 
     /// Resolves once the connection has spent longer than its limit in its phase.
     ///
-    /// It never sleeps longer than the header timeout: headers a request begins to send while
-    /// it sleeps are due no earlier than that, so it wakes in time for them without being told
-    /// of each request, which would cost every keep-alive request a wake-up and a new timer.
+    /// It never sleeps longer than the shorter of the two timeouts: a phase that begins while
+    /// it sleeps (headers begun, or a request answered) is due no earlier than that, so it
+    /// wakes in time without being told of each request, which would cost every keep-alive
+    /// request a wake-up and a new timer.
     async fn expired(&self, limits: Limits) -> Expired {
-        let sleep = tokio::time::sleep(limits.header_timeout);
+        let longest_sleep = limits.header_timeout.min(limits.idle_timeout);
+        let sleep = tokio::time::sleep(longest_sleep);
         tokio::pin!(sleep);
         loop {
             let now = Instant::now();
-            let latest = now + limits.header_timeout;
+            let latest = now + longest_sleep;
             let (deadline, expiry) = match self.update(|phase| *phase) {
                 Phase::Headers(since) => (since + limits.header_timeout, Some(Expired::Headers)),
                 Phase::Idle(since) => (since + limits.idle_timeout, Some(Expired::Idle)),
