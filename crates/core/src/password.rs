@@ -282,8 +282,10 @@ impl Pool {
         if self.gauge.enlist(self.limits.threads) {
             if let Err(e) = self.spawn_thread() {
                 if self.gauge.threads.load(Ordering::SeqCst) == 0 {
-                    // No thread would ever take the job: answer it (busy) here.
-                    if let Ok(job) = self.queue.try_recv() {
+                    // No thread would ever take the queued jobs (this one, and any queued
+                    // meanwhile by a submitter that saw this one's place taken): answer them
+                    // (busy) here.
+                    while let Ok(job) = self.queue.try_recv() {
                         (job.work)(None);
                     }
                 }
