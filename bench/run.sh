@@ -9,6 +9,10 @@
 # FLOOR_BIN, FLOOR_RC_BIN and FLOOR_MINT, with FLOOR_KEYS. Knobs: ROUNDS (3), DURATION (5s),
 # CONNECTIONS (64), BURST_CONNECTIONS (verify load beside the login burst, 8).
 # Needs wrk and python3. Prints one table; the raw lines stay in target/bench-load/results.
+# Beside req/s each run records the server's own CPU time per request (user + system, from
+# /proc): on a small machine wrk competes with the server for the cores, so req/s moves with
+# the scheduler, while the CPU a server spends on one verification is the cost it would have
+# at any scale. Within each case the order of the servers alternates from round to round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,6 +31,7 @@ command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 PIDS=()
+declare -A PID_OF
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -61,6 +66,7 @@ start_tessera() {
     --cookie-secure false "$@" >"$WORK/$name/log" 2>&1) &
   PIDS+=($!)
   eval "PID_${name^^}=$!"
+  PID_OF[$port]=$!
   wait_healthy "$port"
 }
 
@@ -69,6 +75,7 @@ start_floor() {
   (cd "$WORK" && FLOOR_ADDR=127.0.0.1:$port FLOOR_KEYS=$FLOOR_KEYS FLOOR_REDIS=redis://127.0.0.1:1/ \
     exec "$bin" >"$WORK/floor-$port.log" 2>&1) &
   PIDS+=($!)
+  PID_OF[$port]=$!
   wait_healthy "$port"
 }
 
@@ -91,12 +98,22 @@ done
 head -1 "$WORK/floor-tokens" >"$WORK/floor-token"
 COOKIE_NAME=tessera_session
 
+CLOCK_TICKS=$(getconf CLK_TCK)
+
+# The CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # run CASE SIDE PORT PATH FILE HEADER PREFIX [CONNECTIONS] -> one line in results
 run() {
   local case=$1 side=$2 port=$3 path=$4 file=$5 header=$6 prefix=$7 conns=${8:-$CONNECTIONS}
-  local line
+  local line pid=${PID_OF[$port]} before after requests
+  before=$(cpu_ticks "$pid")
   line=$(wrk -t1 -c"$conns" -d"$DURATION" -s bench/pool.lua "http://127.0.0.1:$port$path" \
     -- "$file" "$header" "$prefix" | grep '^RESULT')
+  after=$(cpu_ticks "$pid")
+  requests=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
+  line="$line cpu_us=$(awk -v t=$((after - before)) -v hz="$CLOCK_TICKS" -v n="$requests" \
+    'BEGIN { printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0) }')"
   echo "$ROUND $case $side ${line#RESULT }" | tee -a "$WORK/results"
 }
 
@@ -115,14 +132,28 @@ burst() {
 }
 
 echo "== $ROUNDS interleaved rounds of $DURATION, wrk -t1 -c$CONNECTIONS, on $(nproc) cores"
+# in_turn RUN... : the runs (each one `run` command line) in the order given in odd rounds and
+# reversed in even ones, so that no server always goes first.
+in_turn() {
+  local runs=("$@") i
+  if (( ROUND % 2 == 0 )); then
+    for (( i = ${#runs[@]} - 1; i >= 0; i-- )); do eval "run ${runs[i]}"; done
+  else
+    for (( i = 0; i < ${#runs[@]}; i++ )); do eval "run ${runs[i]}"; done
+  fi
+}
+
 for ROUND in $(seq 1 "$ROUNDS"); do
-  run fresh_eddsa tessera $PORT_FRESH /v1/verify "$WORK/cred-fresh/tokens" Authorization "Bearer "
-  run fresh_eddsa floor $PORT_FLOOR /eddsa "$WORK/floor-tokens" Authorization "Bearer "
-  run fresh_eddsa floor_rc $PORT_FLOOR_RC /eddsa "$WORK/floor-tokens" Authorization "Bearer "
-  run repeated_token floor $PORT_FLOOR /mem "$WORK/floor-sid" Cookie "sid="
-  run repeated_token tessera $PORT_CACHED /v1/verify "$WORK/cred-cached/token" Authorization "Bearer "
-  run cookie tessera $PORT_CACHED /v1/verify "$WORK/cred-cached/cookie" Cookie "$COOKIE_NAME="
-  run cookie floor $PORT_FLOOR /mem "$WORK/floor-sid" Cookie "sid="
+  in_turn \
+    'fresh_eddsa tessera $PORT_FRESH /v1/verify "$WORK/cred-fresh/tokens" Authorization "Bearer "' \
+    'fresh_eddsa floor $PORT_FLOOR /eddsa "$WORK/floor-tokens" Authorization "Bearer "' \
+    'fresh_eddsa floor_rc $PORT_FLOOR_RC /eddsa "$WORK/floor-tokens" Authorization "Bearer "'
+  in_turn \
+    'repeated_token floor $PORT_FLOOR /mem "$WORK/floor-sid" Cookie "sid="' \
+    'repeated_token tessera $PORT_CACHED /v1/verify "$WORK/cred-cached/token" Authorization "Bearer "'
+  in_turn \
+    'cookie tessera $PORT_CACHED /v1/verify "$WORK/cred-cached/cookie" Cookie "$COOKIE_NAME="' \
+    'cookie floor $PORT_FLOOR /mem "$WORK/floor-sid" Cookie "sid="'
   run idle tessera $PORT_CACHED /v1/verify "$WORK/cred-cached/cookie" Cookie "$COOKIE_NAME=" "$BURST_CONNECTIONS"
   burst
 done
@@ -164,19 +195,26 @@ def med(case, side, key):
 def ratios(case, side, ref):
     return [a["rps"] / b["rps"] for a, b in zip(rows[(case, side)], rows[(case, ref)])]
 print(f"\n{cores} cores; wrk -t1 -c{conns}; medians of the rounds; ratio = Tessera / reference, per round")
-print(f"{'case':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}  ratio (min-max)")
+print("cpu us = the server's CPU time (user + system) per request; cpu = Tessera's / the reference's")
+print(f"{'case':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}  ratio (min-max)")
+def cpu_ratios(case, side, ref):
+    return [a["cpu_us"] / b["cpu_us"] for a, b in zip(rows[(case, side)], rows[(case, ref)])]
 def show(label, case, side, ref=None, target=None):
-    line = f"{label:<34}{med(case, side, 'rps'):>10.0f}{med(case, side, 'p50_ms'):>9.2f}{med(case, side, 'p99_ms'):>9.2f}"
+    line = (f"{label:<34}{med(case, side, 'rps'):>10.0f}{med(case, side, 'p50_ms'):>9.2f}"
+            f"{med(case, side, 'p99_ms'):>9.2f}{med(case, side, 'cpu_us'):>8.1f}")
     if ref:
         r = ratios(case, side, ref)
         line += f"  {statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}) vs {ref}"
         if target: line += f"  [target >= {target}x]"
+        c = cpu_ratios(case, side, ref)
+        line += f"; cpu {statistics.median(c):.2f}x ({min(c):.2f}-{max(c):.2f})"
     print(line)
 show("fresh bearer EdDSA: Tessera", "fresh_eddsa", "tessera", "floor", "1.0")
 show("  floor /eddsa (aws-lc-rs)", "fresh_eddsa", "floor")
 show("  floor /eddsa (RustCrypto)", "fresh_eddsa", "floor_rc")
-r = [a["rps"] / b["rps"] for a, b in zip(rows[("fresh_eddsa", "tessera")], rows[("fresh_eddsa", "floor_rc")])]
-print(f"  Tessera / floor RustCrypto: {statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})")
+r, c = ratios("fresh_eddsa", "tessera", "floor_rc"), cpu_ratios("fresh_eddsa", "tessera", "floor_rc")
+print(f"  Tessera / floor RustCrypto: {statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}); "
+      f"cpu {statistics.median(c):.2f}x ({min(c):.2f}-{max(c):.2f})")
 rows[("repeated_token", "floor_mem")] = rows[("repeated_token", "floor")]
 show("repeated bearer: Tessera", "repeated_token", "tessera", "floor", "0.8")
 show("  floor /mem", "repeated_token", "floor")

@@ -470,6 +470,9 @@ static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 static X_AUTH_SESSION: HeaderName = HeaderName::from_static("x-auth-session");
 static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
+/// The path of [`verify`], which the server answers ahead of its router (see `app`).
+pub const VERIFY_PATH: &str = "/v1/verify";
+
 /// `GET /v1/verify`: forward-auth for reverse proxies. 200 with identity headers or 401 with
 /// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1). No CSRF token check: the
 /// proxy cannot know the application's tokens. But a cookie request the proxy reports as

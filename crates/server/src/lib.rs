@@ -4,13 +4,15 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderValue;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method};
 use axum::response::Response;
 use axum::Router;
+use futures_util::future::{BoxFuture, Either};
 use tessera_core::config::Config;
 use tessera_core::keys::KEY_RELOAD_INTERVAL;
 use tessera_core::service::Tessera;
@@ -192,9 +194,10 @@ pub fn router(state: AppState) -> Router {
 
 /// The whole API as served: [`router`] inside its layers, outermost first — the request
 /// metrics (which also answer a panic, so the recorded status is the one the client gets),
-/// the 64 KiB body limit, and the form-field CSRF token. The layers wrap the router once:
-/// `Router::layer` would wrap every route, and each such layer is cloned and boxed per
-/// request, which on `/v1/verify` costs more than the check itself.
+/// `GET /v1/verify` (see [`VerifyFirst`]), the 64 KiB body limit, and the form-field CSRF
+/// token. The layers wrap the router once: `Router::layer` would wrap every route, and each
+/// such layer is cloned and boxed per request, which on `/v1/verify` costs more than the
+/// check itself.
 pub fn app(
     state: AppState,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
@@ -203,11 +206,51 @@ pub fn app(
        + Sync
        + 'static {
     let metrics = ops::MetricsLayer::new(Arc::clone(&state.metrics));
-    ServiceBuilder::new()
-        .layer(metrics)
+    let rest = ServiceBuilder::new()
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(auth::FormCsrfLayer)
-        .service(router(state))
+        .service(router(state.clone()));
+    ServiceBuilder::new()
+        .layer(metrics)
+        .service(VerifyFirst { state, rest })
+}
+
+/// `GET /v1/verify` goes straight to its handler; every other request to the router.
+///
+/// A reverse proxy asks it before every request it forwards, so it is the route a node
+/// answers most, and its check (a cookie looked up in memory, or a cached token) costs less
+/// than the router's dispatch: cloning the boxed route, the body-limit and path-parameter
+/// extensions, the handler's extractors. The handler is the same one the router mounts (which
+/// still answers `HEAD` and documents the route), so both ways answer alike. The body limit
+/// and the form CSRF check have nothing to do for it: it reads no body.
+#[derive(Clone)]
+struct VerifyFirst<S> {
+    state: AppState,
+    rest: S,
+}
+
+impl<S> Service<Request> for VerifyFirst<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.rest.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.method() == Method::GET && request.uri().path() == api::VERIFY_PATH {
+            let state = self.state.clone();
+            Either::Left(Box::pin(async move {
+                Ok(api::verify(State(state), request).await)
+            }))
+        } else {
+            Either::Right(self.rest.call(request))
+        }
+    }
 }
 
 /// `GET /metrics` alone, for `metrics_listen` (SPEC §2, §3): what the node counts — routes,

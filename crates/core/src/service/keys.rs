@@ -2,7 +2,9 @@
 //! — which key may be withdrawn, when a node rotates — live here, and every change to the keys
 //! is one transaction, so nodes starting at once on a fresh database agree on one key.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
 
 use tracing::{info, warn};
 
@@ -136,7 +138,10 @@ impl Tessera {
 /// The key ring a node signs and verifies with, and what it takes to rebuild it from the
 /// store; shared between the service and the task that rebuilds it on a withdrawn key.
 pub(super) struct LiveKeys {
-    ring: RwLock<Arc<KeyRing>>,
+    /// Read by every bearer verification, replaced only when the keys change: `ArcSwap`
+    /// lends it without touching its reference count, which every worker would otherwise
+    /// pass from core to core on every request (as a lock word would).
+    ring: ArcSwap<KeyRing>,
     pub(super) master: MasterKey,
     store: Arc<dyn Store>,
     config: Arc<Config>,
@@ -154,7 +159,7 @@ impl LiveKeys {
         ensure_signing_key(store.as_ref(), &master, &config, policy).await?;
         let ring = ring_from_store(store.as_ref(), &master, &config).await?;
         Ok(Self {
-            ring: RwLock::new(Arc::new(ring)),
+            ring: ArcSwap::from_pointee(ring),
             master,
             store,
             config,
@@ -162,20 +167,18 @@ impl LiveKeys {
     }
 
     pub(super) fn current(&self) -> Arc<KeyRing> {
-        match self.ring.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.ring.load_full()
+    }
+
+    /// The ring in force, lent for the span of one verification (not across an `.await`).
+    pub(super) fn lend(&self) -> Guard<Arc<KeyRing>> {
+        self.ring.load()
     }
 
     pub(super) async fn reload(&self) -> Result<(), AuthError> {
         let ring = ring_from_store(self.store.as_ref(), &self.master, &self.config).await?;
-        let mut guard = self
-            .ring
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !guard.same_keys(&ring) {
-            *guard = Arc::new(ring);
+        if !self.ring.load().same_keys(&ring) {
+            self.ring.store(Arc::new(ring));
         }
         Ok(())
     }

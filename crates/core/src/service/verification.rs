@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::Guard;
+
 use super::{issued_at, Principal, Tessera};
 use crate::config::RevocationMode;
 use crate::error::AuthError;
@@ -181,21 +183,21 @@ impl Tessera {
         let hash = secret.to_hash();
         let cached_mode = self.effective_mode() == RevocationMode::Cached;
         if cached_mode {
-            if let Some(cached) = self.cache.cookie(&hash, now) {
-                let session = cached.session(hash);
-                if touch_due(&session, now) {
+            let principal = self.cache.with_cookie(&hash, now, |cached| Principal {
+                user_id: cached.user_id,
+                session_id: cached.id,
+                roles: cached.roles.to_vec(),
+                presented: Via::Cookie,
+                session: Some(cached.session(hash)),
+            });
+            if let Some(principal) = principal {
+                if let Some(session) = principal.session.as_ref().filter(|s| touch_due(s, now)) {
                     self.cache.touch_cookie(&hash, now);
                     if let Ok(mut pending) = self.pending_touches.lock() {
-                        pending.insert(cached.id, now);
+                        pending.insert(session.id, now);
                     }
                 }
-                return Ok(Principal {
-                    user_id: cached.user_id,
-                    session_id: cached.id,
-                    roles: cached.roles.to_vec(),
-                    presented: Via::Cookie,
-                    session: Some(session),
-                });
+                return Ok(principal);
             }
         }
         let session = self
@@ -331,7 +333,7 @@ impl Tessera {
     /// [`crate::token_cache`]): the hot path of a client that sends one token many times.
     async fn verified_claims(&self, token: &str) -> Result<Arc<Claims>, VerifyError> {
         let now = Timestamp::now();
-        let mut ring = self.key_ring();
+        let ring = self.keys.lend();
         let key = self.tokens.key(token);
         if let Some(claims) = key
             .as_ref()
@@ -339,19 +341,22 @@ impl Tessera {
         {
             return Ok(claims);
         }
-        let claims = match ring.verifier().verify(token) {
+        let verified = ring.verifier().verify(token);
+        let (claims, ring) = match verified {
             Err(VerifyError::UnknownKey) => {
+                drop(ring);
                 if !self.may_reload_on_demand() || self.reload_keys().await.is_err() {
                     return Err(VerifyError::UnknownKey);
                 }
-                ring = self.key_ring();
-                ring.verifier().verify(token)
+                let ring = self.key_ring();
+                (ring.verifier().verify(token)?, Guard::from_inner(ring))
             }
-            outcome => outcome,
-        }?;
+            outcome => (outcome?, ring),
+        };
         let claims = Arc::new(claims);
         if let Some(key) = key {
-            self.tokens.insert(key, Arc::clone(&claims), ring, now);
+            self.tokens
+                .insert(key, Arc::clone(&claims), Guard::into_inner(ring), now);
         }
         Ok(claims)
     }
