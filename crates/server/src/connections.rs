@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
@@ -221,7 +221,7 @@ async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     app: impl App,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
     running: Arc<AtomicUsize>,
     limits: Limits,
 ) {
@@ -256,10 +256,12 @@ async fn connection(
     let conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    let (tell, told) = oneshot::channel();
+    tokio::spawn(watch_over(activity, closing, limits, tell));
     let expired = tokio::select! {
         ended = conn.as_mut() => return log_end(ended),
-        _ = closing.wait_for(|closing| *closing) => None,
-        expired = activity.expired(limits) => Some(expired),
+        // A watcher that is gone (the runtime is shutting down) closes the connection too.
+        why = told => why.ok().flatten(),
     };
     match expired {
         None => {}
@@ -285,6 +287,24 @@ async fn connection(
     }
     conn.as_mut().graceful_shutdown();
     log_end(conn.await);
+}
+
+/// Tells the connection when shutdown begins (`None`) or its [`Phase`] has lasted too long,
+/// from a task of its own: a connection that waited on these itself would look at the
+/// shutdown signal, the phase and the clock each time it is woken, once or more per request.
+/// Ends when the connection does.
+async fn watch_over(
+    activity: Arc<Activity>,
+    mut closing: watch::Receiver<bool>,
+    limits: Limits,
+    mut tell: oneshot::Sender<Option<Expired>>,
+) {
+    let why = tokio::select! {
+        () = tell.closed() => return,
+        _ = closing.wait_for(|closing| *closing) => None,
+        expired = activity.expired(limits) => Some(expired),
+    };
+    let _ = tell.send(why);
 }
 
 fn log_end(ended: Result<(), hyper::Error>) {

@@ -224,3 +224,58 @@ async fn a_refusal_names_the_sign_in_link_with_the_original_url() {
     assert_eq!(res.status(), 403);
     assert_eq!(login(&res), None);
 }
+
+/// `GET /v1/verify` is answered ahead of the router, `HEAD` through it: one handler, so one
+/// answer either way; and a path or method beside it is still the router's.
+#[tokio::test]
+async fn get_ahead_of_the_router_and_head_through_it_answer_alike() {
+    let (server, browser) = server().await;
+    let identity = [
+        "x-auth-user",
+        "x-auth-session",
+        "x-auth-roles",
+        "cache-control",
+    ];
+    let refusal = ["www-authenticate", "x-auth-login"];
+    let cookie_name = browser.cookie.split('=').next().unwrap();
+    let unknown = format!("{cookie_name}=not-a-session");
+    for (credential, status, names) in [
+        (Some(cookie(&browser)), 200, &identity[..]),
+        (Some(("cookie", unknown.as_str())), 401, &refusal[..]),
+        (None, 401, &refusal[..]),
+    ] {
+        let [get, head] = [reqwest::Method::GET, reqwest::Method::HEAD].map(|method| {
+            let mut request = server
+                .client
+                .request(method, server.url("/v1/verify"))
+                .header("x-forwarded-uri", "/app/page");
+            if let Some((name, value)) = credential {
+                request = request.header(name, value);
+            }
+            request.send()
+        });
+        let (get, head) = (get.await.unwrap(), head.await.unwrap());
+        let case = format!("{credential:?}");
+        assert_eq!(get.status(), status, "{case}");
+        assert_eq!(head.status(), status, "{case}");
+        for name in names {
+            let value = get.headers().get(*name);
+            assert!(value.is_some(), "{case}: GET without {name}");
+            assert_eq!(value, head.headers().get(*name), "{case}: {name}");
+        }
+    }
+    let res = server
+        .client
+        .get(server.url("/v1/verify/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = server
+        .client
+        .post(server.url("/v1/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+}
