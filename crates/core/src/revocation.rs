@@ -353,11 +353,6 @@ impl RevocationCache {
         })
     }
 
-    /// A cached cookie session that is still live at `now`.
-    pub fn cookie(&self, hash: &SecretHash, now: Timestamp) -> Option<CachedSession> {
-        self.with_cookie(hash, now, CachedSession::clone)
-    }
-
     /// What `read` makes of a cached cookie session that is still live at `now`, made under
     /// the lock: a clone would add to and take from the count of the roles every session
     /// with the same roles shares, one more word passed between cores on each request.
@@ -645,8 +640,12 @@ mod tests {
             hashes.push(hash);
         }
         assert_eq!(cache.sizes().3, 2);
-        assert!(cache.cookie(&hashes[0], now).is_some());
-        assert!(cache.cookie(&hashes[2], now).is_none());
+        assert!(cache
+            .with_cookie(&hashes[0], now, CachedSession::clone)
+            .is_some());
+        assert!(cache
+            .with_cookie(&hashes[2], now, CachedSession::clone)
+            .is_none());
     }
 
     #[test]
@@ -659,8 +658,12 @@ mod tests {
         let (second, other) = cookie_session(UserId::new(), now);
         cache.insert_cookie(second, CachedSession::of(&other, &roles, now));
         let (a, b) = (
-            cache.cookie(&first, now).unwrap(),
-            cache.cookie(&second, now).unwrap(),
+            cache
+                .with_cookie(&first, now, CachedSession::clone)
+                .unwrap(),
+            cache
+                .with_cookie(&second, now, CachedSession::clone)
+                .unwrap(),
         );
         assert!(Arc::ptr_eq(&a.roles, &b.roles), "one copy of the set");
         assert_eq!(&*a.roles, roles.as_slice());
@@ -681,7 +684,9 @@ mod tests {
             session: session.id,
         });
         assert!(
-            cache.cookie(&hash, now).is_none(),
+            cache
+                .with_cookie(&hash, now, CachedSession::clone)
+                .is_none(),
             "refused on the next request"
         );
         assert_eq!(cache.sizes().3, 1, "still held until the prune");
